@@ -1,0 +1,38 @@
+# The targets the README and CI name. `make test` is the README's test command.
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: dev install-test fake-nvml test test-rust test-python lint format bench
+
+dev:  ## build the extension in place (editable install) with the test extra
+	$(PYTHON) -m pip install -e '.[test]'
+
+install-test:  ## what the tests need: the package (if missing) and its test extra
+	@$(PYTHON) -c "import runwarden._core, pytest, httpx, psutil" 2>/dev/null \
+		|| $(PYTHON) -m pip install -e '.[test]'
+
+fake-nvml:  ## the fake libnvidia-ml.so.1 used by the GPU tests
+	cargo build -p fake-nvml --release
+
+test: install-test test-rust test-python
+
+test-rust:
+	cargo test --workspace
+
+test-python: fake-nvml
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	ruff check python tests benches
+	ruff format --check python tests benches
+	mypy python/
+
+format:
+	cargo fmt --all
+	ruff format python tests benches
+	ruff check --fix python tests benches
+
+bench:
+	cargo bench --workspace

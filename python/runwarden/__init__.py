@@ -1,0 +1,25 @@
+"""runwarden: a health sidecar for GPU inference runners.
+
+The Rust core (`runwarden._core`) runs the health-check scheduler on its own threads;
+`Warden` is its asyncio face, and the sidecar (`runwarden serve`) is built on it.
+"""
+
+from runwarden._core import (
+    CheckOutcome,
+    Core,
+    HealthCheck,
+    Replace,
+    SettingsError,
+    __version__,
+)
+from runwarden.warden import Warden
+
+__all__ = [
+    "CheckOutcome",
+    "Core",
+    "HealthCheck",
+    "Replace",
+    "SettingsError",
+    "Warden",
+    "__version__",
+]

@@ -1,0 +1,105 @@
+"""The asyncio face of the Rust core: awaitable checks and a replacement verdict.
+
+The core's threads never touch the GIL. They queue events and make a socket
+readable; `loop.add_reader` wakes us, and one non-blocking `drain_events()` takes
+them. This is simpler than completing futures from Rust through
+`call_soon_threadsafe` (which would make Rust threads take the GIL) and needs no
+polling loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+from runwarden._core import CheckOutcome, Core, HealthCheck, Replace
+
+if TYPE_CHECKING:
+    from runwarden._core import Reason
+
+log = logging.getLogger("runwarden")
+
+OutcomeListener = Callable[[CheckOutcome], None]
+
+
+class Warden:
+    """Health checks of one app, run by the Rust core; results delivered on this loop."""
+
+    def __init__(self, health: HealthCheck, app_url: str) -> None:
+        self.health = health
+        self.core = Core(health, app_url)
+        self._waiting: dict[int, list[asyncio.Future[CheckOutcome]]] = {}
+        self._listeners: list[OutcomeListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._replaced: asyncio.Future[Replace] | None = None
+        self.ready = False
+
+    async def start(self) -> None:
+        """Start the core's threads and listen for its events on the running loop."""
+        self._loop = asyncio.get_running_loop()
+        self._replaced = self._loop.create_future()
+        self._loop.add_reader(self.core.event_fd(), self._on_events)
+        self.core.start()
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.core.event_fd())
+        # Joining is bounded and releases the GIL, but keep it off the loop anyway.
+        await asyncio.to_thread(self.core.stop)
+        for futures in self._waiting.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+        self._waiting.clear()
+
+    def on_outcome(self, listener: OutcomeListener) -> Callable[[], None]:
+        """Call `listener` with every finished check (metrics, logs); returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    async def check(self, trigger: Literal["gateway", "extra"] = "gateway") -> CheckOutcome:
+        """Run a check now, or share the running one; rate-limited triggers get the latest."""
+        answer = self.core.request_check(trigger)
+        if isinstance(answer, CheckOutcome):
+            return answer
+        assert self._loop is not None, "Warden.start() first"
+        fut: asyncio.Future[CheckOutcome] = self._loop.create_future()
+        self._waiting.setdefault(answer, []).append(fut)
+        return await fut
+
+    async def replaced(self) -> Replace:
+        """Wait for the replacement verdict (sent at most once)."""
+        assert self._replaced is not None, "Warden.start() first"
+        return await asyncio.shield(self._replaced)
+
+    @property
+    def replacement(self) -> Replace | None:
+        if self._replaced is not None and self._replaced.done():
+            return self._replaced.result()
+        return None
+
+    def manual_check(self) -> None:
+        self.core.manual_check()
+
+    def report_response(self, status: int) -> None:
+        self.core.report_response(status)
+
+    def replace(self, reason: Reason, detail: str) -> bool:
+        return self.core.replace(reason, detail)
+
+    def _on_events(self) -> None:
+        for event in self.core.drain_events():
+            if isinstance(event, Replace):
+                log.warning("replacing the runner: %s (%s)", event.reason, event.detail)
+                if self._replaced is not None and not self._replaced.done():
+                    self._replaced.set_result(event)
+                continue
+            if event.passed:
+                self.ready = True
+            for fut in self._waiting.pop(event.id, ()):
+                if not fut.done():
+                    fut.set_result(event)
+            for listener in list(self._listeners):
+                listener(event)

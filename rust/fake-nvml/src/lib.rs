@@ -1,0 +1,1 @@
+//! A fake NVML driver for tests (being written).

@@ -1,0 +1,406 @@
+//! The health-check scheduler of SPEC H: a pure state machine.
+//!
+//! It takes events (a tick of the clock, a finished probe, a trigger, an app response)
+//! with the time they happened and returns actions (start a probe, emit an event).
+//! Threads, sockets and clocks live in `checker.rs`; here every rule is deterministic,
+//! so the tests below drive it with made-up times and no sleeps.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::settings::HealthSettings;
+use crate::verdict::{Counted, Event, Outcome, ProbeReport, Reason, Replacement, Trigger};
+
+/// What the I/O layer must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send a probe now; report it back to `finish` with this id.
+    StartCheck {
+        id: u64,
+    },
+    Emit(Event),
+}
+
+/// The answer to a gateway (H5) or extra (R4) trigger.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TriggerAnswer {
+    /// Wait for this check's outcome (a running check is shared).
+    Pending(u64),
+    /// Rate-limited: this recent outcome is the answer.
+    Latest(Box<Outcome>),
+}
+
+/// The proxy's traffic at one moment (H9).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Traffic {
+    pub in_flight: u64,
+    /// Clock time of the last byte moved to or from the app, or of the last request start.
+    pub last_progress: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Running {
+    id: u64,
+    triggers: Vec<Trigger>,
+    started: Duration,
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    settings: HealthSettings,
+    /// Clock time the runner's age counts from (H2).
+    origin: Duration,
+    next_regular: Option<Duration>,
+    running: Option<Running>,
+    /// Triggers that wait for the running check to end (a delayed regular check, a manual one).
+    queued: Vec<Trigger>,
+    next_id: u64,
+    failures: u32,
+    ready: bool,
+    replaced: Option<Replacement>,
+    history: VecDeque<Outcome>,
+}
+
+impl Scheduler {
+    pub fn new(settings: HealthSettings, now: Duration) -> Scheduler {
+        let mut scheduler = Scheduler {
+            settings,
+            origin: now,
+            next_regular: None,
+            running: None,
+            queued: Vec::new(),
+            next_id: 1,
+            failures: 0,
+            ready: false,
+            replaced: None,
+            history: VecDeque::new(),
+        };
+        scheduler.restart_clock(now);
+        scheduler
+    }
+
+    /// H2: the supervised app started; its age counts from now. H3: first check one period on.
+    pub fn restart_clock(&mut self, now: Duration) {
+        self.origin = now;
+        self.next_regular = Some(now + self.settings.period());
+    }
+
+    pub fn settings(&self) -> &HealthSettings {
+        &self.settings
+    }
+
+    pub fn age(&self, now: Duration) -> Duration {
+        now.saturating_sub(self.origin)
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    pub fn replaced(&self) -> Option<&Replacement> {
+        self.replaced.as_ref()
+    }
+
+    pub fn running_id(&self) -> Option<u64> {
+        self.running.as_ref().map(|r| r.id)
+    }
+
+    pub fn history(&self) -> impl Iterator<Item = &Outcome> {
+        self.history.iter()
+    }
+
+    fn latest(&self) -> Option<&Outcome> {
+        self.history.back()
+    }
+
+    /// The regular trigger due now: the schedule (H3), or startup probes until the first pass.
+    fn regular_trigger(&self) -> Option<Trigger> {
+        if self.replaced.is_some() {
+            None
+        } else if self.settings.call_regularly {
+            Some(Trigger::Regular)
+        } else if !self.ready {
+            Some(Trigger::Startup)
+        } else {
+            None
+        }
+    }
+
+    /// The next clock time at which `tick` has something to do, given the traffic now.
+    pub fn next_deadline(&self, traffic: Traffic) -> Option<Duration> {
+        let mut deadline = None;
+        let mut consider = |t: Option<Duration>| {
+            if let Some(t) = t {
+                deadline = Some(deadline.map_or(t, |d: Duration| d.min(t)));
+            }
+        };
+        if self.replaced.is_some() {
+            consider(
+                self.running
+                    .as_ref()
+                    .map(|r| r.started + self.settings.timeout()),
+            );
+            return deadline;
+        }
+        consider(
+            self.running
+                .as_ref()
+                .map(|r| r.started + self.settings.timeout()),
+        );
+        if self.running.is_none() && self.regular_trigger().is_some() {
+            consider(self.next_regular);
+        }
+        if let (Some(stall), true) = (self.settings.stall(), traffic.in_flight > 0) {
+            consider(traffic.last_progress.map(|t| t + stall));
+        }
+        deadline
+    }
+
+    /// The clock moved: time out a hung probe, detect a stall, start a due check.
+    pub fn tick(&mut self, now: Duration, traffic: Traffic) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(running) = &self.running {
+            let deadline = running.started + self.settings.timeout();
+            if now >= deadline {
+                // The probe is abandoned: its late report will not match a running id.
+                let report = ProbeReport {
+                    status: None,
+                    error: Some(format!(
+                        "timed out after {}s",
+                        trim_float(self.settings.timeout_seconds)
+                    )),
+                    latency: self.settings.timeout(),
+                };
+                let id = running.id;
+                actions.extend(self.finish(id, report, now, traffic));
+            }
+        }
+        if self.replaced.is_some() {
+            return actions;
+        }
+        if let (Some(stall), true) = (self.settings.stall(), traffic.in_flight > 0) {
+            if let Some(last) = traffic.last_progress {
+                if now >= last + stall {
+                    let detail = format!(
+                        "{} request(s) in flight moved no byte for {}s",
+                        traffic.in_flight,
+                        trim_float(stall.as_secs_f64())
+                    );
+                    actions.extend(self.replace(Reason::Stalled, detail, now));
+                    return actions;
+                }
+            }
+        }
+        if let (Some(due), Some(trigger)) = (self.next_regular, self.regular_trigger()) {
+            if now >= due {
+                if self.running.is_some() {
+                    // H3: a running check delays the next one; it starts when that one ends.
+                    self.queue(trigger);
+                    self.next_regular = None;
+                } else {
+                    actions.extend(self.start(vec![trigger], now));
+                }
+            }
+        }
+        actions
+    }
+
+    fn queue(&mut self, trigger: Trigger) {
+        if !self.queued.contains(&trigger) {
+            self.queued.push(trigger);
+        }
+    }
+
+    fn start(&mut self, triggers: Vec<Trigger>, now: Duration) -> Vec<Action> {
+        if triggers
+            .iter()
+            .any(|t| matches!(t, Trigger::Regular | Trigger::Startup))
+        {
+            self.next_regular = Some(now + self.settings.period());
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.running = Some(Running {
+            id,
+            triggers,
+            started: now,
+        });
+        vec![Action::StartCheck { id }]
+    }
+
+    /// A probe finished. Reports for a check already timed out are ignored.
+    pub fn finish(
+        &mut self,
+        id: u64,
+        report: ProbeReport,
+        now: Duration,
+        traffic: Traffic,
+    ) -> Vec<Action> {
+        let running = match self.running.take() {
+            Some(running) if running.id == id => running,
+            other => {
+                self.running = other;
+                return Vec::new();
+            }
+        };
+        let age = running.started.saturating_sub(self.origin);
+        let counted = self.judge(&running, &report, age, now, traffic);
+        let outcome = Outcome {
+            id,
+            triggers: running.triggers,
+            report,
+            age,
+            finished_at: now,
+            counted,
+            consecutive_failures: self.failures,
+        };
+        let mut actions = Vec::new();
+        let replace_reason = match counted {
+            Counted::Manual => Some(Reason::ManualCheck),
+            Counted::Counted if self.failures >= self.settings.failure_threshold => {
+                Some(Reason::HealthCheck)
+            }
+            _ => None,
+        };
+        let detail = replace_reason.map(|reason| describe_failure(reason, &outcome));
+        self.remember(outcome.clone());
+        actions.push(Action::Emit(Event::Check(outcome)));
+        if let (Some(reason), Some(detail)) = (replace_reason, detail) {
+            actions.extend(self.replace(reason, detail, now));
+        }
+        if self.replaced.is_none() && !self.queued.is_empty() {
+            let queued = std::mem::take(&mut self.queued);
+            actions.extend(self.start(queued, now));
+        }
+        actions
+    }
+
+    /// H4, H6, H9: how a finished check counts.
+    fn judge(
+        &mut self,
+        running: &Running,
+        report: &ProbeReport,
+        age: Duration,
+        now: Duration,
+        traffic: Traffic,
+    ) -> Counted {
+        if self.replaced.is_some() {
+            return Counted::AfterReplace;
+        }
+        if report.passed() {
+            self.failures = 0;
+            self.ready = true;
+            return Counted::Pass;
+        }
+        if running.triggers.contains(&Trigger::Manual) {
+            return Counted::Manual;
+        }
+        if running.triggers == [Trigger::Startup] {
+            return Counted::NotReady;
+        }
+        if age < self.settings.effective_start_period() {
+            return Counted::StartPeriod;
+        }
+        let moving = traffic
+            .last_progress
+            .is_some_and(|t| now.saturating_sub(t) <= self.settings.timeout());
+        if self.settings.allow_on_busy && traffic.in_flight > 0 && moving {
+            return Counted::Busy;
+        }
+        self.failures += 1;
+        Counted::Counted
+    }
+
+    fn remember(&mut self, outcome: Outcome) {
+        if self.history.len() == self.settings.history_size {
+            self.history.pop_front();
+        }
+        self.history.push_back(outcome);
+    }
+
+    /// H5 and R4: run a check now, share the running one, or answer with a recent outcome.
+    pub fn trigger(&mut self, trigger: Trigger, now: Duration) -> (TriggerAnswer, Vec<Action>) {
+        if let Some(running) = &mut self.running {
+            if !running.triggers.contains(&trigger) {
+                running.triggers.push(trigger);
+            }
+            return (TriggerAnswer::Pending(running.id), Vec::new());
+        }
+        if let Some(latest) = self.latest() {
+            if now < latest.finished_at + self.settings.trigger_interval() {
+                return (TriggerAnswer::Latest(Box::new(latest.clone())), Vec::new());
+            }
+        }
+        let actions = self.start(vec![trigger], now);
+        (TriggerAnswer::Pending(self.next_id - 1), actions)
+    }
+
+    /// H6: a manual check, fresh (after the running one, if any); repeated asks coalesce.
+    pub fn manual(&mut self, now: Duration) -> Vec<Action> {
+        if self.replaced.is_some() {
+            return Vec::new();
+        }
+        match &self.running {
+            Some(running) if running.triggers.contains(&Trigger::Manual) => Vec::new(),
+            Some(_) => {
+                self.queue(Trigger::Manual);
+                Vec::new()
+            }
+            None => self.start(vec![Trigger::Manual], now),
+        }
+    }
+
+    /// R1 and R4: an app response's status.
+    pub fn response(&mut self, status: u16, now: Duration) -> Vec<Action> {
+        match status {
+            503 => self.replace(Reason::App503, "the app answered 503".to_owned(), now),
+            500 | 502 | 504 if self.replaced.is_none() => self.trigger(Trigger::Extra, now).1,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Start replacement; the first reason wins and later ones return nothing.
+    pub fn replace(&mut self, reason: Reason, detail: String, now: Duration) -> Vec<Action> {
+        if self.replaced.is_some() {
+            return Vec::new();
+        }
+        let replacement = Replacement {
+            reason,
+            detail,
+            age: self.age(now),
+        };
+        self.replaced = Some(replacement.clone());
+        self.queued.clear();
+        self.next_regular = None;
+        vec![Action::Emit(Event::Replace(replacement))]
+    }
+}
+
+fn describe_failure(reason: Reason, outcome: &Outcome) -> String {
+    let what = match (&outcome.report.status, &outcome.report.error) {
+        (_, Some(error)) => error.clone(),
+        (Some(status), None) => format!("status {status}"),
+        (None, None) => "no answer".to_owned(),
+    };
+    match reason {
+        Reason::ManualCheck => format!("manual check {} failed: {what}", outcome.id),
+        _ => format!(
+            "{} consecutive failed checks; last (check {}): {what}",
+            outcome.consecutive_failures, outcome.id
+        ),
+    }
+}
+
+/// 0.3 → "0.3", 5.0 → "5": seconds as a person writes them.
+pub fn trim_float(value: f64) -> String {
+    let text = format!("{value:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

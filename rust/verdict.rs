@@ -1,0 +1,141 @@
+//! What the core tells Python: finished checks and the replacement verdict.
+
+use std::time::Duration;
+
+/// Why a check ran. One check can serve several triggers (H5 shares a running check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The schedule (H3).
+    Regular,
+    /// A gateway request carrying the check header (H5).
+    Gateway,
+    /// An app response of 500, 502 or 504 (R4).
+    Extra,
+    /// An app response carrying the check header (H6).
+    Manual,
+    /// With `call_regularly=false`, probes until the app first passes, to open readiness.
+    Startup,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Regular => "regular",
+            Trigger::Gateway => "gateway",
+            Trigger::Extra => "extra",
+            Trigger::Manual => "manual",
+            Trigger::Startup => "startup",
+        }
+    }
+}
+
+/// How a finished check was counted under H4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// It passed: the failure count is reset.
+    Pass,
+    /// A failure counted toward `failure_threshold`.
+    Counted,
+    /// A failure ignored: the runner was younger than the start period when it was sent (H4).
+    StartPeriod,
+    /// A failure ignored: requests were in flight and moving bytes (H9).
+    Busy,
+    /// A failed manual check (H6): replaces at once.
+    Manual,
+    /// A failed startup probe with `call_regularly=false`: readiness stays closed.
+    NotReady,
+    /// Finished after the replacement verdict; changes nothing.
+    AfterReplace,
+}
+
+impl Counted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counted::Pass => "pass",
+            Counted::Counted => "counted",
+            Counted::StartPeriod => "start_period",
+            Counted::Busy => "busy",
+            Counted::Manual => "manual",
+            Counted::NotReady => "not_ready",
+            Counted::AfterReplace => "after_replace",
+        }
+    }
+}
+
+/// What a probe saw: a status, or an error (connection refused, timeout, ...).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeReport {
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub latency: Duration,
+}
+
+impl ProbeReport {
+    pub fn passed(&self) -> bool {
+        matches!(self.status, Some(200..=299))
+    }
+}
+
+/// One finished check (H8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub id: u64,
+    pub triggers: Vec<Trigger>,
+    pub report: ProbeReport,
+    /// Runner age when the check was sent.
+    pub age: Duration,
+    /// Clock time when it finished (for rate limiting).
+    pub finished_at: Duration,
+    pub counted: Counted,
+    pub consecutive_failures: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    HealthCheck,
+    ManualCheck,
+    App503,
+    GpuFault,
+    Stalled,
+    AppExited,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::HealthCheck => "health_check",
+            Reason::ManualCheck => "manual_check",
+            Reason::App503 => "app_503",
+            Reason::GpuFault => "gpu_fault",
+            Reason::Stalled => "stalled",
+            Reason::AppExited => "app_exited",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Reason> {
+        [
+            Reason::HealthCheck,
+            Reason::ManualCheck,
+            Reason::App503,
+            Reason::GpuFault,
+            Reason::Stalled,
+            Reason::AppExited,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+    }
+}
+
+/// The runner must be replaced. Sent once; the first reason wins.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replacement {
+    pub reason: Reason,
+    pub detail: String,
+    pub age: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Check(Outcome),
+    Replace(Replacement),
+}
