@@ -25,14 +25,14 @@ test-python: fake-nvml
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	ruff check python tests benches
-	ruff format --check python tests benches
+	ruff check python tests $(wildcard benches)
+	ruff format --check python tests $(wildcard benches)
 	mypy python/
 
 format:
 	cargo fmt --all
-	ruff format python tests benches
-	ruff check --fix python tests benches
+	ruff format python tests $(wildcard benches)
+	ruff check --fix python tests $(wildcard benches)
 
 bench:
 	cargo bench --workspace
