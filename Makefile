@@ -12,7 +12,7 @@ install-test:  ## what the tests need: the package (if missing) and its test ext
 		|| $(PYTHON) -m pip install -e '.[test]'
 
 fake-nvml:  ## the fake libnvidia-ml.so.1 used by the GPU tests
-	cargo build -p fake-nvml --release
+	$(PYTHON) -m runwarden.testing build
 
 test: install-test test-rust test-python
 

@@ -29,7 +29,7 @@ struct Shared {
     wake: Condvar,
     stop: AtomicBool,
     traffic: TrafficCounters,
-    events: EventQueue,
+    events: Arc<EventQueue>,
     probe: Probe,
 }
 
@@ -79,6 +79,13 @@ impl Shared {
         self.wake.notify_all();
     }
 
+    fn replace(self: &Arc<Self>, reason: Reason, detail: String) -> bool {
+        let actions = self.lock().replace(reason, detail, self.now());
+        let replaced = !actions.is_empty();
+        self.act(actions);
+        replaced
+    }
+
     fn keep_time(self: &Arc<Self>) {
         let mut scheduler = self.lock();
         while !self.stop.load(Ordering::Acquire) {
@@ -111,11 +118,13 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(settings: HealthSettings, app_url: &str) -> Result<Checker> {
+    pub fn new(
+        settings: HealthSettings,
+        app_url: &str,
+        events: Arc<EventQueue>,
+    ) -> Result<Checker> {
         let settings = settings.validate()?;
         let probe = Probe::new(app_url, &settings)?;
-        let events = EventQueue::new()
-            .map_err(|e| CoreError::State(format!("could not create the event socket: {e}")))?;
         let base = Instant::now();
         Ok(Checker {
             shared: Arc::new(Shared {
@@ -203,10 +212,13 @@ impl Checker {
 
     /// Replace for a reason found outside the scheduler. False if already replacing.
     pub fn replace(&self, reason: Reason, detail: String) -> bool {
-        self.with_scheduler(|s, now| {
-            let actions = s.replace(reason, detail, now);
-            (!actions.is_empty(), actions)
-        })
+        self.shared.replace(reason, detail)
+    }
+
+    /// `replace` for another thread to call (the GPU monitor's).
+    pub fn replacer(&self) -> Arc<dyn Fn(Reason, String) -> bool + Send + Sync> {
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move |reason, detail| shared.replace(reason, detail))
     }
 
     pub fn traffic(&self) -> &TrafficCounters {
@@ -221,10 +233,6 @@ impl Checker {
         if was_idle && self.shared.lock().settings().stall_seconds.is_some() {
             self.shared.wake.notify_all();
         }
-    }
-
-    pub fn events(&self) -> &EventQueue {
-        &self.shared.events
     }
 
     pub fn drain_events(&self) -> Vec<Event> {
@@ -288,6 +296,10 @@ mod tests {
         url
     }
 
+    fn queue() -> Arc<EventQueue> {
+        Arc::new(EventQueue::new().unwrap())
+    }
+
     fn wait_for_event(checker: &Checker) -> Event {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -306,7 +318,7 @@ mod tests {
             timeout_seconds: 1.0,
             ..Default::default()
         };
-        let checker = Checker::new(settings, &healthy_app()).unwrap();
+        let checker = Checker::new(settings, &healthy_app(), queue()).unwrap();
         checker.start().unwrap();
         match wait_for_event(&checker) {
             Event::Check(outcome) => assert!(outcome.report.passed(), "{outcome:?}"),
@@ -333,7 +345,7 @@ mod tests {
             start_period_seconds: 0,
             ..Default::default()
         };
-        let checker = Checker::new(settings, &url).unwrap();
+        let checker = Checker::new(settings, &url, queue()).unwrap();
         checker.start().unwrap();
         let started = Instant::now();
         let TriggerAnswer::Pending(id) = checker.trigger(Trigger::Gateway) else {
@@ -353,7 +365,8 @@ mod tests {
 
     #[test]
     fn starting_twice_is_an_error() {
-        let checker = Checker::new(HealthSettings::default(), "http://127.0.0.1:9").unwrap();
+        let checker =
+            Checker::new(HealthSettings::default(), "http://127.0.0.1:9", queue()).unwrap();
         checker.start().unwrap();
         assert!(checker.start().is_err());
     }

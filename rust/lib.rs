@@ -4,12 +4,16 @@
 pub mod checker;
 pub mod error;
 pub mod events;
+mod gpu_bindings;
+pub mod nvml;
+pub mod policy;
 pub mod probe;
 pub mod scheduler;
 pub mod settings;
 pub mod traffic;
 pub mod verdict;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -19,6 +23,9 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 
 use checker::Checker;
 use error::CoreError;
+use events::EventQueue;
+use gpu_bindings::{PyGpuFinding, PyGpuMonitoring, PyGpuSamples, PyGpuSettings};
+use nvml::GpuMonitor;
 use scheduler::TriggerAnswer;
 use settings::{HealthSettings, Method};
 use verdict::{Event, Outcome, Reason, Replacement, Trigger};
@@ -30,7 +37,7 @@ create_exception!(
     "A setting is invalid; the message names it, says what is allowed and what was given."
 );
 
-fn to_py(error: CoreError) -> PyErr {
+pub(crate) fn to_py(error: CoreError) -> PyErr {
     match error {
         CoreError::Setting { .. } => SettingsError::new_err(error.to_string()),
         CoreError::State(_) => PyRuntimeError::new_err(error.to_string()),
@@ -45,7 +52,7 @@ fn type_error(name: &str, expected: &str, value: &Bound<'_, PyAny>) -> PyErr {
     SettingsError::new_err(format!("{name} must be {expected}, got {shown}"))
 }
 
-fn integer(name: &str, value: &Bound<'_, PyAny>) -> PyResult<i64> {
+pub(crate) fn integer(name: &str, value: &Bound<'_, PyAny>) -> PyResult<i64> {
     if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
         return Err(type_error(name, "an integer", value));
     }
@@ -54,7 +61,7 @@ fn integer(name: &str, value: &Bound<'_, PyAny>) -> PyResult<i64> {
         .map_err(|_| type_error(name, "an integer", value))
 }
 
-fn number(name: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
+pub(crate) fn number(name: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
     if value.is_instance_of::<PyBool>()
         || !(value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>())
     {
@@ -72,7 +79,7 @@ fn boolean(name: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
     value.extract()
 }
 
-fn text(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
+pub(crate) fn text(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
     if !value.is_instance_of::<PyString>() {
         return Err(type_error(name, "a string", value));
     }
@@ -368,27 +375,69 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
     Ok(match event {
         Event::Check(inner) => Py::new(py, PyCheckOutcome { inner })?.into_any(),
         Event::Replace(inner) => Py::new(py, PyReplace { inner })?.into_any(),
+        Event::GpuSamples { samples, cost } => Py::new(
+            py,
+            PyGpuSamples {
+                samples,
+                cost_seconds: cost.as_secs_f64(),
+            },
+        )?
+        .into_any(),
+        Event::GpuFinding(inner) => Py::new(py, PyGpuFinding { inner })?.into_any(),
+        Event::GpuMonitoring { enabled, detail } => {
+            Py::new(py, PyGpuMonitoring { enabled, detail })?.into_any()
+        }
     })
 }
 
 /// The scheduler and its threads.
 #[pyclass(frozen, module = "runwarden._core", name = "Core")]
 pub struct PyCore {
+    events: Arc<EventQueue>,
     checker: Checker,
+    gpu: Option<GpuMonitor>,
     health: PyHealthCheck,
 }
 
 #[pymethods]
 impl PyCore {
     #[new]
-    fn new(health: &Bound<'_, PyHealthCheck>, app_url: &str) -> PyResult<Self> {
+    #[pyo3(signature = (health, app_url, gpu = None))]
+    fn new(
+        health: &Bound<'_, PyHealthCheck>,
+        app_url: &str,
+        gpu: Option<&Bound<'_, PyGpuSettings>>,
+    ) -> PyResult<Self> {
         let health = health.get().clone();
-        let checker = Checker::new(health.inner.clone(), app_url).map_err(to_py)?;
-        Ok(PyCore { checker, health })
+        let events = EventQueue::new().map(Arc::new).map_err(|e| {
+            PyRuntimeError::new_err(format!("could not create the event socket: {e}"))
+        })?;
+        let checker =
+            Checker::new(health.inner.clone(), app_url, Arc::clone(&events)).map_err(to_py)?;
+        let gpu = gpu
+            .map(|g| {
+                GpuMonitor::new(
+                    g.get().inner.clone(),
+                    Arc::clone(&events),
+                    checker.replacer(),
+                )
+            })
+            .transpose()
+            .map_err(to_py)?;
+        Ok(PyCore {
+            events,
+            checker,
+            gpu,
+            health,
+        })
     }
 
     fn start(&self) -> PyResult<()> {
-        self.checker.start().map_err(to_py)
+        self.checker.start().map_err(to_py)?;
+        if let Some(gpu) = &self.gpu {
+            gpu.start().map_err(to_py)?;
+        }
+        Ok(())
     }
 
     fn app_started(&self) {
@@ -403,7 +452,10 @@ impl PyCore {
             )));
         }
         let timeout = Duration::from_secs_f64(timeout_seconds);
-        Ok(py.detach(|| self.checker.stop(timeout)))
+        Ok(py.detach(|| {
+            let gpu_stopped = self.gpu.as_ref().is_none_or(|g| g.stop(timeout));
+            self.checker.stop(timeout) && gpu_stopped
+        }))
     }
 
     fn request_check(&self, py: Python<'_>, trigger: &str) -> PyResult<Py<PyAny>> {
@@ -452,12 +504,12 @@ impl PyCore {
     }
 
     fn event_fd(&self) -> i32 {
-        self.checker.events().fd()
+        self.events.fd()
     }
 
     fn drain_events(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        self.checker
-            .drain_events()
+        self.events
+            .drain()
             .into_iter()
             .map(|e| event_to_py(py, e))
             .collect()
@@ -488,6 +540,14 @@ impl PyCore {
         d.set_item("settings", self.health.to_dict(py)?)?;
         Ok(d)
     }
+
+    /// GPU monitoring's state for `/status`; None when it was not asked for.
+    fn gpu_status<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.gpu
+            .as_ref()
+            .map(|g| gpu_bindings::state_dict(py, &g.state(), g.settings()))
+            .transpose()
+    }
 }
 
 #[pymodule]
@@ -498,5 +558,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCheckOutcome>()?;
     m.add_class::<PyReplace>()?;
     m.add_class::<PyCore>()?;
+    m.add_class::<PyGpuSettings>()?;
+    m.add_class::<PyGpuSamples>()?;
+    m.add_class::<PyGpuFinding>()?;
+    m.add_class::<PyGpuMonitoring>()?;
     Ok(())
 }

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use crate::nvml::sample::GpuSample;
+use crate::nvml::Found;
+
 /// Why a check ran. One check can serve several triggers (H5 shares a running check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -138,4 +141,16 @@ pub struct Replacement {
 pub enum Event {
     Check(Outcome),
     Replace(Replacement),
+    /// One sample of every GPU (G4), with what it cost to take.
+    GpuSamples {
+        samples: Vec<GpuSample>,
+        cost: Duration,
+    },
+    /// A GPU warning or fault (G2, G3).
+    GpuFinding(Found),
+    /// GPU monitoring started, or is off and why (sent once).
+    GpuMonitoring {
+        enabled: bool,
+        detail: String,
+    },
 }

@@ -7,6 +7,10 @@ The Rust core (`runwarden._core`) runs the health-check scheduler on its own thr
 from runwarden._core import (
     CheckOutcome,
     Core,
+    GpuFinding,
+    GpuMonitoring,
+    GpuSamples,
+    GpuSettings,
     HealthCheck,
     Replace,
     SettingsError,
@@ -17,6 +21,10 @@ from runwarden.warden import Warden
 __all__ = [
     "CheckOutcome",
     "Core",
+    "GpuFinding",
+    "GpuMonitoring",
+    "GpuSamples",
+    "GpuSettings",
     "HealthCheck",
     "Replace",
     "SettingsError",

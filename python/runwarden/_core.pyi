@@ -6,7 +6,8 @@ them holds the GIL. Python hears about state changes through `Core.event_fd()`,
 a socket the asyncio loop watches, and `Core.drain_events()`.
 """
 
-from typing import Literal
+from collections.abc import Iterable
+from typing import Any, Literal
 
 Trigger = Literal["regular", "gateway", "extra", "manual", "startup"]
 Counted = Literal["pass", "counted", "start_period", "busy", "manual", "not_ready", "after_replace"]
@@ -75,14 +76,62 @@ class Replace:
     age_seconds: float
     def to_dict(self) -> dict[str, object]: ...
 
-Event = CheckOutcome | Replace
+class GpuSettings:
+    """GPU monitoring settings (SPEC G), validated. Immutable."""
+
+    sample_seconds: float
+    watchdog_seconds: float
+    library: str
+    def __init__(
+        self,
+        *,
+        sample_seconds: float = 5.0,
+        watchdog_seconds: float = 10.0,
+        library: str | None = None,
+        temperature_warning_celsius: int = 85,
+        fatal_xids: Iterable[int] = ...,
+        warning_xids: Iterable[int] = ...,
+        ignored_xids: Iterable[int] = ...,
+        retired_pages_fatal: int = 63,
+        remapped_rows_fatal: int = 512,
+        promote_warnings: dict[str, float] | None = None,
+    ) -> None: ...
+    def to_dict(self) -> dict[str, object]: ...
+
+class GpuSamples:
+    """One sample of every GPU (G1, G4): a dict per GPU, and what the sample cost."""
+
+    samples: list[dict[str, Any]]
+    cost_seconds: float
+
+class GpuFinding:
+    """A GPU warning or fault (G2, G3). A fatal one is followed by Replace(gpu_fault)."""
+
+    gpu: int | None
+    uuid: str | None
+    rule: str
+    severity: Literal["warning", "fatal"]
+    detail: str
+    age_seconds: float
+    def to_dict(self) -> dict[str, object]: ...
+
+class GpuMonitoring:
+    """GPU monitoring started, or is off and why. Sent once."""
+
+    enabled: bool
+    detail: str
+
+Event = CheckOutcome | Replace | GpuSamples | GpuFinding | GpuMonitoring
 
 class Core:
     """The scheduler and its threads. Create, `start()`, feed it traffic, read events, `stop()`."""
 
-    def __init__(self, health: HealthCheck, app_url: str) -> None: ...
+    def __init__(
+        self, health: HealthCheck, app_url: str, gpu: GpuSettings | None = None
+    ) -> None: ...
     def start(self) -> None:
-        """Start the threads; runner age (H2) counts from now."""
+        """Start the threads (GPU monitoring's too, if asked for); runner age (H2) counts
+        from now."""
     def app_started(self) -> None:
         """The supervised app was (re)started: runner age counts from now (H2)."""
     def stop(self, timeout_seconds: float = 2.0) -> bool:
@@ -110,3 +159,5 @@ class Core:
         """The bounded check history (H8), oldest first."""
     def state(self) -> dict[str, object]:
         """A snapshot: age, ready, replacing reason, consecutive failures, traffic, settings."""
+    def gpu_status(self) -> dict[str, Any] | None:
+        """GPU monitoring for /status: enabled, detail, samples, findings; None if not asked."""

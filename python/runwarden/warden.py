@@ -14,7 +14,16 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
-from runwarden._core import CheckOutcome, Core, HealthCheck, Replace
+from runwarden._core import (
+    CheckOutcome,
+    Core,
+    GpuFinding,
+    GpuMonitoring,
+    GpuSamples,
+    GpuSettings,
+    HealthCheck,
+    Replace,
+)
 
 if TYPE_CHECKING:
     from runwarden._core import Reason
@@ -22,16 +31,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("runwarden")
 
 OutcomeListener = Callable[[CheckOutcome], None]
+GpuEvent = GpuSamples | GpuFinding | GpuMonitoring
+GpuListener = Callable[[GpuEvent], None]
 
 
 class Warden:
-    """Health checks of one app, run by the Rust core; results delivered on this loop."""
+    """Health checks of one app (and its GPUs, when asked), run by the Rust core; results
+    delivered on this loop."""
 
-    def __init__(self, health: HealthCheck, app_url: str) -> None:
+    def __init__(self, health: HealthCheck, app_url: str, gpu: GpuSettings | None = None) -> None:
         self.health = health
-        self.core = Core(health, app_url)
+        self.core = Core(health, app_url, gpu)
         self._waiting: dict[int, list[asyncio.Future[CheckOutcome]]] = {}
         self._listeners: list[OutcomeListener] = []
+        self._gpu_listeners: list[GpuListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._replaced: asyncio.Future[Replace] | None = None
         self.ready = False
@@ -58,6 +71,12 @@ class Warden:
         """Call `listener` with every finished check (metrics, logs); returns an unsubscribe."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def on_gpu(self, listener: GpuListener) -> Callable[[], None]:
+        """Call `listener` with every GPU sample, finding and monitoring state; returns an
+        unsubscribe."""
+        self._gpu_listeners.append(listener)
+        return lambda: self._gpu_listeners.remove(listener)
 
     async def check(self, trigger: Literal["gateway", "extra"] = "gateway") -> CheckOutcome:
         """Run a check now, or share the running one; rate-limited triggers get the latest."""
@@ -96,6 +115,11 @@ class Warden:
                 if self._replaced is not None and not self._replaced.done():
                     self._replaced.set_result(event)
                 continue
+            if isinstance(event, GpuSamples | GpuFinding | GpuMonitoring):
+                self._log_gpu(event)
+                for gpu_listener in list(self._gpu_listeners):
+                    gpu_listener(event)
+                continue
             if event.passed:
                 self.ready = True
             for fut in self._waiting.pop(event.id, ()):
@@ -103,3 +127,12 @@ class Warden:
                     fut.set_result(event)
             for listener in list(self._listeners):
                 listener(event)
+
+    @staticmethod
+    def _log_gpu(event: GpuEvent) -> None:
+        if isinstance(event, GpuMonitoring):
+            log.log(logging.INFO if event.enabled else logging.WARNING, "%s", event.detail)
+        elif isinstance(event, GpuFinding):
+            where = f" on GPU {event.gpu}" if event.gpu is not None else ""
+            level = logging.ERROR if event.severity == "fatal" else logging.WARNING
+            log.log(level, "GPU %s %s%s: %s", event.severity, event.rule, where, event.detail)

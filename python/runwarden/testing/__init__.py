@@ -1,0 +1,424 @@
+"""Drive the fake NVML driver, so GPU faults can be tested on a machine without a GPU.
+
+The fake (`rust/fake-nvml`) is a `libnvidia-ml.so.1` that answers NVML calls from a JSON state
+file named by `RUNWARDEN_FAKE_NVML_STATE`, re-read whenever it changes. `FakeNvml` writes that
+file; `fake_nvml_dir()` builds the library and returns the directory to put on
+`LD_LIBRARY_PATH` (or pass `<dir>/libnvidia-ml.so.1` as `--nvml-library`).
+
+    nvml = FakeNvml(tmp_path / "gpus.json")
+    nvml.reset(gpus=2)
+    env = {**os.environ, **nvml.env, "LD_LIBRARY_PATH": str(fake_nvml_dir())}
+    ...  # start the process under test with env
+    nvml.inject_xid(gpu=0, xid=79)
+
+The state file, every key optional (the fake's defaults are `default_state()`'s values):
+
+    {"driver_version": "550.54.15", "nvml_version": null, "cuda_driver_version": 12040,
+     "gpus": [{"name", "uuid", "pci_bus_id", "temperature" (C),
+               "sm_clock", "mem_clock", "graphics_clock", "video_clock" (MHz),
+               "throttle_reasons" (bits), "power_mw", "gpu_util", "memory_util" (%),
+               "memory": {"total", "reserved", "used", "free"} (bytes),
+               "ecc": {"corrected_volatile", "corrected_aggregate",
+                       "uncorrected_volatile", "uncorrected_aggregate"},
+               "retired_pages": {"single_bit", "double_bit", "pending"},
+               "remapped_rows": {"corrected", "uncorrected", "pending", "failure"},
+               "supported_events" (bits), "lost", "returns", "hang"}],
+     "returns": {"<nvml function>": <return code>},
+     "hang": {"<nvml function>": <seconds>},
+     "events": [{"id", "gpu", "type", "data", "gpu_instance_id", "compute_instance_id"}]}
+
+- GPU count is the length of `gpus`; a GPU dropped from the list answers GPU_IS_LOST.
+- `returns`/`hang` at the top apply to every call of the function, inside a GPU to calls
+  naming that GPU. An unversioned name also covers the versioned ones (`nvmlInit` covers
+  `nvmlInit_v2` and `nvmlInitWithFlags`). Removing a hang releases calls already blocked.
+- Each event is delivered once per process (by `id`) through `nvmlEventSetWait_v2`, within
+  about 20 ms, to an event set on which its GPU is registered for its type.
+- NVML's v1 memory struct reports `used + reserved` as used; `_v2` reports them apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from enum import IntEnum, IntFlag
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict, cast
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = [
+    "STATE_ENV",
+    "Ecc",
+    "Event",
+    "EventType",
+    "FakeNvml",
+    "FakeNvmlError",
+    "Gpu",
+    "Memory",
+    "RemappedRows",
+    "RetiredPages",
+    "Return",
+    "State",
+    "ThrottleReason",
+    "default_gpu",
+    "default_state",
+    "fake_nvml_dir",
+]
+
+STATE_ENV = "RUNWARDEN_FAKE_NVML_STATE"
+LIBRARY_NAME = "libnvidia-ml.so.1"
+
+
+class FakeNvmlError(RuntimeError):
+    """The fake driver cannot be built or located, or a request names no such GPU."""
+
+
+class Return(IntEnum):
+    """NVML return codes (`nvmlReturn_t`) worth forcing in a test."""
+
+    SUCCESS = 0
+    UNINITIALIZED = 1
+    INVALID_ARGUMENT = 2
+    NOT_SUPPORTED = 3
+    NO_PERMISSION = 4
+    NOT_FOUND = 6
+    INSUFFICIENT_SIZE = 7
+    DRIVER_NOT_LOADED = 9
+    TIMEOUT = 10
+    GPU_IS_LOST = 15
+    RESET_REQUIRED = 16
+    UNKNOWN = 999
+
+
+class EventType(IntFlag):
+    """`nvmlEventType*` bits."""
+
+    SINGLE_BIT_ECC_ERROR = 0x1
+    DOUBLE_BIT_ECC_ERROR = 0x2
+    PSTATE = 0x4
+    XID_CRITICAL_ERROR = 0x8
+    CLOCK = 0x10
+    POWER_SOURCE_CHANGE = 0x80
+    MIG_CONFIG_CHANGE = 0x100
+
+
+class ThrottleReason(IntFlag):
+    """`nvmlClocksEventReason*` (formerly `nvmlClocksThrottleReason*`) bits."""
+
+    GPU_IDLE = 0x1
+    APPLICATIONS_CLOCKS_SETTING = 0x2
+    SW_POWER_CAP = 0x4
+    HW_SLOWDOWN = 0x8
+    SYNC_BOOST = 0x10
+    SW_THERMAL_SLOWDOWN = 0x20
+    HW_THERMAL_SLOWDOWN = 0x40
+    HW_POWER_BRAKE_SLOWDOWN = 0x80
+    DISPLAY_CLOCK_SETTING = 0x100
+
+
+class Memory(TypedDict, total=False):
+    total: int
+    reserved: int
+    used: int
+    free: int | None
+
+
+class Ecc(TypedDict, total=False):
+    corrected_volatile: int
+    corrected_aggregate: int
+    uncorrected_volatile: int
+    uncorrected_aggregate: int
+
+
+class RetiredPages(TypedDict, total=False):
+    single_bit: int
+    double_bit: int
+    pending: bool
+
+
+class RemappedRows(TypedDict, total=False):
+    corrected: int
+    uncorrected: int
+    pending: bool
+    failure: bool
+
+
+class Gpu(TypedDict, total=False):
+    name: str
+    uuid: str
+    pci_bus_id: str
+    temperature: int
+    sm_clock: int
+    mem_clock: int
+    graphics_clock: int
+    video_clock: int
+    throttle_reasons: int
+    power_mw: int
+    gpu_util: int
+    memory_util: int
+    memory: Memory
+    ecc: Ecc
+    retired_pages: RetiredPages
+    remapped_rows: RemappedRows
+    supported_events: int
+    lost: bool
+    returns: dict[str, int]
+    hang: dict[str, float]
+
+
+class Event(TypedDict):
+    id: str | int
+    gpu: int
+    type: int
+    data: int
+    gpu_instance_id: int
+    compute_instance_id: int
+
+
+class State(TypedDict, total=False):
+    driver_version: str
+    nvml_version: str | None
+    cuda_driver_version: int
+    gpus: list[Gpu]
+    returns: dict[str, int]
+    hang: dict[str, float]
+    events: list[Event]
+
+
+NO_INSTANCE = 0xFFFFFFFF
+
+
+def default_gpu(index: int) -> Gpu:
+    """The healthy GPU the fake reports at `index` when the state leaves its values out."""
+    return {
+        "name": "NVIDIA H100 80GB HBM3",
+        "uuid": f"GPU-00000000-0000-4000-8000-{index:012x}",
+        "pci_bus_id": f"00000000:{0x18 + index:02X}:00.0",
+        "temperature": 40,
+        "sm_clock": 1980,
+        "mem_clock": 2619,
+        "graphics_clock": 1980,
+        "video_clock": 1755,
+        "throttle_reasons": 0,
+        "power_mw": 72_000,
+        "gpu_util": 0,
+        "memory_util": 0,
+        "memory": {"total": 80 << 30, "reserved": 512 << 20, "used": 0, "free": None},
+        "ecc": {
+            "corrected_volatile": 0,
+            "corrected_aggregate": 0,
+            "uncorrected_volatile": 0,
+            "uncorrected_aggregate": 0,
+        },
+        "retired_pages": {"single_bit": 0, "double_bit": 0, "pending": False},
+        "remapped_rows": {"corrected": 0, "uncorrected": 0, "pending": False, "failure": False},
+        "supported_events": 0x19F,
+        "lost": False,
+        "returns": {},
+        "hang": {},
+    }
+
+
+def default_state(gpus: int = 1) -> State:
+    """`gpus` healthy GPUs and no faults, every value spelled out."""
+    return {
+        "driver_version": "550.54.15",
+        "nvml_version": None,
+        "cuda_driver_version": 12040,
+        "gpus": [default_gpu(i) for i in range(gpus)],
+        "returns": {},
+        "hang": {},
+        "events": [],
+    }
+
+
+class FakeNvml:
+    """Reads and rewrites one state file. Every change is one atomic write, so a running
+    driver sees either the old state or the new one, never half a file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment variable that points the fake at this file."""
+        return {STATE_ENV: str(self.path)}
+
+    def read(self) -> State:
+        """The state written last, or `default_state()` when there is no file yet."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return default_state()
+        return cast(State, json.loads(text))
+
+    def write(self, state: State) -> None:
+        _write_atomically(self.path, json.dumps(state, indent=2) + "\n")
+
+    def reset(self, gpus: int = 1) -> None:
+        """`gpus` healthy GPUs, no faults, no pending events."""
+        self.write(default_state(gpus))
+
+    def set_gpu_count(self, count: int) -> None:
+        """Drops GPUs from the end of the list (they answer GPU_IS_LOST to held handles) or
+        appends healthy ones."""
+        state = self.read()
+        gpus = state.setdefault("gpus", [])
+        del gpus[count:]
+        gpus.extend(default_gpu(i) for i in range(len(gpus), count))
+        self.write(state)
+
+    def set_gpu(self, index: int, **values: Unpack[Gpu]) -> None:
+        """Changes the named values of one GPU; a nested table (`ecc={...}`) is merged."""
+        state = self.read()
+        gpu = _gpu(state, index)
+        for key, value in values.items():
+            current = gpu.get(key)
+            if isinstance(value, dict) and isinstance(current, dict):
+                current.update(value)
+            else:
+                cast(dict[str, Any], gpu)[key] = value
+        self.write(state)
+
+    def lose_gpu(self, index: int, lost: bool = True) -> None:
+        """Every call naming the GPU answers GPU_IS_LOST (15), as after it fell off the bus."""
+        self.set_gpu(index, lost=lost)
+
+    def set_return(self, function: str, code: int, gpu: int | None = None) -> None:
+        """Every call of `function` (on `gpu` only, if given) answers `code`; 0 clears it."""
+        state = self.read()
+        table = _overrides(state, "returns", gpu)
+        if code == Return.SUCCESS:
+            table.pop(function, None)
+        else:
+            table[function] = int(code)
+        self.write(state)
+
+    def hang(self, function: str, seconds: float, gpu: int | None = None) -> None:
+        """Every call of `function` (on `gpu` only, if given) blocks `seconds` before
+        answering; 0 clears it and releases calls already blocked."""
+        state = self.read()
+        table = _overrides(state, "hang", gpu)
+        if seconds <= 0:
+            table.pop(function, None)
+        else:
+            table[function] = float(seconds)
+        self.write(state)
+
+    def inject_event(self, gpu: int, event_type: int, data: int = 0) -> str:
+        """Queues one event for delivery through the event wait; returns its id."""
+        state = self.read()
+        _gpu(state, gpu)
+        event_id = f"evt-{uuid.uuid4().hex[:12]}"
+        state.setdefault("events", []).append(
+            {
+                "id": event_id,
+                "gpu": gpu,
+                "type": int(event_type),
+                "data": data,
+                "gpu_instance_id": NO_INSTANCE,
+                "compute_instance_id": NO_INSTANCE,
+            }
+        )
+        self.write(state)
+        return event_id
+
+    def inject_xid(self, gpu: int, xid: int) -> str:
+        """A critical XID event (e.g. 79, fallen off the bus) on `gpu`; returns its id."""
+        return self.inject_event(gpu, EventType.XID_CRITICAL_ERROR, xid)
+
+
+def _gpu(state: State, index: int) -> Gpu:
+    gpus = state.get("gpus", [])
+    if not 0 <= index < len(gpus):
+        raise FakeNvmlError(
+            f"no GPU {index}: the state has {len(gpus)}; call reset(gpus=N) or "
+            "set_gpu_count(N) first"
+        )
+    return gpus[index]
+
+
+def _overrides(state: State, key: str, gpu: int | None) -> dict[str, Any]:
+    owner = cast(dict[str, Any], state if gpu is None else _gpu(state, gpu))
+    return cast(dict[str, Any], owner.setdefault(key, {}))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(temp, 0o644)
+        # The driver notices a change by stat alone. Moving mtime strictly forward makes two
+        # writes within one clock tick, of the same size, still read as two versions.
+        try:
+            previous = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            previous = 0
+        mtime = max(time.time_ns(), previous + 1_000)
+        os.utime(temp, ns=(mtime, mtime))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _source_root() -> Path:
+    # python/runwarden/testing/__init__.py -> the checkout's root, three levels above python/.
+    root = Path(__file__).resolve().parents[3]
+    if not (root / "rust" / "fake-nvml" / "Cargo.toml").is_file():
+        raise FakeNvmlError(
+            "the fake NVML driver is built from the source tree, and runwarden is installed "
+            f"from a wheel here ({Path(__file__).parent}); run from a source checkout "
+            "(`make dev`), or build it there with `make fake-nvml`"
+        )
+    return root
+
+
+def _newest_source(crate: Path) -> int:
+    sources = [crate / "Cargo.toml", *crate.glob("*.rs"), *crate.joinpath("src").rglob("*.rs")]
+    return max(p.stat().st_mtime_ns for p in sources)
+
+
+def fake_nvml_dir() -> Path:
+    """The directory holding the fake `libnvidia-ml.so.1`, building it first (`cargo build
+    -p fake-nvml --release`) when it is missing or older than its sources."""
+    root = _source_root()
+    target = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
+    target = target if target.is_absolute() else root / target
+    built = target / "release" / "libnvidia_ml.so"
+    if not built.is_file() or built.stat().st_mtime_ns < _newest_source(root / "rust/fake-nvml"):
+        cargo = shutil.which("cargo")
+        if cargo is None:
+            raise FakeNvmlError("building the fake NVML driver needs cargo (Rust) on PATH")
+        result = subprocess.run(
+            [cargo, "build", "-p", "fake-nvml", "--release"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            raise FakeNvmlError(f"`cargo build -p fake-nvml --release` failed:\n{result.stderr}")
+    out = target / "fake-nvml"
+    library = out / LIBRARY_NAME
+    # A copy, not a link: a rebuild must not rewrite a library a running process has mapped.
+    # copy2 keeps the mtime, which tells whether the copy is current.
+    source = built.stat()
+    if (
+        not library.is_file()
+        or library.stat().st_mtime_ns != source.st_mtime_ns
+        or library.stat().st_size != source.st_size
+    ):
+        out.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=out, prefix=f".{LIBRARY_NAME}.")
+        os.close(fd)
+        shutil.copy2(built, temp)
+        os.replace(temp, library)
+    return out

@@ -1,0 +1,320 @@
+//! Python bindings of GPU monitoring: its settings in, its samples and findings out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::nvml::sample::GpuSample;
+use crate::nvml::{Found, GpuSettings, MonitorState};
+use crate::policy::PolicySettings;
+use crate::{integer, number, text, to_py, SettingsError};
+
+const GPU_SETTINGS: [&str; 10] = [
+    "sample_seconds",
+    "watchdog_seconds",
+    "library",
+    "temperature_warning_celsius",
+    "fatal_xids",
+    "warning_xids",
+    "ignored_xids",
+    "retired_pages_fatal",
+    "remapped_rows_fatal",
+    "promote_warnings",
+];
+
+fn xids(name: &str, value: &Bound<'_, PyAny>) -> PyResult<BTreeSet<u64>> {
+    let items: Vec<Bound<'_, PyAny>> = value
+        .try_iter()
+        .map_err(|_| SettingsError::new_err(format!("{name} must be a list of XID numbers")))?
+        .collect::<PyResult<_>>()?;
+    items
+        .iter()
+        .map(|item| {
+            let n = integer(name, item)?;
+            u64::try_from(n)
+                .map_err(|_| SettingsError::new_err(format!("{name} must hold XIDs >= 0, got {n}")))
+        })
+        .collect()
+}
+
+fn positive_count(name: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    let n = integer(name, value)?;
+    u64::try_from(n)
+        .map_err(|_| SettingsError::new_err(format!("{name} must be an integer >= 1, got {n}")))
+}
+
+/// GPU monitoring settings (SPEC G), validated.
+#[pyclass(frozen, module = "runwarden._core", name = "GpuSettings")]
+#[derive(Clone)]
+pub struct PyGpuSettings {
+    pub inner: GpuSettings,
+}
+
+#[pymethods]
+impl PyGpuSettings {
+    #[new]
+    #[pyo3(signature = (**kwargs))]
+    fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let mut s = GpuSettings::default();
+        for (key, value) in kwargs.into_iter().flatten() {
+            let key: String = key.extract()?;
+            let v = &value;
+            match key.as_str() {
+                "sample_seconds" => s.sample_seconds = number(&key, v)?,
+                "watchdog_seconds" => s.watchdog_seconds = number(&key, v)?,
+                "library" => {
+                    s.library = if v.is_none() {
+                        None
+                    } else {
+                        Some(text(&key, v)?)
+                    }
+                }
+                "temperature_warning_celsius" => {
+                    let n = integer(&key, v)?;
+                    s.policy.temperature_warning_celsius = u32::try_from(n).map_err(|_| {
+                        SettingsError::new_err(format!("{key} must be an integer >= 0, got {n}"))
+                    })?
+                }
+                "fatal_xids" => s.policy.fatal_xids = xids(&key, v)?,
+                "warning_xids" => s.policy.warning_xids = xids(&key, v)?,
+                "ignored_xids" => s.policy.ignored_xids = xids(&key, v)?,
+                "retired_pages_fatal" => s.policy.retired_pages_fatal = positive_count(&key, v)?,
+                "remapped_rows_fatal" => s.policy.remapped_rows_fatal = positive_count(&key, v)?,
+                "promote_warnings" => {
+                    let dict = v.cast::<PyDict>().map_err(|_| {
+                        SettingsError::new_err(
+                            "promote_warnings must be a dict of warning name to seconds",
+                        )
+                    })?;
+                    let mut promote = BTreeMap::new();
+                    for (rule, seconds) in dict.iter() {
+                        let rule = text("promote_warnings key", &rule)?;
+                        promote.insert(rule, number("promote_warnings value", &seconds)?);
+                    }
+                    s.policy.promote = promote;
+                }
+                unknown => {
+                    return Err(SettingsError::new_err(format!(
+                        "unknown GPU setting {unknown:?}; known settings: {}",
+                        GPU_SETTINGS.join(", ")
+                    )))
+                }
+            }
+        }
+        Ok(PyGpuSettings {
+            inner: s.validate().map_err(to_py)?,
+        })
+    }
+
+    #[getter]
+    fn sample_seconds(&self) -> f64 {
+        self.inner.sample_seconds
+    }
+    #[getter]
+    fn watchdog_seconds(&self) -> f64 {
+        self.inner.watchdog_seconds
+    }
+    #[getter]
+    fn library(&self) -> &str {
+        self.inner.library()
+    }
+
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        settings_dict(py, &self.inner)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let d = self.to_dict(py)?;
+        let parts: PyResult<Vec<String>> = d
+            .iter()
+            .map(|(k, v)| Ok(format!("{}={}", k.str()?, v.repr()?)))
+            .collect();
+        Ok(format!("GpuSettings({})", parts?.join(", ")))
+    }
+}
+
+fn settings_dict<'py>(py: Python<'py>, s: &GpuSettings) -> PyResult<Bound<'py, PyDict>> {
+    let p: &PolicySettings = &s.policy;
+    let d = PyDict::new(py);
+    d.set_item("sample_seconds", s.sample_seconds)?;
+    d.set_item("watchdog_seconds", s.watchdog_seconds)?;
+    d.set_item("library", s.library())?;
+    d.set_item("temperature_warning_celsius", p.temperature_warning_celsius)?;
+    d.set_item("fatal_xids", p.fatal_xids.iter().collect::<Vec<_>>())?;
+    d.set_item("warning_xids", p.warning_xids.iter().collect::<Vec<_>>())?;
+    d.set_item("ignored_xids", p.ignored_xids.iter().collect::<Vec<_>>())?;
+    d.set_item("retired_pages_fatal", p.retired_pages_fatal)?;
+    d.set_item("remapped_rows_fatal", p.remapped_rows_fatal)?;
+    d.set_item("promote_warnings", p.promote.clone())?;
+    Ok(d)
+}
+
+pub fn sample_dict<'py>(py: Python<'py>, s: &GpuSample) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("index", s.index)?;
+    d.set_item("uuid", &s.uuid)?;
+    d.set_item("name", &s.name)?;
+    d.set_item("temperature_c", s.temperature_c)?;
+    d.set_item("sm_clock_mhz", s.sm_clock_mhz)?;
+    d.set_item("memory_clock_mhz", s.memory_clock_mhz)?;
+    d.set_item("throttle_reasons", s.throttle_reasons)?;
+    d.set_item("power_mw", s.power_mw)?;
+    d.set_item("gpu_utilization", s.gpu_utilization)?;
+    d.set_item("memory_utilization", s.memory_utilization)?;
+    d.set_item("memory_used_bytes", s.memory_used_bytes)?;
+    d.set_item("memory_total_bytes", s.memory_total_bytes)?;
+    let ecc = PyDict::new(py);
+    ecc.set_item("volatile_corrected", s.ecc.volatile_corrected)?;
+    ecc.set_item("volatile_uncorrected", s.ecc.volatile_uncorrected)?;
+    ecc.set_item("aggregate_corrected", s.ecc.aggregate_corrected)?;
+    ecc.set_item("aggregate_uncorrected", s.ecc.aggregate_uncorrected)?;
+    d.set_item("ecc", ecc)?;
+    match &s.retired_pages {
+        Some(p) => {
+            let pages = PyDict::new(py);
+            pages.set_item("single_bit", p.single_bit)?;
+            pages.set_item("double_bit", p.double_bit)?;
+            pages.set_item("pending", p.pending)?;
+            d.set_item("retired_pages", pages)?;
+        }
+        None => d.set_item("retired_pages", py.None())?,
+    }
+    match &s.remapped_rows {
+        Some(r) => {
+            let rows = PyDict::new(py);
+            rows.set_item("correctable", r.correctable)?;
+            rows.set_item("uncorrectable", r.uncorrectable)?;
+            rows.set_item("pending", r.pending)?;
+            rows.set_item("failure", r.failure)?;
+            d.set_item("remapped_rows", rows)?;
+        }
+        None => d.set_item("remapped_rows", py.None())?,
+    }
+    let errors = PyList::empty(py);
+    for e in &s.errors {
+        let item = PyDict::new(py);
+        item.set_item("call", e.call)?;
+        item.set_item("error", e.error.to_string())?;
+        errors.append(item)?;
+    }
+    d.set_item("errors", errors)?;
+    Ok(d)
+}
+
+fn found_dict<'py>(py: Python<'py>, f: &Found) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("gpu", f.finding.gpu)?;
+    d.set_item("uuid", &f.finding.uuid)?;
+    d.set_item("rule", f.finding.rule)?;
+    d.set_item("severity", f.finding.severity.as_str())?;
+    d.set_item("detail", &f.finding.detail)?;
+    d.set_item("age_seconds", f.age.as_secs_f64())?;
+    Ok(d)
+}
+
+/// One sample of every GPU (G4), and what it cost to take.
+#[pyclass(frozen, module = "runwarden._core", name = "GpuSamples")]
+pub struct PyGpuSamples {
+    pub samples: Vec<GpuSample>,
+    pub cost_seconds: f64,
+}
+
+#[pymethods]
+impl PyGpuSamples {
+    #[getter]
+    fn cost_seconds(&self) -> f64 {
+        self.cost_seconds
+    }
+    #[getter]
+    fn samples<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.samples.iter().map(|s| sample_dict(py, s)).collect()
+    }
+}
+
+/// A GPU warning or fault (G2, G3).
+#[pyclass(frozen, module = "runwarden._core", name = "GpuFinding")]
+pub struct PyGpuFinding {
+    pub inner: Found,
+}
+
+#[pymethods]
+impl PyGpuFinding {
+    #[getter]
+    fn gpu(&self) -> Option<u32> {
+        self.inner.finding.gpu
+    }
+    #[getter]
+    fn uuid(&self) -> Option<&str> {
+        self.inner.finding.uuid.as_deref()
+    }
+    #[getter]
+    fn rule(&self) -> &'static str {
+        self.inner.finding.rule
+    }
+    #[getter]
+    fn severity(&self) -> &'static str {
+        self.inner.finding.severity.as_str()
+    }
+    #[getter]
+    fn detail(&self) -> &str {
+        &self.inner.finding.detail
+    }
+    #[getter]
+    fn age_seconds(&self) -> f64 {
+        self.inner.age.as_secs_f64()
+    }
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        found_dict(py, &self.inner)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "GpuFinding({} {} gpu={:?}: {})",
+            self.severity(),
+            self.rule(),
+            self.gpu(),
+            self.detail()
+        )
+    }
+}
+
+/// GPU monitoring started, or is off and why (sent once).
+#[pyclass(frozen, module = "runwarden._core", name = "GpuMonitoring")]
+pub struct PyGpuMonitoring {
+    #[pyo3(get)]
+    pub enabled: bool,
+    #[pyo3(get)]
+    pub detail: String,
+}
+
+/// The monitor's state for `/status`.
+pub fn state_dict<'py>(
+    py: Python<'py>,
+    state: &MonitorState,
+    settings: &GpuSettings,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("enabled", state.enabled)?;
+    d.set_item("detail", &state.detail)?;
+    d.set_item("driver_version", &state.driver_version)?;
+    d.set_item("gpu_count", state.gpu_count)?;
+    d.set_item(
+        "sample_cost_seconds",
+        state.sample_cost.map(|c| c.as_secs_f64()),
+    )?;
+    let samples: PyResult<Vec<_>> = state.samples.iter().map(|s| sample_dict(py, s)).collect();
+    d.set_item("samples", samples?)?;
+    let findings: PyResult<Vec<_>> = state.findings.iter().map(|f| found_dict(py, f)).collect();
+    d.set_item("findings", findings?)?;
+    let warnings = PyList::empty(py);
+    for (gpu, rule, since) in &state.active_warnings {
+        let w = PyDict::new(py);
+        w.set_item("gpu", gpu)?;
+        w.set_item("rule", rule)?;
+        w.set_item("since_seconds", since.as_secs_f64())?;
+        warnings.append(w)?;
+    }
+    d.set_item("active_warnings", warnings)?;
+    d.set_item("settings", settings_dict(py, settings)?)?;
+    Ok(d)
+}

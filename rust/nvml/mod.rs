@@ -1,0 +1,441 @@
+//! GPU monitoring (SPEC G): a sampler thread, an XID event thread and a watchdog thread,
+//! around the pure policy in `policy.rs`. The driver is loaded at run time; without it
+//! monitoring is off, said once, and everything else works.
+
+pub mod read;
+pub mod sample;
+pub mod watchdog;
+pub mod xid;
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nvml_wrapper::Nvml;
+
+use crate::error::{bad_setting, CoreError, Result};
+use crate::events::EventQueue;
+use crate::policy::{Finding, Policy, PolicySettings, Severity};
+use crate::verdict::{Event, Reason};
+use read::Identity;
+use sample::GpuSample;
+use watchdog::Watch;
+
+/// The library loaded when no path is set: the driver's, found by the dynamic loader.
+pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
+/// Findings kept for `/status`.
+const FINDINGS_KEPT: usize = 100;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuSettings {
+    pub sample_seconds: f64,
+    pub watchdog_seconds: f64,
+    pub library: Option<String>,
+    pub policy: PolicySettings,
+}
+
+impl Default for GpuSettings {
+    fn default() -> Self {
+        GpuSettings {
+            sample_seconds: 5.0,
+            watchdog_seconds: 10.0,
+            library: None,
+            policy: PolicySettings::default(),
+        }
+    }
+}
+
+impl GpuSettings {
+    pub fn validate(mut self) -> Result<Self> {
+        for (name, value) in [
+            ("gpu_sample_seconds", self.sample_seconds),
+            ("nvml_watchdog_seconds", self.watchdog_seconds),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(bad_setting(name, "a finite number > 0", value));
+            }
+        }
+        self.policy = self.policy.validate()?;
+        Ok(self)
+    }
+
+    pub fn library(&self) -> &str {
+        self.library.as_deref().unwrap_or(DEFAULT_LIBRARY)
+    }
+}
+
+/// A finding with the monitor's clock time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub finding: Finding,
+    pub age: Duration,
+}
+
+/// What `/status` shows of the GPUs.
+#[derive(Debug, Clone, Default)]
+pub struct MonitorState {
+    /// `None` until the driver was tried.
+    pub enabled: Option<bool>,
+    pub detail: String,
+    pub driver_version: Option<String>,
+    pub gpu_count: Option<u32>,
+    pub samples: Vec<GpuSample>,
+    pub sample_cost: Option<Duration>,
+    pub findings: VecDeque<Found>,
+    pub active_warnings: Vec<(u32, &'static str, Duration)>,
+}
+
+/// Replace the runner; false if it already is being replaced.
+pub type Replacer = Arc<dyn Fn(Reason, String) -> bool + Send + Sync>;
+
+struct Shared {
+    settings: GpuSettings,
+    base: Instant,
+    policy: Mutex<Policy>,
+    state: Mutex<MonitorState>,
+    events: Arc<EventQueue>,
+    replace: Replacer,
+    stop: AtomicBool,
+    stop_lock: Mutex<()>,
+    wake: Condvar,
+    watches: Mutex<Vec<Arc<Watch>>>,
+    threads: Mutex<Vec<(JoinHandle<()>, Receiver<()>)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn now(&self) -> Duration {
+        self.base.elapsed()
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Sleep up to `wait`, waking at once on stop. Returns false when stopping.
+    fn pause(&self, wait: Duration) -> bool {
+        let guard = lock(&self.stop_lock);
+        if self.stopping() {
+            return false;
+        }
+        let _unused = self.wake.wait_timeout(guard, wait);
+        !self.stopping()
+    }
+
+    fn watch(&self, thread: &'static str) -> Arc<Watch> {
+        let watch = Arc::new(Watch::new(thread));
+        lock(&self.watches).push(Arc::clone(&watch));
+        watch
+    }
+
+    fn spawn(self: &Arc<Self>, name: &str, body: impl FnOnce(Arc<Shared>) + Send + 'static) {
+        let shared = Arc::clone(self);
+        let (done_tx, done_rx) = mpsc::channel();
+        let spawned = thread::Builder::new().name(name.into()).spawn(move || {
+            body(shared);
+            let _ = done_tx.send(());
+        });
+        match spawned {
+            Ok(handle) => lock(&self.threads).push((handle, done_rx)),
+            Err(error) => self.set_enabled(false, format!("could not start {name}: {error}")),
+        }
+    }
+
+    fn set_enabled(&self, enabled: bool, detail: String) {
+        {
+            let mut state = lock(&self.state);
+            state.enabled = Some(enabled);
+            state.detail.clone_from(&detail);
+        }
+        self.events.push(Event::GpuMonitoring { enabled, detail });
+    }
+
+    /// Record, tell Python, and replace the runner on a fatal finding.
+    fn report(&self, finding: Finding) {
+        let found = Found {
+            finding,
+            age: self.now(),
+        };
+        {
+            let mut state = lock(&self.state);
+            if state.findings.len() == FINDINGS_KEPT {
+                state.findings.pop_front();
+            }
+            state.findings.push_back(found.clone());
+        }
+        let fatal = found.finding.severity == Severity::Fatal;
+        let detail = describe(&found.finding);
+        self.events.push(Event::GpuFinding(found));
+        if fatal {
+            (self.replace)(Reason::GpuFault, detail);
+        }
+    }
+
+    fn run_sampler(self: &Arc<Self>) {
+        let watch = self.watch("sampler");
+        let library = self.settings.library().to_owned();
+        let init = watch.call("nvmlInit_v2", || {
+            Nvml::builder().lib_path(OsStr::new(&library)).init()
+        });
+        let nvml = match init {
+            Ok(nvml) => Arc::new(nvml),
+            Err(error) => {
+                self.set_enabled(
+                    false,
+                    format!("GPU monitoring is off: could not load NVML from {library}: {error}"),
+                );
+                return;
+            }
+        };
+        let count = match watch.call("nvmlDeviceGetCount_v2", || nvml.device_count()) {
+            Ok(count) => count,
+            Err(error) => {
+                self.set_enabled(
+                    false,
+                    format!("GPU monitoring is off: nvmlDeviceGetCount: {error}"),
+                );
+                return;
+            }
+        };
+        let driver = watch
+            .call("nvmlSystemGetDriverVersion", || nvml.sys_driver_version())
+            .ok();
+        let identities: Vec<Identity> = (0..count)
+            .map(|i| read::identity(&nvml, i, &watch))
+            .collect();
+        {
+            let mut state = lock(&self.state);
+            state.driver_version.clone_from(&driver);
+            state.gpu_count = Some(count);
+        }
+        self.set_enabled(
+            true,
+            format!(
+                "watching {count} GPU(s) through {library} (driver {})",
+                driver.as_deref().unwrap_or("unknown")
+            ),
+        );
+        let events_nvml = Arc::clone(&nvml);
+        self.spawn("runwarden-gpu-events", move |shared| {
+            shared.run_events(&events_nvml, count)
+        });
+        let period = Duration::from_secs_f64(self.settings.sample_seconds);
+        loop {
+            let began = Instant::now();
+            self.sample_all(&nvml, &identities, &watch);
+            let spent = began.elapsed();
+            if !self.pause(period.saturating_sub(spent)) {
+                return;
+            }
+        }
+    }
+
+    fn sample_all(&self, nvml: &Nvml, identities: &[Identity], watch: &Watch) {
+        let began = Instant::now();
+        let count = watch.call("nvmlDeviceGetCount_v2", || nvml.device_count());
+        let samples: Vec<GpuSample> = identities
+            .iter()
+            .enumerate()
+            .map(|(i, known)| read::read_gpu(nvml, i as u32, known, watch))
+            .collect();
+        let cost = began.elapsed();
+        let now = self.now();
+        let findings = {
+            let mut policy = lock(&self.policy);
+            let mut findings: Vec<Finding> = Vec::new();
+            match &count {
+                Ok(n) => findings.extend(policy.judge_count(*n)),
+                Err(error) => findings.extend(policy.judge_failure(
+                    None,
+                    "nvmlDeviceGetCount_v2",
+                    &read::failure(error),
+                )),
+            }
+            for sample in &samples {
+                findings.extend(policy.judge_sample(now, sample));
+            }
+            let mut state = lock(&self.state);
+            state.active_warnings = policy.active_warnings();
+            state.samples.clone_from(&samples);
+            state.sample_cost = Some(cost);
+            if let Ok(n) = count {
+                state.gpu_count = Some(n);
+            }
+            findings
+        };
+        self.events.push(Event::GpuSamples { samples, cost });
+        for finding in findings {
+            self.report(finding);
+        }
+    }
+
+    fn run_events(self: &Arc<Self>, nvml: &Nvml, count: u32) {
+        let watch = self.watch("events");
+        let set = match xid::register(nvml, count, &watch) {
+            Ok(set) => set,
+            Err(error) => {
+                self.report(Finding {
+                    gpu: None,
+                    uuid: None,
+                    rule: "events_unavailable",
+                    severity: Severity::Warning,
+                    detail: format!("XID events are not watched: {error}"),
+                });
+                return;
+            }
+        };
+        while !self.stopping() {
+            let finding = match xid::wait(&set, &watch) {
+                xid::Heard::Nothing => continue,
+                xid::Heard::Xid { gpu, xid } => lock(&self.policy).judge_xid(gpu, xid),
+                xid::Heard::DoubleBitEcc { gpu } => Some(Finding {
+                    gpu,
+                    uuid: None,
+                    rule: "uncorrectable_ecc",
+                    severity: Severity::Fatal,
+                    detail: "double-bit ECC error event".into(),
+                }),
+                xid::Heard::Failed(failure) => {
+                    let policy = lock(&self.policy);
+                    let finding = policy
+                        .judge_failure(None, "nvmlEventSetWait_v2", &failure)
+                        .unwrap_or(Finding {
+                            gpu: None,
+                            uuid: None,
+                            rule: "event_wait_failed",
+                            severity: Severity::Fatal,
+                            detail: format!("nvmlEventSetWait_v2: {failure}"),
+                        });
+                    drop(policy);
+                    self.report(finding);
+                    return;
+                }
+            };
+            if let Some(finding) = finding {
+                self.report(finding);
+            }
+        }
+    }
+
+    fn run_watchdog(self: &Arc<Self>) {
+        let limit = Duration::from_secs_f64(self.settings.watchdog_seconds);
+        let tick = (limit / 20).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        while self.pause(tick) {
+            let now = Instant::now();
+            let overdue = lock(&self.watches)
+                .iter()
+                .find_map(|w| w.overdue(limit, now).map(|(call, _)| (w.thread(), call)));
+            if let Some((thread, call)) = overdue {
+                self.report(Finding {
+                    gpu: None,
+                    uuid: None,
+                    rule: "nvml_hung",
+                    severity: Severity::Fatal,
+                    detail: format!(
+                        "{call} did not return within {}s (on the {thread} thread)",
+                        crate::scheduler::trim_float(self.settings.watchdog_seconds)
+                    ),
+                });
+                // The stuck thread is abandoned; the verdict is given once.
+                return;
+            }
+        }
+    }
+}
+
+fn describe(f: &Finding) -> String {
+    let place = match (f.gpu, &f.uuid) {
+        (Some(gpu), Some(uuid)) => format!(" on GPU {gpu} ({uuid})"),
+        (Some(gpu), None) => format!(" on GPU {gpu}"),
+        _ => String::new(),
+    };
+    format!("{}{place}: {}", f.rule, f.detail)
+}
+
+/// The GPU monitor: owns its threads and stops them within a bound (a thread stuck in
+/// the driver is left behind, as the watchdog already reported it).
+pub struct GpuMonitor {
+    shared: Arc<Shared>,
+}
+
+impl GpuMonitor {
+    pub fn new(settings: GpuSettings, events: Arc<EventQueue>, replace: Replacer) -> Result<Self> {
+        let settings = settings.validate()?;
+        Ok(GpuMonitor {
+            shared: Arc::new(Shared {
+                policy: Mutex::new(Policy::new(settings.policy.clone())),
+                settings,
+                base: Instant::now(),
+                state: Mutex::new(MonitorState::default()),
+                events,
+                replace,
+                stop: AtomicBool::new(false),
+                stop_lock: Mutex::new(()),
+                wake: Condvar::new(),
+                watches: Mutex::new(Vec::new()),
+                threads: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn start(&self) -> Result<()> {
+        if !lock(&self.shared.threads).is_empty() {
+            return Err(CoreError::State(
+                "the GPU monitor was already started".into(),
+            ));
+        }
+        self.shared
+            .spawn("runwarden-gpu-watchdog", |shared| shared.run_watchdog());
+        self.shared
+            .spawn("runwarden-gpu-sampler", |shared| shared.run_sampler());
+        Ok(())
+    }
+
+    pub fn settings(&self) -> &GpuSettings {
+        &self.shared.settings
+    }
+
+    pub fn state(&self) -> MonitorState {
+        lock(&self.shared.state).clone()
+    }
+
+    /// Stop every thread, waiting at most `timeout` in all. False if one was left behind.
+    pub fn stop(&self, timeout: Duration) -> bool {
+        {
+            let _guard = lock(&self.shared.stop_lock);
+            self.shared.stop.store(true, Ordering::Release);
+        }
+        self.shared.wake.notify_all();
+        let deadline = Instant::now() + timeout;
+        let mut all = true;
+        // The sampler may add the event thread while we wait: take until none is left.
+        loop {
+            let taken: Vec<_> = lock(&self.shared.threads).drain(..).collect();
+            if taken.is_empty() {
+                return all;
+            }
+            for (handle, done) in taken {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match done.recv_timeout(left) {
+                    Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        all &= handle.join().is_ok()
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => all = false,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for GpuMonitor {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,209 @@
+//! Reading one sample from one GPU through nvml-wrapper, every call under the watchdog.
+//!
+//! Per-process queries are left out on purpose: they cost milliseconds and hold the
+//! driver's lock. UUID and name never change, so they are read once per GPU.
+
+use std::os::raw::{c_uint, c_ulonglong};
+
+use nvml_wrapper::enum_wrappers::device::{
+    Clock, EccCounter, MemoryError, RetirementCause, TemperatureSensor,
+};
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{Device, Nvml};
+
+use super::sample::{GpuSample, NvmlFailure, ReadError, RemappedRows, RetiredPages};
+use super::watchdog::Watch;
+
+const NVML_SUCCESS: u32 = 0;
+const NVML_ERROR_INSUFFICIENT_SIZE: u32 = 7;
+
+pub fn failure(error: &NvmlError) -> NvmlFailure {
+    match error {
+        NvmlError::GpuLost => NvmlFailure::GpuLost,
+        NvmlError::ResetRequired => NvmlFailure::ResetRequired,
+        other => NvmlFailure::Other(other.to_string()),
+    }
+}
+
+fn failure_of_code(code: u32) -> NvmlFailure {
+    match code {
+        15 => NvmlFailure::GpuLost,
+        16 => NvmlFailure::ResetRequired,
+        other => NvmlFailure::Other(format!("NVML error {other}")),
+    }
+}
+
+/// Collects readings; a reading the GPU does not support is simply absent.
+struct Reader<'a> {
+    watch: &'a Watch,
+    errors: Vec<ReadError>,
+}
+
+impl Reader<'_> {
+    fn read<T>(
+        &mut self,
+        call: &'static str,
+        f: impl FnOnce() -> Result<T, NvmlError>,
+    ) -> Option<T> {
+        match self.watch.call(call, f) {
+            Ok(value) => Some(value),
+            Err(NvmlError::NotSupported) => None,
+            Err(error) => {
+                self.errors.push(ReadError {
+                    call,
+                    error: failure(&error),
+                });
+                None
+            }
+        }
+    }
+
+    /// A raw call nvml-wrapper does not wrap (or wraps at twice the cost).
+    fn read_raw(&mut self, call: &'static str, code: u32) -> bool {
+        match code {
+            NVML_SUCCESS | NVML_ERROR_INSUFFICIENT_SIZE => true,
+            3 => false, // NVML_ERROR_NOT_SUPPORTED
+            code => {
+                self.errors.push(ReadError {
+                    call,
+                    error: failure_of_code(code),
+                });
+                false
+            }
+        }
+    }
+}
+
+/// What is read once per GPU.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub uuid: Option<String>,
+    pub name: Option<String>,
+}
+
+pub fn identity(nvml: &Nvml, index: u32, watch: &Watch) -> Identity {
+    let mut reader = Reader {
+        watch,
+        errors: Vec::new(),
+    };
+    let Some(device) = reader.read("nvmlDeviceGetHandleByIndex_v2", || {
+        nvml.device_by_index(index)
+    }) else {
+        return Identity::default();
+    };
+    Identity {
+        uuid: reader.read("nvmlDeviceGetUUID", || device.uuid()),
+        name: reader.read("nvmlDeviceGetName", || device.name()),
+    }
+}
+
+pub fn read_gpu(nvml: &Nvml, index: u32, known: &Identity, watch: &Watch) -> GpuSample {
+    let mut reader = Reader {
+        watch,
+        errors: Vec::new(),
+    };
+    let mut sample = GpuSample {
+        index,
+        uuid: known.uuid.clone(),
+        name: known.name.clone(),
+        ..Default::default()
+    };
+    let Some(device) = reader.read("nvmlDeviceGetHandleByIndex_v2", || {
+        nvml.device_by_index(index)
+    }) else {
+        sample.errors = reader.errors;
+        return sample;
+    };
+    let r = &mut reader;
+    sample.temperature_c = r.read("nvmlDeviceGetTemperature", || {
+        device.temperature(TemperatureSensor::Gpu)
+    });
+    sample.sm_clock_mhz = r.read("nvmlDeviceGetClockInfo", || device.clock_info(Clock::SM));
+    sample.memory_clock_mhz = r.read("nvmlDeviceGetClockInfo", || {
+        device.clock_info(Clock::Memory)
+    });
+    sample.throttle_reasons = r
+        .read("nvmlDeviceGetCurrentClocksThrottleReasons", || {
+            device.current_throttle_reasons()
+        })
+        .map(|reasons| reasons.bits());
+    sample.power_mw = r.read("nvmlDeviceGetPowerUsage", || device.power_usage());
+    if let Some(util) = r.read("nvmlDeviceGetUtilizationRates", || {
+        device.utilization_rates()
+    }) {
+        sample.gpu_utilization = Some(util.gpu);
+        sample.memory_utilization = Some(util.memory);
+    }
+    if let Some(memory) = r.read("nvmlDeviceGetMemoryInfo_v2", || device.memory_info()) {
+        sample.memory_used_bytes = Some(memory.used);
+        sample.memory_total_bytes = Some(memory.total);
+    }
+    let ecc = |r: &mut Reader<'_>, error: MemoryError, counter: EccCounter| {
+        r.read("nvmlDeviceGetTotalEccErrors", || {
+            device.total_ecc_errors(error, counter)
+        })
+    };
+    sample.ecc.volatile_corrected = ecc(r, MemoryError::Corrected, EccCounter::Volatile);
+    sample.ecc.volatile_uncorrected = ecc(r, MemoryError::Uncorrected, EccCounter::Volatile);
+    sample.ecc.aggregate_corrected = ecc(r, MemoryError::Corrected, EccCounter::Aggregate);
+    sample.ecc.aggregate_uncorrected = ecc(r, MemoryError::Uncorrected, EccCounter::Aggregate);
+    sample.retired_pages = retired_pages(nvml, &device, r);
+    sample.remapped_rows = remapped_rows(nvml, &device, r);
+    sample.errors = reader.errors;
+    sample
+}
+
+/// Counts only: one raw call per cause instead of nvml-wrapper's two (count, then list).
+fn retired_pages(nvml: &Nvml, device: &Device<'_>, r: &mut Reader<'_>) -> Option<RetiredPages> {
+    let count_sym = nvml.lib().nvmlDeviceGetRetiredPages.as_ref().ok()?;
+    let mut counts = [0u64; 2];
+    let causes = [
+        RetirementCause::MultipleSingleBitEccErrors,
+        RetirementCause::DoubleBitEccError,
+    ];
+    for (slot, cause) in counts.iter_mut().zip(causes) {
+        let mut count: c_uint = 0;
+        let mut address: c_ulonglong = 0;
+        // SAFETY: a count query; with *count == 0 NVML writes no address, and the handle
+        // comes from a live `Device`.
+        let code = r.watch.call("nvmlDeviceGetRetiredPages", || unsafe {
+            count_sym(device.handle(), cause.as_c(), &mut count, &mut address)
+        });
+        if !r.read_raw("nvmlDeviceGetRetiredPages", code) {
+            return None;
+        }
+        *slot = u64::from(count);
+    }
+    let pending = r.read("nvmlDeviceGetRetiredPagesPendingStatus", || {
+        device.are_pages_pending_retired()
+    })?;
+    Some(RetiredPages {
+        single_bit: counts[0],
+        double_bit: counts[1],
+        pending,
+    })
+}
+
+/// Remapped rows (Ampere and newer); nvml-wrapper does not wrap this call.
+fn remapped_rows(nvml: &Nvml, device: &Device<'_>, r: &mut Reader<'_>) -> Option<RemappedRows> {
+    let sym = nvml.lib().nvmlDeviceGetRemappedRows.as_ref().ok()?;
+    let (mut corr, mut unc, mut pending, mut failure): (c_uint, c_uint, c_uint, c_uint) =
+        (0, 0, 0, 0);
+    // SAFETY: four out-pointers to locals and a handle from a live `Device`.
+    let code = r.watch.call("nvmlDeviceGetRemappedRows", || unsafe {
+        sym(
+            device.handle(),
+            &mut corr,
+            &mut unc,
+            &mut pending,
+            &mut failure,
+        )
+    });
+    r.read_raw("nvmlDeviceGetRemappedRows", code)
+        .then_some(RemappedRows {
+            correctable: u64::from(corr),
+            uncorrectable: u64::from(unc),
+            pending: pending != 0,
+            failure: failure != 0,
+        })
+}
