@@ -115,6 +115,8 @@ impl Shared {
 pub struct Checker {
     shared: Arc<Shared>,
     thread: Mutex<Option<(JoinHandle<()>, Receiver<()>)>>,
+    /// Whether a request entering an idle runner sets a stall deadline (H9).
+    stall_detection: bool,
 }
 
 impl Checker {
@@ -127,6 +129,7 @@ impl Checker {
         let probe = Probe::new(app_url, &settings)?;
         let base = Instant::now();
         Ok(Checker {
+            stall_detection: settings.stall_seconds.is_some(),
             shared: Arc::new(Shared {
                 base,
                 scheduler: Mutex::new(Scheduler::new(settings, Duration::ZERO)),
@@ -230,7 +233,10 @@ impl Checker {
     pub fn request_started(&self) {
         let was_idle = self.shared.traffic.snapshot().in_flight == 0;
         self.shared.traffic.started();
-        if was_idle && self.shared.lock().settings().stall_seconds.is_some() {
+        if was_idle && self.stall_detection {
+            // Through the lock, so the clock thread cannot miss it between deciding to wait
+            // and waiting.
+            let _scheduler = self.shared.lock();
             self.shared.wake.notify_all();
         }
     }

@@ -31,7 +31,7 @@ use settings::{HealthSettings, Method};
 use verdict::{Event, Outcome, Reason, Replacement, Trigger};
 
 create_exception!(
-    _core,
+    runwarden._core,
     SettingsError,
     PyValueError,
     "A setting is invalid; the message names it, says what is allowed and what was given."

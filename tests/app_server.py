@@ -55,11 +55,106 @@ async def predict(request: Request) -> Response:
     )
 
 
+# --- routes for the proxy tests (S1-S4): streaming both ways, header echo, disconnects ---
+CHUNK = b"x" * 65536
+STATE.update({"disconnected": 0, "holding": 0, "uploaded": 0})
+
+
+async def download(request: Request) -> Response:
+    """`size` bytes of b"x", streamed in 64 KiB chunks (S1)."""
+    from starlette.responses import StreamingResponse
+
+    size = int(request.query_params.get("size", "0"))
+
+    async def body():  # type: ignore[no-untyped-def]
+        left = size
+        while left > 0:
+            chunk = CHUNK if left >= len(CHUNK) else CHUNK[:left]
+            left -= len(chunk)
+            yield chunk
+
+    headers = {"content-length": str(size)} if request.query_params.get("length") else {}
+    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
+
+
+async def upload(request: Request) -> Response:
+    """Counts the bytes of a streamed request body without keeping them (S1)."""
+    STATE["received"] = int(STATE["received"]) + 1  # type: ignore[call-overload]
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+    STATE["uploaded"] = total
+    return JSONResponse({"received_bytes": total})
+
+
+async def sse(request: Request) -> Response:
+    """`events` server-sent events, one every `interval` seconds."""
+    from starlette.responses import StreamingResponse
+
+    events = int(request.query_params.get("events", "5"))
+    interval = float(request.query_params.get("interval", "0.2"))
+
+    async def body():  # type: ignore[no-untyped-def]
+        for i in range(events):
+            yield f"data: {i}\n\n".encode()
+            await asyncio.sleep(interval)
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
+async def echo(request: Request) -> Response:
+    """What reached the app: method, path, query, raw headers, body (S2, S4)."""
+    STATE["received"] = int(STATE["received"]) + 1  # type: ignore[call-overload]
+    body = await request.body()
+    headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.scope["headers"]]
+    status = int(request.query_params.get("status", "200"))
+    extra = {}
+    for pair in request.query_params.getlist("set"):  # set=name:value response headers
+        name, _, value = pair.partition(":")
+        extra[name] = value
+    response = JSONResponse(
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "raw_path": request.scope.get("raw_path", b"").decode("latin-1"),
+            "query": request.scope["query_string"].decode("latin-1"),
+            "headers": headers,
+            "body": body.decode("latin-1"),
+            "client": request.client.host if request.client else None,
+        },
+        status_code=status,
+    )
+    for name, value in extra.items():
+        response.headers.append(name, value)
+    return response
+
+
+async def hold(request: Request) -> Response:
+    """Holds the request open for `seconds`, counting clients that went away (S3)."""
+    STATE["received"] = int(STATE["received"]) + 1  # type: ignore[call-overload]
+    STATE["holding"] = int(STATE["holding"]) + 1  # type: ignore[call-overload]
+    deadline = asyncio.get_running_loop().time() + float(request.query_params.get("seconds", "5"))
+    try:
+        while asyncio.get_running_loop().time() < deadline:
+            if await request.is_disconnected():
+                STATE["disconnected"] = int(STATE["disconnected"]) + 1  # type: ignore[call-overload]
+                return Response(status_code=499)
+            await asyncio.sleep(0.02)
+    finally:
+        STATE["holding"] = int(STATE["holding"]) - 1  # type: ignore[call-overload]
+    return JSONResponse({"held": True})
+
+
 routes = [
     Route("/health", health, methods=["GET", "POST"]),
     Route("/_control/health", control_health, methods=["POST"]),
     Route("/_control/state", control_state),
     Route("/predict", predict, methods=["GET", "POST"]),
+    Route("/download", download, methods=["GET", "HEAD"]),
+    Route("/upload", upload, methods=["POST", "PUT"]),
+    Route("/sse", sse),
+    Route("/echo/{rest:path}", echo, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    Route("/hold", hold),
 ]
 
 app = Starlette(routes=routes)

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +76,150 @@ def app_server() -> Iterator[AppServer]:
         yield server
     finally:
         server.kill()
+
+
+# --- runwarden itself, as a real process (the sidecar tests) ------------------------------
+
+SHORT_SETTINGS = [
+    "--period-seconds", "0.2",
+    "--timeout-seconds", "0.3",
+    "--start-period-seconds", "0",
+    "--trigger-interval-seconds", "0.1",
+    "--drain-timeout-seconds", "5",
+    "--app-stop-timeout-seconds", "3",
+]  # fmt: skip
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment less any RUNWARDEN_* the caller's shell had."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNWARDEN_")}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def poll(condition: object, timeout: float = 10.0, interval: float = 0.02) -> object:
+    """Call `condition` until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = condition()  # type: ignore[operator]
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value {last!r})")
+
+
+@dataclass
+class Runwarden:
+    """`python -m runwarden serve ...` in its own process; its log goes to a file."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def status(self) -> dict[str, object]:
+        return dict(httpx.get(f"{self.admin_url}/status", timeout=5).json())
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.admin_url}/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        poll(ready, timeout)
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"runwarden still running after {timeout}s:\n{self.log()}"
+            ) from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def start_runwarden(
+    tmp_path: Path,
+    app_url: str | None,
+    *options: str,
+    app_command: list[str] | None = None,
+    command: str = "serve",
+    env: dict[str, str] | None = None,
+    wait_ready: bool = False,
+) -> Runwarden:
+    port, admin_port = free_port(), free_port()
+    args = [sys.executable, "-m", "runwarden", command, "--port", str(port),
+            "--admin-port", str(admin_port)]  # fmt: skip
+    if command == "serve":
+        args += SHORT_SETTINGS
+    if app_url is not None:
+        args += ["--app-url", app_url]
+    args += list(options)
+    if app_command:
+        args += ["--", *app_command]
+    log_path = tmp_path / f"runwarden-{port}.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            args, stdout=log_file, stderr=subprocess.STDOUT, env=env or clean_env()
+        )
+    warden = Runwarden(proc, port, admin_port, log_path)
+    try:
+        wait_until_listening(port, proc)
+        wait_until_listening(admin_port, proc)
+        if wait_ready:
+            warden.wait_ready()
+    except BaseException:
+        warden.stop()
+        raise RuntimeError(f"runwarden did not start:\n{warden.log()}") from None
+    return warden
+
+
+@pytest.fixture
+def runwarden(tmp_path: Path) -> Iterator[Callable[..., Runwarden]]:
+    """A factory: `runwarden(app_url, *options, app_command=[...])`; all stopped at the end."""
+    started: list[Runwarden] = []
+
+    def factory(app_url: str | None, *options: str, **kwargs: object) -> Runwarden:
+        warden = start_runwarden(tmp_path, app_url, *options, **kwargs)  # type: ignore[arg-type]
+        started.append(warden)
+        return warden
+
+    try:
+        yield factory
+    finally:
+        for warden in started:
+            warden.stop()
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to 127.0.0.1:port and read until the server closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if b"\r\n\r\n" in b"".join(chunks) and len(chunks) > 0:
+                    sock.settimeout(0.3)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks)

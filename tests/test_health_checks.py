@@ -298,15 +298,25 @@ def test_a_hanging_check_never_blocks_the_event_loop(app_server: AppServer) -> N
     app_server.set_health("hang")
 
     async def scenario() -> list[float]:
-        warden = await started(app_server.url, period_seconds=0.05, timeout_seconds=2.0)
-        await asyncio.sleep(0.1)  # a check is now hanging
-        assert warden.core.state()["running_check"] is not None
+        warden = await started(app_server.url, period_seconds=0.05, timeout_seconds=10.0)
+        hung: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def watch_app() -> None:
+            running = warden.core.state()["running_check"]
+            if isinstance(running, int) and app_server.state()["health_calls"]:
+                hung.set_result(running)
+            else:
+                asyncio.get_running_loop().call_later(0.01, watch_app)
+
+        watch_app()
+        check_id = await asyncio.wait_for(hung, 10)  # the app holds this check unanswered
         lags = []
-        for _ in range(200):
+        began_all = time.perf_counter()
+        while time.perf_counter() - began_all < 0.5:
             began = time.perf_counter()
             await asyncio.sleep(0.002)
             lags.append(time.perf_counter() - began - 0.002)
-        assert warden.core.state()["running_check"] is not None, "the check still hangs"
+        assert warden.core.state()["running_check"] == check_id, "the same check still hangs"
         stop_began = time.monotonic()
         await warden.stop()
         assert time.monotonic() - stop_began < 1.0, "stop does not wait for the hung probe"

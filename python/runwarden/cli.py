@@ -1,0 +1,139 @@
+"""The command line (SPEC C): `runwarden serve [OPTIONS] [-- APP COMMAND ...]` and
+`runwarden demo`. Exit codes: `runwarden.exit_codes`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any
+
+from runwarden import exit_codes
+from runwarden.settings import ConfigError, Settings, add_options, resolve
+
+log = logging.getLogger("runwarden")
+
+DEMO_DEFAULTS = {
+    "start_period_seconds": 0,
+    "timeout_seconds": 1.0,
+    "period_seconds": 2.0,
+    "drain_timeout_seconds": 5.0,
+    "app_stop_timeout_seconds": 5.0,
+}
+
+
+def _epilog() -> str:
+    rows = "\n".join(
+        f"  {code:>3}  {name:<15} {meaning}" for code, name, meaning in exit_codes.TABLE
+    )
+    return f"exit codes:\n{rows}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runwarden",
+        description="Health sidecar for GPU inference runners.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="proxy to an app, health-check it, drain and exit when it breaks",
+        usage="runwarden serve [OPTIONS] [-- APP COMMAND ...]",
+        description=(
+            "Proxy to the app at --app-url and guard it. With an app command after `--`, "
+            "also start and supervise the app. Every option can come from the environment "
+            "as RUNWARDEN_<NAME>; the command line wins."
+        ),
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_options(serve)
+    demo = commands.add_parser(
+        "demo",
+        help="start a small bundled model server behind runwarden, for a first look",
+        description="Start the bundled CPU-only demo model server, supervised, behind runwarden.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument(
+        "--app-port", type=int, default=8000, help="the demo model server's port (default: 8000)"
+    )
+    add_options(demo, DEMO_DEFAULTS)
+    return parser
+
+
+def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
+    """Settings from the command line and environment; raises ConfigError or SystemExit(2)."""
+    argv = list(argv)
+    app_command: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, app_command = argv[:split], argv[split + 1 :]
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return resolve(args, env, app_command)
+    if app_command:
+        raise ConfigError("runwarden demo takes no app command (it runs its own)")
+    if not 1 <= args.app_port <= 65535:
+        raise ConfigError(f"--app-port must be a TCP port 1-65535, got {args.app_port}")
+    args.app_url = f"http://127.0.0.1:{args.app_port}"
+    command = [sys.executable, "-m", "runwarden.demo", "--port", str(args.app_port)]
+    return resolve(args, env, command)
+
+
+def _print_demo_urls(settings: Settings) -> None:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    proxy = f"http://{host}:{settings.port}"
+    admin = f"http://{settings.admin_host}:{settings.admin_port}"
+    print(
+        f"""
+runwarden demo: a small model server at {settings.app_url}, guarded by runwarden.
+Try:
+  curl '{proxy}/predict?prompt=hello&latency=0.2'      # a prediction through the proxy
+  curl -N '{proxy}/stream?tokens=20'                   # server-sent events, token by token
+  curl -H '{settings.check_header}: 1' {proxy}/   # ask runwarden for a health check (H5)
+  curl {admin}/status                          # state, settings, check history
+  curl {admin}/metrics                         # Prometheus metrics
+  curl '{proxy}/predict?status=503'                    # the app answers 503: runwarden replaces
+Ctrl-C stops it cleanly (exit 0).
+""",
+        flush=True,
+    )
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def run_cli(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ if env is None else env
+    try:
+        settings = parse(argv, env)
+    except ConfigError as exc:
+        print(f"runwarden: error: {exc}", file=sys.stderr)
+        return exit_codes.BAD_CONFIG
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if argv and argv[0] == "demo":
+        _print_demo_urls(settings)
+
+    from runwarden.runner import Runner  # the heavy imports, once settings are valid
+
+    return _run(Runner(settings).run())
+
+
+def main() -> None:
+    sys.exit(run_cli())

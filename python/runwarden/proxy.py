@@ -1,0 +1,325 @@
+"""The streaming reverse proxy in front of the app (SPEC S1-S4, R1-R4, H5, H6, D1).
+
+A raw ASGI app (measured faster than a Starlette route, benches/RESULTS.md): per request
+it refuses while draining, answers health-check triggers itself, filters headers once,
+and streams the body each way chunk by chunk with back-pressure (S1). Everything that
+does not depend on the request is computed in `__init__`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from email.utils import formatdate
+from typing import Any
+
+from runwarden.drain import Drain
+from runwarden.metrics import Metrics
+from runwarden.upstream import Upstream, UpstreamError, UpstreamResponse
+from runwarden.warden import Warden
+
+log = logging.getLogger("runwarden.proxy")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# RFC 9110 7.6.1 hop-by-hop headers, plus the framing we re-derive (S4) and `expect`,
+# which uvicorn already answered towards the client.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+REQUEST_DROPPED = HOP_BY_HOP | {
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+}
+RESPONSE_DROPPED = HOP_BY_HOP | {b"server", b"date"}
+# R1: 503 replaces; R4: these ask for one extra check.
+EXTRA_CHECK_STATUSES = frozenset({500, 502, 504})
+SERVER = b"runwarden"
+
+
+class _DateHeader:
+    """The Date header value, formatted at most once a second."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+class _Exchange:
+    """Per-request state shared by the forwarding task and its disconnect watcher."""
+
+    __slots__ = ("disconnected", "finished", "task", "watcher")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.watcher: asyncio.Task[None] | None = None
+        self.finished = False
+        self.disconnected = False
+
+
+class Proxy:
+    """ASGI app: forwards to the one configured app, watched by `warden`."""
+
+    def __init__(
+        self,
+        warden: Warden,
+        upstream: Upstream,
+        drain: Drain,
+        metrics: Metrics,
+        check_header: str,
+    ) -> None:
+        self.warden = warden
+        self.upstream = upstream
+        self.drain = drain
+        self.metrics = metrics
+        self.check_header = check_header.lower().encode("latin-1")
+        self._request_dropped = REQUEST_DROPPED | {self.check_header}
+        self._date = _DateHeader()
+        self._progress = warden.core.request_progress
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1013})
+            return
+        drain = self.drain
+        if drain.reason is not None:  # D1: never reaches the app
+            await self._answer(send, 503, drain.refusal_body, drain.refusal_headers)
+            return
+
+        headers, host, triggered, has_body = self._request_headers(scope)
+        if triggered:  # H5: answered here, not forwarded
+            await self._answer_check(send)
+            return
+
+        client = scope.get("client")
+        headers.append(("x-forwarded-for", client[0] if client else ""))
+        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
+        if host is not None:
+            headers.append(("x-forwarded-host", host))
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+
+        exchange = _Exchange(asyncio.current_task())
+        core = self.warden.core
+        drain.enter()
+        core.request_started()
+        try:
+            await self._forward(scope["method"], target.decode("latin-1"), headers, has_body,
+                                receive, send, exchange)  # fmt: skip
+        except asyncio.CancelledError:
+            if not exchange.disconnected:
+                raise
+            # S3: the client left; its upstream request was cancelled with this task.
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
+            self.metrics.record_request(499, "client")
+        finally:
+            if exchange.watcher is not None:
+                exchange.watcher.cancel()
+            core.request_finished()
+            drain.leave()
+
+    def _request_headers(
+        self, scope: Scope
+    ) -> tuple[list[tuple[str, str]], str | None, bool, bool]:
+        """S2/S4: the client's headers less hop-by-hop ones and those named in Connection."""
+        dropped = self._request_dropped
+        kept: list[tuple[bytes, bytes]] = []
+        named: set[bytes] = set()
+        host: str | None = None
+        triggered = False
+        has_body = False
+        content_length = None
+        for name, value in scope["headers"]:
+            if name in dropped:
+                if name == b"connection":
+                    named.update(t.strip().lower() for t in value.split(b","))
+                elif name == b"transfer-encoding":
+                    has_body = True
+                elif name == b"content-length":
+                    content_length = value
+                elif name == self.check_header:
+                    triggered = True
+                continue
+            if name == b"host":
+                host = value.decode("latin-1")
+            kept.append((name, value))
+        out = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in kept if n not in named]
+        if content_length is not None and not has_body:
+            # httptools validated it; the client library frames the body from it.
+            out.append(("content-length", content_length.decode("latin-1")))
+            has_body = content_length != b"0"
+        return out, host, triggered, has_body
+
+    async def _forward(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        has_body: bool,
+        receive: Receive,
+        send: Send,
+        exchange: _Exchange,
+    ) -> None:
+        body = self._request_body(receive, exchange) if has_body else None
+        if body is None:
+            exchange.watcher = asyncio.ensure_future(self._watch_disconnect(receive, exchange))
+        try:
+            response = await self.upstream.request(method, target, headers, body)
+        except UpstreamError as exc:
+            if exchange.disconnected:
+                raise asyncio.CancelledError from exc
+            # R3: answer 502 and let health checks decide whether the app is gone; as R4
+            # asks, that 502 is followed by an extra check, so a dead app is noticed at once.
+            detail = str(exc) or repr(exc)
+            log.warning("app unreachable for %s %s: %s", method, target, detail)
+            self.warden.report_response(502)
+            payload = json.dumps({"error": "app unreachable", "detail": detail})
+            await self._answer(
+                send, 502, payload.encode(), [(b"content-type", b"application/json")]
+            )
+            return
+        try:
+            await self._respond(response, send, exchange)
+        finally:
+            await response.aclose()
+
+    async def _respond(self, response: UpstreamResponse, send: Send, exchange: _Exchange) -> None:
+        status: int = response.status
+        headers, manual = self._response_headers(response.raw_headers)
+        if status == 503:  # R1: forwarded unchanged, and the runner is replaced
+            self.drain.begin("app_503", "the app answered 503")
+            self.warden.report_response(status)
+        elif status in EXTRA_CHECK_STATUSES:  # R4
+            self.warden.report_response(status)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        progress = self._progress
+        try:
+            async for chunk in response.chunks():
+                progress()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError as exc:
+            # The status is gone already: cut the response so the client sees it broke.
+            log.warning("app broke off a response with status %d: %r", status, exc)
+            self.metrics.record_request(status, "app")
+            return
+        exchange.finished = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self.metrics.record_request(status, "app")
+        if manual:  # H6: a check as soon as the response is sent
+            self.warden.manual_check()
+
+    def _response_headers(self, raw: Any) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """S2/S4 for responses; exactly one Server and one Date; H6's header removed."""
+        out: list[tuple[bytes, bytes]] = []
+        named: set[bytes] = set()
+        server = date = None
+        manual = False
+        check_header = self.check_header
+        for raw_name, value in raw:
+            name = raw_name.lower()
+            if name in RESPONSE_DROPPED:
+                if name == b"connection":
+                    named.update(t.strip().lower() for t in value.split(b","))
+                elif name == b"server" and server is None:
+                    server = value
+                elif name == b"date" and date is None:
+                    date = value
+                continue
+            if name == check_header:
+                manual = True
+                continue
+            out.append((name, value))
+        if named:
+            out = [(n, v) for n, v in out if n not in named]
+        out.append((b"server", server if server is not None else SERVER))
+        out.append((b"date", date if date is not None else self._date()))
+        return out, manual
+
+    async def _request_body(self, receive: Receive, exchange: _Exchange) -> AsyncIterator[bytes]:
+        """S1: the client's body, chunk by chunk as uvicorn reads it (with back-pressure)."""
+        progress = self._progress
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                exchange.disconnected = True
+                if exchange.task is not None:
+                    exchange.task.cancel()
+                return
+            chunk = message.get("body", b"")
+            if chunk:
+                progress()
+                yield chunk
+            if not message.get("more_body", False):
+                break
+        exchange.watcher = asyncio.ensure_future(self._watch_disconnect(receive, exchange))
+
+    @staticmethod
+    async def _watch_disconnect(receive: Receive, exchange: _Exchange) -> None:
+        """S3: once the request body is read, a disconnect cancels the exchange."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not exchange.finished and exchange.task is not None:
+                    exchange.disconnected = True
+                    exchange.task.cancel()
+                return
+
+    async def _answer_check(self, send: Send) -> None:
+        """H5: run (or share) a check and answer with its result."""
+        outcome = await self.warden.check("gateway")
+        body: dict[str, object] = {"passed": outcome.passed, "check": outcome.to_dict()}
+        if not outcome.passed:
+            body["reason"] = outcome.error or f"health check answered {outcome.status}"
+        status = 200 if outcome.passed else 503
+        await self._answer(
+            send, status, json.dumps(body).encode(), [(b"content-type", b"application/json")]
+        )
+
+    async def _answer(
+        self, send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """A response runwarden makes itself."""
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    *headers,
+                    (b"content-length", str(len(body)).encode()),
+                    (b"server", SERVER),
+                    (b"date", self._date()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        self.metrics.record_request(status, "runwarden")

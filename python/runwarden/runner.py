@@ -1,0 +1,210 @@
+"""One runner's life (SPEC D): start the core, the app and the two ports; wait for a
+replacement verdict or a signal; drain; stop the app; exit with the reason's code.
+
+Named "runner" because "app" is the model server in the SPEC's words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from runwarden import exit_codes
+from runwarden._core import CheckOutcome
+from runwarden.admin import make_admin_app
+from runwarden.drain import SHUTDOWN, Drain
+from runwarden.metrics import Metrics
+from runwarden.proxy import Proxy
+from runwarden.serving import Server, make_server
+from runwarden.settings import Settings
+from runwarden.supervisor import Supervisor, describe_exit
+from runwarden.upstream import AiohttpUpstream
+from runwarden.warden import Warden
+
+log = logging.getLogger("runwarden")
+
+
+class Runner:
+    """Wires the proxy, admin port, core and supervisor; `run()` returns the exit code."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.started_at = time.monotonic()
+        self.warden = Warden(settings.health, settings.app_url, settings.gpu)
+        self.drain = Drain()
+        self.metrics = Metrics()
+        self.supervisor = (
+            Supervisor(settings.app_command, settings.app_stop_timeout_seconds)
+            if settings.app_command
+            else None
+        )
+        self._hurry = asyncio.Event()
+        self._tasks: list[asyncio.Task[object]] = []
+        self._exit_line: str | None = None
+        self._was_ready = False
+
+    def gpu_status(self) -> dict[str, object]:
+        """/status's GPU section (G4): the latest sample and the fault history."""
+        status = self.warden.core.gpu_status()
+        if status is None:
+            return {"enabled": False, "detail": "GPU monitoring is off (--no-gpu-monitoring)"}
+        return status
+
+    async def run(self) -> int:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        upstream = AiohttpUpstream(settings.app_url)
+        proxy = Proxy(self.warden, upstream, self.drain, self.metrics, settings.check_header)
+        self.metrics.watch(
+            lambda: float(self.drain.in_flight), lambda: 1.0 if self.drain.reason else 0.0
+        )
+        self.warden.on_outcome(self._on_outcome)
+        self.warden.on_gpu(self.metrics.gpu.record)
+        servers = [
+            make_server(proxy, settings.host, settings.port, proxy=True,
+                        log_level=settings.log_level),
+            make_server(make_admin_app(self), settings.admin_host, settings.admin_port,
+                        proxy=False, log_level=settings.log_level),
+        ]  # fmt: skip
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.warden.start()
+            try:
+                code = await self._start(servers)
+                if code is None:
+                    code = await self._serve_until_drained()
+            finally:
+                await self._stop(servers)
+                await upstream.close()
+                await self.warden.stop()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return code
+
+    async def _start(self, servers: list[Server]) -> int | None:
+        """Start the app and both ports; an exit code if one of them could not start."""
+        if self.supervisor is not None:
+            try:
+                await self.supervisor.start()
+            except OSError as exc:
+                log.error(
+                    "exiting with code %d: cannot start the app %r: %s",
+                    exit_codes.STARTUP_FAILED, " ".join(self.settings.app_command), exc,
+                )  # fmt: skip
+                return exit_codes.STARTUP_FAILED
+            self.warden.core.app_started()
+            self._spawn(self._watch_app(self.supervisor))
+        for server in servers:
+            task = self._spawn(_serve(server))
+            while not server.started:
+                if task.done():
+                    config = server.config
+                    log.error(
+                        "exiting with code %d: cannot listen on %s:%d (see the error above)",
+                        exit_codes.STARTUP_FAILED, config.host, config.port,
+                    )  # fmt: skip
+                    return exit_codes.STARTUP_FAILED
+                await asyncio.sleep(0.01)
+        log.info(
+            "proxy on http://%s:%d -> %s; admin on http://%s:%d",
+            self.settings.host, self.settings.port, self.settings.app_url,
+            self.settings.admin_host, self.settings.admin_port,
+        )  # fmt: skip
+        self._spawn(self._watch_replacement())
+        return None
+
+    async def _serve_until_drained(self) -> int:
+        drain = self.drain
+        await drain.started.wait()
+        reason = drain.reason
+        assert reason is not None
+        self.metrics.state.state("replacing" if drain.replacing else "stopping")
+        (log.warning if drain.replacing else log.info)(
+            "draining (%s: %s): refusing new requests, %d in flight may finish within %.1f s",
+            reason, drain.detail, drain.in_flight, self.settings.drain_timeout_seconds,
+        )  # fmt: skip
+        idle = asyncio.ensure_future(drain.wait_idle(self.settings.drain_timeout_seconds))
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait([idle, hurry], return_when=asyncio.FIRST_COMPLETED)
+        hurry.cancel()
+        if not (idle.done() and idle.result()):
+            idle.cancel()
+            log.warning("drain ended with %d request(s) still in flight", drain.in_flight)
+        code = exit_codes.for_reason(None if reason == SHUTDOWN else reason)
+        self._exit_line = f"exiting with code {code} ({reason}): {drain.detail}"
+        return code
+
+    async def _stop(self, servers: list[Server]) -> None:
+        """Close the ports, then stop the app (D3) and the background tasks."""
+        for server in servers:
+            server.should_exit = True
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._exit_line is not None:  # D4: the one line that says why
+            clean = self.drain.reason == SHUTDOWN
+            (log.info if clean else log.error)("%s", self._exit_line)
+
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.append(task)
+        return task
+
+    async def _watch_replacement(self) -> None:
+        """The core's verdict (H4, H6, H9, R1, G2) starts the drain."""
+        replaced = asyncio.ensure_future(self.warden.replaced())
+        await asyncio.wait([replaced, asyncio.ensure_future(self.drain.started.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        if replaced.done():
+            verdict = replaced.result()
+            self.drain.begin(verdict.reason, verdict.detail)
+        else:
+            replaced.cancel()
+
+    async def _watch_app(self, supervisor: Supervisor) -> None:
+        """D5: an app that exits by itself replaces the runner."""
+        returncode = await supervisor.exited()
+        if supervisor.stopping:
+            return
+        detail = f"the app {describe_exit(returncode)}"
+        log.error("%s (pid %s)", detail, supervisor.pid)
+        if self.warden.replace("app_exited", detail):
+            self.drain.begin("app_exited", detail)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.drain.begin(SHUTDOWN, f"received {sig.name}"):
+            return
+        log.warning("received %s again: not waiting for in-flight requests", sig.name)
+        self._hurry.set()
+
+    def _on_outcome(self, outcome: CheckOutcome) -> None:
+        self.metrics.record_check(outcome)
+        if outcome.passed:
+            if not self._was_ready and self.drain.reason is None:
+                self._was_ready = True
+                self.metrics.state.state("ready")
+                log.info("the app passed its first health check: ready")
+            return
+        # Failures that count towards a replacement are warnings; the rest (start period,
+        # not ready yet, busy) would flood the log of a slow-starting app.
+        counts = outcome.counted in ("counted", "manual")
+        (log.warning if counts else log.debug)(
+            "health check failed (%s, %d consecutive): %s",
+            outcome.counted, outcome.consecutive_failures,
+            outcome.error or f"status {outcome.status}",
+        )  # fmt: skip
+
+
+async def _serve(server: Server) -> None:
+    # uvicorn answers a failed bind with sys.exit(1); inside a task that would escape the
+    # event loop. Here it just ends the task, and `_start` reports it.
+    try:
+        await server.serve()
+    except SystemExit:
+        pass

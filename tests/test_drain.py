@@ -1,0 +1,116 @@
+"""Draining and exit (SPEC D1, D2, D4, A)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+
+import httpx
+from conftest import AppServer
+from runwarden import exit_codes
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `condition` (a quick blocking call) without starving the test's own requests."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def test_D1_D2_D4_drain_under_load_on_503(app_server: AppServer, runwarden):
+    """D1/D2/D4/R1: 50 slow requests in flight when the app answers one request 503: all 50
+    complete with the app's answer; every request after the verdict gets 503 + Retry-After +
+    the reason header and never reaches the app; the exit code is app_503's."""
+    rw = runwarden(app_server.url, "--drain-timeout-seconds", "20", wait_ready=True)
+
+    async def scenario() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=rw.url, limits=limits, timeout=30) as client:
+            slow = [
+                asyncio.ensure_future(client.get("/predict", params={"latency": "3"}))
+                for _ in range(50)
+            ]
+            await until(lambda: app_server.state()["received"] == 50)
+            verdict = await client.get("/predict", params={"status": "503"})
+            assert verdict.status_code == 503
+            assert verdict.json() == {"ok": False, "latency": 0.0}  # the app's own answer
+            after = [await client.get("/predict") for _ in range(10)]
+            after += await asyncio.gather(*(client.post("/predict") for _ in range(10)))
+            # Readiness failed at once, liveness too (replacement, not a clean stop).
+            assert (await client.get(f"{rw.admin_url}/readyz")).status_code == 503
+            assert (await client.get(f"{rw.admin_url}/livez")).status_code == 503
+            assert rw.status()["state"] == "replacing"
+            return list(await asyncio.gather(*slow)), after
+
+    slow, after = asyncio.run(scenario())
+    assert [r.status_code for r in slow] == [200] * 50
+    assert all(r.json() == {"ok": True, "latency": 3.0} for r in slow)
+    for response in after:
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["x-runwarden-draining"] == "app_503"
+        assert response.json()["reason"] == "app_503"
+    assert rw.wait_exit() == exit_codes.BY_REASON["app_503"]
+
+
+def test_D2_streams_keep_streaming_while_draining(app_server: AppServer, runwarden):
+    """D2: a server-sent-events stream in flight when replacement starts runs to its end."""
+    rw = runwarden(app_server.url, wait_ready=True)
+    events = []
+    with httpx.stream("GET", f"{rw.url}/sse", params={"events": "8", "interval": "0.1"}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                events.append(line)
+                if len(events) == 2:
+                    assert (
+                        httpx.get(f"{rw.url}/predict", params={"status": "503"}).status_code == 503
+                    )
+    assert events == [f"data: {i}" for i in range(8)]
+    assert rw.wait_exit() == exit_codes.BY_REASON["app_503"]
+
+
+def test_D2_drain_timeout_bounds_the_wait(app_server: AppServer, runwarden):
+    """D2: a request that outlives drain_timeout_seconds does not hold the exit."""
+    rw = runwarden(app_server.url, "--drain-timeout-seconds", "0.5", wait_ready=True)
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=rw.url, timeout=30) as client:
+            slow = asyncio.ensure_future(client.get("/predict", params={"latency": "30"}))
+            await until(lambda: app_server.state()["received"] == 1)
+            started = time.monotonic()
+            assert (await client.get("/predict", params={"status": "503"})).status_code == 503
+            code = await asyncio.to_thread(rw.wait_exit, 10)
+            assert code == exit_codes.BY_REASON["app_503"]
+            assert time.monotonic() - started < 5
+            slow.cancel()
+
+    asyncio.run(scenario())
+    assert "drain ended with 1 request(s) still in flight" in rw.log()
+
+
+def test_D4_sigterm_is_a_clean_stop_after_in_flight_requests_finish(
+    app_server: AppServer, runwarden
+):
+    """D4/D1: SIGTERM drains (new requests 503 with the reason `shutdown`), lets the
+    in-flight request finish, and exits 0 with one log line saying why."""
+    rw = runwarden(app_server.url, wait_ready=True)
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(base_url=rw.url, timeout=30) as client:
+            slow = asyncio.ensure_future(client.get("/predict", params={"latency": "1.5"}))
+            await until(lambda: app_server.state()["received"] == 1)
+            rw.proc.send_signal(signal.SIGTERM)
+            await until(lambda: httpx.get(f"{rw.admin_url}/readyz").status_code == 503)
+            refused = await client.get("/predict")
+            return await slow, refused
+
+    done, refused = asyncio.run(scenario())
+    assert done.status_code == 200
+    assert refused.status_code == 503
+    assert refused.headers["x-runwarden-draining"] == "shutdown"
+    assert rw.wait_exit() == exit_codes.CLEAN
+    assert app_server.state()["received"] == 1
+    assert "exiting with code 0 (shutdown): received SIGTERM" in rw.log()
