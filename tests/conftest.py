@@ -164,8 +164,9 @@ def start_runwarden(
     wait_ready: bool = False,
 ) -> Runwarden:
     port, admin_port = free_port(), free_port()
-    args = [sys.executable, "-m", "runwarden", command, "--port", str(port),
-            "--admin-port", str(admin_port)]  # fmt: skip
+    # Loopback only, like every server a test starts.
+    args = [sys.executable, "-m", "runwarden", command, "--host", "127.0.0.1",
+            "--port", str(port), "--admin-port", str(admin_port)]  # fmt: skip
     if command == "serve":
         args += SHORT_SETTINGS
     if app_url is not None:

@@ -17,6 +17,8 @@ from runwarden.settings import ConfigError, Settings, add_options, resolve
 log = logging.getLogger("runwarden")
 
 DEMO_DEFAULTS = {
+    # A first look on a developer's machine: reachable from this machine only.
+    "host": "127.0.0.1",
     "start_period_seconds": 0,
     "timeout_seconds": 1.0,
     "period_seconds": 2.0,

@@ -245,7 +245,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "nvml_watchdog_seconds", _positive, 10.0, "an NVML call slower than this is a GPU fault"
     ),
-    Option("nvml_library", str, None, "path of libnvidia-ml.so.1 (None: the system's)"),
+    Option("nvml_library", str, None, "path of the NVML library to load"),
     Option(
         "gpu_temperature_warning_celsius",
         _int,
@@ -279,6 +279,12 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
+# How --help shows the options whose default is "nothing".
+EMPTY_DEFAULTS = {
+    "stall_seconds": "off",
+    "nvml_library": "libnvidia-ml.so.1, found by the dynamic loader",
+    "gpu_promote_warnings": "none",
+}
 HEALTH_OPTIONS = tuple(o for o in OPTIONS if o.health)
 
 
@@ -328,7 +334,7 @@ def add_options(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | N
     defaults = {**{o.name: o.default for o in OPTIONS}, **(defaults or {})}
     for option in OPTIONS:
         default = defaults[option.name]
-        shown = "off" if default is None and option.name == "stall_seconds" else default
+        shown = EMPTY_DEFAULTS.get(option.name, default) if default in (None, "") else default
         help_text = f"{option.help} (default: {shown}; env {option.env})"
         if option.flag:
             parser.add_argument(
