@@ -291,3 +291,22 @@ def test_G_bad_gpu_settings_are_refused() -> None:
         GpuSettings(sample_period=1)
     with pytest.raises(ValueError, match="promote_warnings must be keyed by"):
         GpuSettings(promote_warnings={"fans": 3})
+
+
+def test_G2_stop_does_not_wait_for_a_thread_stuck_in_the_driver(
+    fake_library: Path, nvml: FakeNvml
+) -> None:
+    async def scenario() -> tuple[bool, float]:
+        gpu = GpuSettings(library=str(fake_library), sample_seconds=0.1, watchdog_seconds=0.5)
+        warden = Warden(QUIET, "http://127.0.0.1:9", gpu)
+        await warden.start()
+        nvml.hang("nvmlDeviceGetTemperature", 60)
+        verdict = await asyncio.wait_for(warden.replaced(), 10)
+        assert verdict.detail.startswith("nvml_hung")
+        began = time.monotonic()
+        joined = await asyncio.to_thread(warden.core.stop, 5.0)
+        return joined, time.monotonic() - began
+
+    joined, waited = asyncio.run(scenario())
+    assert joined is False, "the stuck sampler is reported as left behind"
+    assert waited < 1.0, f"stop waited {waited:.2f}s for a thread stuck in the driver"

@@ -103,7 +103,15 @@ struct Shared {
     stop_lock: Mutex<()>,
     wake: Condvar,
     watches: Mutex<Vec<Arc<Watch>>>,
-    threads: Mutex<Vec<(JoinHandle<()>, Receiver<()>)>>,
+    threads: Mutex<Vec<Worker>>,
+    /// The thread the watchdog found stuck in the driver: abandoned, never waited for.
+    stuck: Mutex<Option<&'static str>>,
+}
+
+struct Worker {
+    name: &'static str,
+    handle: JoinHandle<()>,
+    done: Receiver<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -135,15 +143,26 @@ impl Shared {
         watch
     }
 
-    fn spawn(self: &Arc<Self>, name: &str, body: impl FnOnce(Arc<Shared>) + Send + 'static) {
+    /// Start a named thread; `name` is also its `Watch`'s name.
+    fn spawn(
+        self: &Arc<Self>,
+        name: &'static str,
+        body: impl FnOnce(Arc<Shared>) + Send + 'static,
+    ) {
         let shared = Arc::clone(self);
         let (done_tx, done_rx) = mpsc::channel();
-        let spawned = thread::Builder::new().name(name.into()).spawn(move || {
-            body(shared);
-            let _ = done_tx.send(());
-        });
+        let spawned = thread::Builder::new()
+            .name(format!("runwarden-gpu-{name}"))
+            .spawn(move || {
+                body(shared);
+                let _ = done_tx.send(());
+            });
         match spawned {
-            Ok(handle) => lock(&self.threads).push((handle, done_rx)),
+            Ok(handle) => lock(&self.threads).push(Worker {
+                name,
+                handle,
+                done: done_rx,
+            }),
             Err(error) => self.set_enabled(false, format!("could not start {name}: {error}")),
         }
     }
@@ -223,7 +242,7 @@ impl Shared {
             ),
         );
         let events_nvml = Arc::clone(&nvml);
-        self.spawn("runwarden-gpu-events", move |shared| {
+        self.spawn("events", move |shared| {
             shared.run_events(&events_nvml, count)
         });
         let period = Duration::from_secs_f64(self.settings.sample_seconds);
@@ -333,6 +352,7 @@ impl Shared {
                 .iter()
                 .find_map(|w| w.overdue(limit, now).map(|(call, _)| (w.thread(), call)));
             if let Some((thread, call)) = overdue {
+                *lock(&self.stuck) = Some(thread);
                 self.report(Finding {
                     gpu: None,
                     uuid: None,
@@ -381,6 +401,7 @@ impl GpuMonitor {
                 wake: Condvar::new(),
                 watches: Mutex::new(Vec::new()),
                 threads: Mutex::new(Vec::new()),
+                stuck: Mutex::new(None),
             }),
         })
     }
@@ -392,9 +413,8 @@ impl GpuMonitor {
             ));
         }
         self.shared
-            .spawn("runwarden-gpu-watchdog", |shared| shared.run_watchdog());
-        self.shared
-            .spawn("runwarden-gpu-sampler", |shared| shared.run_sampler());
+            .spawn("watchdog", |shared| shared.run_watchdog());
+        self.shared.spawn("sampler", |shared| shared.run_sampler());
         Ok(())
     }
 
@@ -406,7 +426,8 @@ impl GpuMonitor {
         lock(&self.shared.state).clone()
     }
 
-    /// Stop every thread, waiting at most `timeout` in all. False if one was left behind.
+    /// Stop every thread, waiting at most `timeout` in all. False if one was left behind:
+    /// a thread stuck in the driver is not waited for (the watchdog reported it already).
     pub fn stop(&self, timeout: Duration) -> bool {
         {
             let _guard = lock(&self.shared.stop_lock);
@@ -417,15 +438,19 @@ impl GpuMonitor {
         let mut all = true;
         // The sampler may add the event thread while we wait: take until none is left.
         loop {
-            let taken: Vec<_> = lock(&self.shared.threads).drain(..).collect();
+            let taken: Vec<Worker> = lock(&self.shared.threads).drain(..).collect();
             if taken.is_empty() {
                 return all;
             }
-            for (handle, done) in taken {
+            for worker in taken {
+                if *lock(&self.shared.stuck) == Some(worker.name) {
+                    all = false;
+                    continue;
+                }
                 let left = deadline.saturating_duration_since(Instant::now());
-                match done.recv_timeout(left) {
+                match worker.done.recv_timeout(left) {
                     Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        all &= handle.join().is_ok()
+                        all &= worker.handle.join().is_ok()
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => all = false,
                 }
