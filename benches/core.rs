@@ -140,6 +140,7 @@ fn scheduler_decision(c: &mut Criterion) {
     let traffic = Traffic {
         in_flight: 4,
         last_progress: Some(Duration::ZERO),
+        last_resumed: None,
     };
     // Warm: the history is full, so every decision also evicts one outcome.
     let mut scheduler = Scheduler::new(settings.clone(), Duration::ZERO);

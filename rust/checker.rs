@@ -228,11 +228,27 @@ impl Checker {
         &self.shared.traffic
     }
 
-    /// A request entered. With stall detection on, the first request in flight sets a
-    /// deadline the clock thread must hear about.
+    /// A request entered (H9).
     pub fn request_started(&self) {
-        let was_idle = self.shared.traffic.snapshot().in_flight == 0;
-        self.shared.traffic.started();
+        self.becoming_busy(|t| t.started());
+    }
+
+    /// A request is now blocked on its client, not on the app (H9).
+    pub fn client_wait_started(&self) {
+        self.shared.traffic.client_wait_started();
+    }
+
+    /// The client moved again: the request waits on the app once more (H9).
+    pub fn client_wait_finished(&self) {
+        self.becoming_busy(|t| t.client_wait_finished());
+    }
+
+    /// With stall detection on, the first request waiting on the app sets a deadline the
+    /// clock thread must hear about.
+    fn becoming_busy(&self, change: impl FnOnce(&TrafficCounters)) {
+        let traffic = &self.shared.traffic;
+        let was_idle = traffic.snapshot().in_flight == 0;
+        change(traffic);
         if was_idle && self.stall_detection {
             // Through the lock, so the clock thread cannot miss it between deciding to wait
             // and waiting.

@@ -209,6 +209,7 @@ fn found_dict<'py>(py: Python<'py>, f: &Found) -> PyResult<Bound<'py, PyDict>> {
     d.set_item("rule", f.finding.rule)?;
     d.set_item("severity", f.finding.severity.as_str())?;
     d.set_item("detail", &f.finding.detail)?;
+    d.set_item("xid", f.finding.xid)?;
     d.set_item("age_seconds", f.age.as_secs_f64())?;
     Ok(d)
 }
@@ -259,6 +260,10 @@ impl PyGpuFinding {
     #[getter]
     fn detail(&self) -> &str {
         &self.inner.finding.detail
+    }
+    #[getter]
+    fn xid(&self) -> Option<u64> {
+        self.inner.finding.xid
     }
     #[getter]
     fn age_seconds(&self) -> f64 {

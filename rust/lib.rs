@@ -503,6 +503,14 @@ impl PyCore {
         self.checker.traffic().finished()
     }
 
+    fn client_wait_started(&self) {
+        self.checker.client_wait_started()
+    }
+
+    fn client_wait_finished(&self) {
+        self.checker.client_wait_finished()
+    }
+
     fn event_fd(&self) -> i32 {
         self.events.fd()
     }

@@ -44,6 +44,8 @@ pub struct Finding {
     pub rule: &'static str,
     pub severity: Severity,
     pub detail: String,
+    /// The XID, for XID findings.
+    pub xid: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +152,7 @@ impl Policy {
             rule: "gpu_count_dropped",
             severity: Severity::Fatal,
             detail: format!("{count} GPU(s) visible, {start} at start"),
+            xid: None,
         })
     }
 
@@ -173,6 +176,7 @@ impl Policy {
             rule,
             severity: Severity::Fatal,
             detail: format!("{call}: {failure}"),
+            xid: None,
         })
     }
 
@@ -196,6 +200,7 @@ impl Policy {
             rule,
             severity,
             detail: format!("XID {xid}"),
+            xid: Some(xid),
         })
     }
 
@@ -210,6 +215,7 @@ impl Policy {
             rule,
             severity,
             detail,
+            xid: None,
         };
         for error in &sample.errors {
             findings.extend(self.judge_failure(Some(gpu), error.call, &error.error));

@@ -33,9 +33,19 @@ pub enum TriggerAnswer {
 /// The proxy's traffic at one moment (H9).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Traffic {
+    /// Requests waiting on the app (those blocked on their client are left out).
     pub in_flight: u64,
     /// Clock time of the last byte moved to or from the app, or of the last request start.
     pub last_progress: Option<Duration>,
+    /// Clock time a request blocked on its client last went back to waiting on the app.
+    pub last_resumed: Option<Duration>,
+}
+
+impl Traffic {
+    /// Since when the app has owed bytes: the stall clock's start.
+    fn last_activity(&self) -> Option<Duration> {
+        self.last_progress.max(self.last_resumed)
+    }
 }
 
 #[derive(Debug)]
@@ -155,7 +165,7 @@ impl Scheduler {
             consider(self.next_regular);
         }
         if let (Some(stall), true) = (self.settings.stall(), traffic.in_flight > 0) {
-            consider(traffic.last_progress.map(|t| t + stall));
+            consider(traffic.last_activity().map(|t| t + stall));
         }
         deadline
     }
@@ -183,7 +193,7 @@ impl Scheduler {
             return actions;
         }
         if let (Some(stall), true) = (self.settings.stall(), traffic.in_flight > 0) {
-            if let Some(last) = traffic.last_progress {
+            if let Some(last) = traffic.last_activity() {
                 if now >= last + stall {
                     let detail = format!(
                         "{} request(s) in flight moved no byte for {}s",

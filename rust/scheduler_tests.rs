@@ -46,6 +46,7 @@ fn refused() -> ProbeReport {
 const IDLE: Traffic = Traffic {
     in_flight: 0,
     last_progress: None,
+    last_resumed: None,
 };
 
 fn started(actions: &[Action]) -> Option<u64> {
@@ -412,6 +413,7 @@ fn h9_allow_on_busy_records_failures_while_bytes_move() {
     let busy = Traffic {
         in_flight: 2,
         last_progress: Some(ms(1000)),
+        ..IDLE
     };
     let out = outcomes(&s.finish(id, status(500), ms(1400), busy));
     assert_eq!(out[0].counted, Counted::Busy);
@@ -421,6 +423,7 @@ fn h9_allow_on_busy_records_failures_while_bytes_move() {
     let silent = Traffic {
         in_flight: 2,
         last_progress: Some(ms(1400)),
+        ..IDLE
     };
     let out = outcomes(&s.finish(id, status(500), ms(2000), silent));
     assert_eq!(out[0].counted, Counted::Counted);
@@ -433,6 +436,7 @@ fn h9_busy_is_not_excused_without_allow_on_busy() {
     let busy = Traffic {
         in_flight: 1,
         last_progress: Some(ms(1000)),
+        ..IDLE
     };
     let out = outcomes(&s.finish(id, status(500), ms(1001), busy));
     assert_eq!(out[0].counted, Counted::Counted);
@@ -449,12 +453,52 @@ fn h9_stall_replaces_when_in_flight_requests_move_nothing() {
     let traffic = Traffic {
         in_flight: 1,
         last_progress: Some(ms(500)),
+        ..IDLE
     };
     assert_eq!(s.next_deadline(traffic), Some(ms(2500)));
     assert!(s.tick(ms(2499), traffic).is_empty());
     let r = replacement(&s.tick(ms(2500), traffic)).unwrap();
     assert_eq!(r.reason, Reason::Stalled);
     assert!(r.detail.contains("moved no byte for 2s"), "{}", r.detail);
+}
+
+#[test]
+fn h9_time_blocked_on_the_client_does_not_count_toward_a_stall() {
+    let settings = HealthSettings {
+        stall_seconds: Some(2.0),
+        period_seconds: 100.0,
+        ..quick()
+    };
+    let mut s = Scheduler::new(settings, ms(0));
+    // The app last moved a byte at 0.5 s; the request then waited on its client until 5 s.
+    let traffic = Traffic {
+        in_flight: 1,
+        last_progress: Some(ms(500)),
+        last_resumed: Some(ms(5000)),
+    };
+    assert_eq!(s.next_deadline(traffic), Some(ms(7000)));
+    assert!(s.tick(ms(6999), traffic).is_empty());
+    assert_eq!(
+        replacement(&s.tick(ms(7000), traffic)).unwrap().reason,
+        Reason::Stalled
+    );
+}
+
+#[test]
+fn h9_bytes_from_the_client_do_not_make_the_app_busy() {
+    let settings = HealthSettings {
+        allow_on_busy: true,
+        ..quick()
+    };
+    let mut s = Scheduler::new(settings, ms(0));
+    let id = started(&s.tick(ms(1000), IDLE)).unwrap();
+    let trickling = Traffic {
+        in_flight: 1,
+        last_progress: Some(ms(0)),
+        last_resumed: Some(ms(1000)),
+    };
+    let out = outcomes(&s.finish(id, status(500), ms(1001), trickling));
+    assert_eq!(out[0].counted, Counted::Counted);
 }
 
 #[test]
@@ -468,6 +512,7 @@ fn h9_no_stall_without_requests_in_flight() {
     let idle = Traffic {
         in_flight: 0,
         last_progress: Some(ms(0)),
+        ..IDLE
     };
     assert!(s.tick(ms(50_000), idle).is_empty());
 }

@@ -8,11 +8,17 @@ use crate::scheduler::Traffic;
 const NEVER: u64 = u64::MAX;
 
 /// In-flight requests and the time of the last byte moved, as atomics.
+///
+/// A request blocked on its client (a body not sent yet, a client not reading) is not
+/// waiting on the app: it is left out of `in_flight` for H9 until the client moves.
 pub struct TrafficCounters {
     base: Instant,
     in_flight: AtomicU64,
+    waiting_on_client: AtomicU64,
     /// Nanoseconds since `base`; `NEVER` until the first request.
     last_progress: AtomicU64,
+    /// When a request blocked on its client last went back to waiting on the app.
+    last_resumed: AtomicU64,
 }
 
 impl TrafficCounters {
@@ -20,7 +26,9 @@ impl TrafficCounters {
         TrafficCounters {
             base,
             in_flight: AtomicU64::new(0),
+            waiting_on_client: AtomicU64::new(0),
             last_progress: AtomicU64::new(NEVER),
+            last_resumed: AtomicU64::new(NEVER),
         }
     }
 
@@ -30,24 +38,48 @@ impl TrafficCounters {
     }
 
     pub fn progress(&self) {
-        let now = self.base.elapsed().as_nanos() as u64;
-        self.last_progress.store(now, Ordering::Relaxed);
+        self.last_progress.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
     }
 
     pub fn finished(&self) {
-        // Saturate: an unmatched `finished` must not wrap to 2^64 requests.
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        decrement(&self.in_flight);
+    }
+
+    pub fn client_wait_started(&self) {
+        self.waiting_on_client.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The client moved: the app's stall clock starts again from now. Not progress of the
+    /// app's: bytes from a client do not make a hung app busy (H9's `allow_on_busy`).
+    pub fn client_wait_finished(&self) {
+        decrement(&self.waiting_on_client);
+        self.last_resumed.store(self.now(), Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Traffic {
-        let last = self.last_progress.load(Ordering::Relaxed);
+        let time = |at: &AtomicU64| {
+            let nanos = at.load(Ordering::Relaxed);
+            (nanos != NEVER).then(|| Duration::from_nanos(nanos))
+        };
+        let waiting = self.waiting_on_client.load(Ordering::Relaxed);
         Traffic {
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            last_progress: (last != NEVER).then(|| Duration::from_nanos(last)),
+            in_flight: self
+                .in_flight
+                .load(Ordering::Relaxed)
+                .saturating_sub(waiting),
+            last_progress: time(&self.last_progress),
+            last_resumed: time(&self.last_resumed),
         }
     }
+}
+
+/// Saturate: an unmatched decrement must not wrap to 2^64.
+fn decrement(counter: &AtomicU64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
 }
 
 #[cfg(test)]
@@ -66,5 +98,25 @@ mod tests {
         t.finished();
         t.finished();
         assert_eq!(t.snapshot().in_flight, 0);
+    }
+
+    #[test]
+    fn h9_a_request_waiting_on_its_client_is_not_waiting_on_the_app() {
+        let t = TrafficCounters::new(Instant::now());
+        t.started();
+        t.client_wait_started();
+        assert_eq!(t.snapshot().in_flight, 0);
+        let progress = t.snapshot().last_progress;
+        t.client_wait_finished();
+        let after = t.snapshot();
+        assert_eq!(after.in_flight, 1);
+        assert!(
+            after.last_resumed.is_some(),
+            "the client moving restarts the stall clock"
+        );
+        assert_eq!(
+            after.last_progress, progress,
+            "but is not the app's progress"
+        );
     }
 }

@@ -12,7 +12,7 @@ import os
 import sys
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -81,8 +81,13 @@ async def upload(request: Request) -> Response:
     """Counts the bytes of a streamed request body without keeping them (S1)."""
     STATE["received"] = int(STATE["received"]) + 1  # type: ignore[call-overload]
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+    except ClientDisconnect:
+        # The body was aborted, not ended: the app never takes a truncated body as whole.
+        STATE["upload_aborted"] = int(STATE.get("upload_aborted", 0)) + 1  # type: ignore[call-overload]
+        raise
     STATE["uploaded"] = total
     return JSONResponse({"received_bytes": total})
 
@@ -99,7 +104,8 @@ async def sse(request: Request) -> Response:
             yield f"data: {i}\n\n".encode()
             await asyncio.sleep(interval)
 
-    return StreamingResponse(body(), media_type="text/event-stream")
+    headers = {"x-fal-runner-health-check": "1"} if request.query_params.get("check_header") else {}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
 async def echo(request: Request) -> Response:

@@ -58,6 +58,9 @@ def test_C_help_explains_every_option_with_its_default():
         ([], {"RUNWARDEN_FAILURE_THRESHOLD": "zero"}, "RUNWARDEN_FAILURE_THRESHOLD"),
         ([], {"RUNWARDEN_TIMEOUT_SECONDS": "0"}, "--timeout-seconds"),
         ([], {"RUNWARDEN_NO_SUCH_SETTING": "1"}, "RUNWARDEN_NO_SUCH_SETTING"),
+        (["--check-header", "Content-Length"], {}, "--check-header"),
+        (["--gpu-promote-warnings", "fans=3"], {}, "--gpu-promote-warnings"),
+        (["--gpu-fatal-xids", "79,x"], {}, "--gpu-fatal-xids"),
     ],
 )
 def test_C_H7_bad_options_exit_2_naming_the_option(args, env, named):

@@ -114,3 +114,49 @@ def test_D4_sigterm_is_a_clean_stop_after_in_flight_requests_finish(
     assert rw.wait_exit() == exit_codes.CLEAN
     assert app_server.state()["received"] == 1
     assert "exiting with code 0 (shutdown): received SIGTERM" in rw.log()
+
+
+def test_D2_a_stop_signal_during_a_replacement_drain_does_not_cut_requests(
+    app_server: AppServer, runwarden
+):
+    """D2/D4: the orchestrator's SIGTERM, arriving while a replacement drains, lets in-flight
+    requests finish; the exit code stays the first reason's. Only a second signal hurries."""
+    rw = runwarden(app_server.url, "--drain-timeout-seconds", "20", wait_ready=True)
+
+    async def scenario() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=rw.url, timeout=30) as client:
+            slow = asyncio.ensure_future(client.get("/predict", params={"latency": "2"}))
+            await until(lambda: app_server.state()["received"] == 1)
+            assert (await client.get("/predict", params={"status": "503"})).status_code == 503
+            rw.proc.send_signal(signal.SIGTERM)
+            await until(lambda: "received SIGTERM while draining (app_503)" in rw.log())
+            return await slow
+
+    slow = asyncio.run(scenario())
+    assert slow.status_code == 200 and slow.json() == {"ok": True, "latency": 2.0}
+    assert rw.wait_exit() == exit_codes.BY_REASON["app_503"]
+
+
+def test_D1_the_verdict_drains_before_any_other_event_of_its_batch_is_handled(
+    app_server: AppServer,
+) -> None:
+    """D1: the verdict reaches its listener in the loop turn it arrives, before the check
+    outcome that caused it, so no request of that turn can be admitted after it."""
+    from runwarden import HealthCheck, Warden
+
+    app_server.set_health("fail500")
+    order: list[str] = []
+
+    async def scenario() -> None:
+        settings = HealthCheck(
+            start_period_seconds=0, period_seconds=0.1, timeout_seconds=1, failure_threshold=1
+        )
+        warden = Warden(settings, app_server.url)
+        warden.on_replace(lambda verdict: order.append(f"replace:{verdict.reason}"))
+        warden.on_outcome(lambda outcome: order.append(f"outcome:{outcome.counted}"))
+        await warden.start()
+        await warden.replaced()
+        await warden.stop()
+
+    asyncio.run(scenario())
+    assert order[:2] == ["replace:health_check", "outcome:counted"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
-from conftest import AppServer, raw_exchange
+from conftest import AppServer, poll, raw_exchange
 
 CASES = {
     "bad request line": b"THIS IS NOT HTTP\r\n\r\n",
@@ -55,3 +57,36 @@ def test_S3_broken_chunked_body_is_refused_and_never_completes_at_the_app(
     assert raw_exchange(rw.port, request).startswith(b"HTTP/1.1 400")
     assert app_server.state()["uploaded"] == 0
     assert httpx.get(f"{rw.url}/echo/ok").status_code == 200
+
+
+def test_S3_asterisk_target_gets_400_not_a_server_error(app_server: AppServer, runwarden):
+    """S3: `OPTIONS *` names no path of the app: 400, never forwarded, no traceback."""
+    rw = runwarden(app_server.url, "--no-call-regularly")
+    response = raw_exchange(rw.port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 400"), response[:200]
+    assert app_server.state()["received"] == 0
+    assert "Traceback" not in rw.log()
+
+
+def test_S4_header_value_that_is_not_utf8_gets_400(app_server: AppServer, runwarden):
+    """S4: what reaches the app is what the client sent; bytes the upstream client cannot
+    send exactly are refused rather than altered."""
+    rw = runwarden(app_server.url, "--no-call-regularly")
+    response = raw_exchange(rw.port, b"GET /echo/x HTTP/1.1\r\nHost: x\r\nX-Name: caf\xe9\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 400"), response[:200]
+    assert app_server.state()["received"] == 0
+
+
+def test_S3_aborted_chunked_upload_is_aborted_at_the_app_not_ended(
+    app_server: AppServer, runwarden
+):
+    """S3/S1: a client that leaves in the middle of a chunked upload, after its first chunks
+    reached the app, aborts the app's request: the app never sees a complete body."""
+    rw = runwarden(app_server.url, "--no-call-regularly")
+    with socket.create_connection(("127.0.0.1", rw.port), timeout=5) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(3):
+            sock.sendall(b"5\r\nhello\r\n")
+        poll(lambda: app_server.state()["received"] == 1)
+    state = poll(lambda: (s := app_server.state()).get("upload_aborted") and s)
+    assert state["uploaded"] == 0, "the app took a truncated body as complete"  # type: ignore[index]

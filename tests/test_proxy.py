@@ -130,3 +130,16 @@ def test_S2_every_method_and_status_forwarded(app_server: AppServer, runwarden):
         response = httpx.request(method, f"{rw.url}/echo/m", params={"status": "418"})
         assert response.status_code == 418
         assert response.json()["method"] == method
+
+
+def test_S4_utf8_header_values_reach_the_app_byte_for_byte(app_server: AppServer, runwarden):
+    """S4: a header value outside ASCII reaches the app as the client sent it."""
+    rw = runwarden(app_server.url, "--no-call-regularly")
+    sent = "café ☕".encode()
+    request = (
+        b"GET /echo/x HTTP/1.1\r\nHost: x\r\nX-Name: " + sent + b"\r\nConnection: close\r\n\r\n"
+    )
+    response = raw_exchange(rw.port, request)
+    echoed = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    received = {k: v for k, v in echoed["headers"]}
+    assert received["x-name"].encode("latin-1") == sent

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import httpx
+import pytest
 from conftest import AppServer, poll
 from runwarden import exit_codes
 
@@ -104,3 +108,42 @@ def test_H6_custom_check_header_name(app_server: AppServer, runwarden):
     response = httpx.get(f"{rw.url}/predict", headers={"x-probe-me": "1"})
     assert response.status_code == 200 and response.json()["passed"] is True
     assert app_server.state()["received"] == 0
+
+
+def test_H9_a_client_that_sends_nothing_does_not_stall_the_runner(app_server: AppServer, runwarden):
+    """H9/S3: time a request spends waiting on its client (a declared body never sent) is
+    not the app's: it does not count toward stall_seconds, so one client cannot replace us."""
+    rw = runwarden(app_server.url, "--stall-seconds", "0.5", wait_ready=True)
+    with socket.create_connection(("127.0.0.1", rw.port), timeout=5) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        poll(lambda: rw.status()["in_flight"] == 1)
+        # Four stall periods of a client sending nothing: the runner stays.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert rw.status()["state"] == "ready"
+            time.sleep(0.1)
+    assert rw.proc.poll() is None
+
+
+def test_H9_an_app_that_stops_moving_bytes_still_stalls(app_server: AppServer, runwarden):
+    """H9: the same runner, with a request the app holds without a byte, is replaced."""
+    rw = runwarden(app_server.url, "--stall-seconds", "0.5", wait_ready=True)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{rw.url}/hold", params={"seconds": "10"}, timeout=3)
+    assert rw.wait_exit() == exit_codes.BY_REASON["stalled"]
+    assert "moved no byte for 0.5s" in rw.log()
+
+
+def test_H6_manual_check_runs_when_the_client_drops_the_response(app_server: AppServer, runwarden):
+    """H6: a response carrying the check header asks for a check even when the client
+    leaves before its end: a broken exchange is when the check matters most."""
+    rw = runwarden(
+        app_server.url, "--no-call-regularly", "--start-period-seconds", "300",
+        "--failure-threshold", "5",
+    )  # fmt: skip
+    app_server.set_health("fail500")
+    params = {"check_header": "1", "events": "50", "interval": "0.1"}
+    with httpx.stream("GET", f"{rw.url}/sse", params=params, timeout=10) as response:
+        assert "x-fal-runner-health-check" not in response.headers
+        next(response.iter_raw())  # one event, then the client leaves
+    assert rw.wait_exit() == exit_codes.BY_REASON["manual_check"]

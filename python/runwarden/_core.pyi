@@ -112,6 +112,7 @@ class GpuFinding:
     rule: str
     severity: Literal["warning", "fatal"]
     detail: str
+    xid: int | None
     age_seconds: float
     def to_dict(self) -> dict[str, object]: ...
 
@@ -151,6 +152,11 @@ class Core:
         """H9 accounting: a byte moved to or from the app."""
     def request_finished(self) -> None:
         """H9 accounting: a proxied request left."""
+    def client_wait_started(self) -> None:
+        """H9 accounting: a request is blocked on its client (a body not sent yet, a client
+        not reading), not on the app; it does not count toward a stall meanwhile."""
+    def client_wait_finished(self) -> None:
+        """H9 accounting: the client moved; the request waits on the app again."""
     def event_fd(self) -> int:
         """A readable socket: it becomes readable when events are waiting."""
     def drain_events(self) -> list[Event]:

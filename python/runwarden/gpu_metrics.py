@@ -153,8 +153,8 @@ class GpuMetrics:
                         gauge.labels(*labels).set(value)
         elif isinstance(event, GpuFinding):
             self.findings.labels(event.rule, event.severity).inc()
-            if event.rule.endswith("_xid") and event.gpu in self._labels:
-                self.xid.labels(*self._labels[event.gpu]).set(int(event.detail.split()[-1]))
+            if event.xid is not None and event.gpu in self._labels:
+                self.xid.labels(*self._labels[event.gpu]).set(event.xid)
         else:
             self.enabled.set(1 if event.enabled else 0)
 

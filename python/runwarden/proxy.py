@@ -54,6 +54,9 @@ RESPONSE_DROPPED = HOP_BY_HOP | {b"server", b"date"}
 # R1: 503 replaces; R4: these ask for one extra check.
 EXTRA_CHECK_STATUSES = frozenset({500, 502, 504})
 SERVER = b"runwarden"
+UNREACHABLE_BODY = json.dumps(
+    {"error": "app unreachable", "detail": "runwarden could not reach the app; see its log"}
+).encode()
 
 
 class _DateHeader:
@@ -69,6 +72,33 @@ class _DateHeader:
             self._second = now
             self._value = formatdate(now, usegmt=True).encode()
         return self._value
+
+
+class ClientDisconnected(Exception):
+    """The client left while its body streamed: raised into the upstream client so it
+    aborts the app's request instead of ending the body as if it were complete (S3)."""
+
+
+class _BadRequest(Exception):
+    """A request the proxy will not forward; the message is the 400 answer's reason."""
+
+
+class _RateLimitedLog:
+    """A warning at most once per `interval` seconds, with how many were held back."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next = 0.0
+        self._held = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._held += 1
+            return
+        held, self._held, self._next = self._held, 0, now + self.interval
+        suffix = f" ({held} more like it held back)" if held else ""
+        log.warning(message + suffix, *args)
 
 
 class _Exchange:
@@ -102,6 +132,7 @@ class Proxy:
         self._request_dropped = REQUEST_DROPPED | {self.check_header}
         self._date = _DateHeader()
         self._progress = warden.core.request_progress
+        self._unreachable_log = _RateLimitedLog(10.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,7 +144,15 @@ class Proxy:
             await self._answer(send, 503, drain.refusal_body, drain.refusal_headers)
             return
 
-        headers, host, triggered, has_body = self._request_headers(scope)
+        target = scope.get("raw_path") or scope["path"].encode()
+        try:
+            if not target.startswith(b"/"):  # `OPTIONS *` or an absolute form: no app path
+                raise _BadRequest("the request target must be a path starting with '/'")
+            headers, host, triggered, has_body = self._request_headers(scope)
+        except _BadRequest as exc:
+            body = json.dumps({"error": "bad request", "detail": str(exc)}).encode()
+            await self._answer(send, 400, body, [(b"content-type", b"application/json")])
+            return
         if triggered:  # H5: answered here, not forwarded
             await self._answer_check(send)
             return
@@ -123,7 +162,6 @@ class Proxy:
         headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
         if host is not None:
             headers.append(("x-forwarded-host", host))
-        target = scope.get("raw_path") or scope["path"].encode()
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
 
@@ -170,10 +208,14 @@ class Proxy:
                 elif name == self.check_header:
                     triggered = True
                 continue
-            if name == b"host":
-                host = value.decode("latin-1")
             kept.append((name, value))
-        out = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in kept if n not in named]
+        # S4: values reach the app byte for byte. The upstream client encodes header values
+        # as UTF-8, so bytes that are not UTF-8 cannot be forwarded exactly: refuse them.
+        try:
+            out = [(n.decode("latin-1"), v.decode("utf-8")) for n, v in kept if n not in named]
+        except UnicodeDecodeError:
+            raise _BadRequest("a header value is not valid UTF-8") from None
+        host = next((v for n, v in out if n == "host"), None)
         if content_length is not None and not has_body:
             # httptools validated it; the client library frames the body from it.
             out.append(("content-length", content_length.decode("latin-1")))
@@ -200,12 +242,13 @@ class Proxy:
                 raise asyncio.CancelledError from exc
             # R3: answer 502 and let health checks decide whether the app is gone; as R4
             # asks, that 502 is followed by an extra check, so a dead app is noticed at once.
-            detail = str(exc) or repr(exc)
-            log.warning("app unreachable for %s %s: %s", method, target, detail)
+            # The client is told no internal address; the log says what failed, rate-limited.
+            self._unreachable_log.warning(
+                "app unreachable for %s %s: %s", method, target, str(exc) or repr(exc)
+            )
             self.warden.report_response(502)
-            payload = json.dumps({"error": "app unreachable", "detail": detail})
             await self._answer(
-                send, 502, payload.encode(), [(b"content-type", b"application/json")]
+                send, 502, UNREACHABLE_BODY, [(b"content-type", b"application/json")]
             )
             return
         try:
@@ -221,22 +264,41 @@ class Proxy:
             self.warden.report_response(status)
         elif status in EXTRA_CHECK_STATUSES:  # R4
             self.warden.report_response(status)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        progress = self._progress
+        core = self.warden.core
         try:
-            async for chunk in response.chunks():
-                progress()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except UpstreamError as exc:
-            # The status is gone already: cut the response so the client sees it broke.
-            log.warning("app broke off a response with status %d: %r", status, exc)
+            await self._to_client(
+                send, {"type": "http.response.start", "status": status, "headers": headers}
+            )
+            progress = self._progress
+            try:
+                async for chunk in response.chunks():
+                    progress()
+                    await self._to_client(
+                        send, {"type": "http.response.body", "body": chunk, "more_body": True}
+                    )
+            except UpstreamError as exc:
+                # The status is gone already: cut the response so the client sees it broke.
+                log.warning("app broke off a response with status %d: %r", status, exc)
+                self.metrics.record_request(status, "app")
+                return
+            exchange.finished = True
+            await self._to_client(
+                send, {"type": "http.response.body", "body": b"", "more_body": False}
+            )
             self.metrics.record_request(status, "app")
-            return
-        exchange.finished = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        self.metrics.record_request(status, "app")
-        if manual:  # H6: a check as soon as the response is sent
-            self.warden.manual_check()
+        finally:
+            if manual:  # H6: a check once the response is sent, or broke off, or was dropped
+                core.manual_check()
+
+    async def _to_client(self, send: Send, message: Message) -> None:
+        """Send to the client; while it holds us back (it does not read), the request waits
+        on the client, not on the app (H9)."""
+        core = self.warden.core
+        core.client_wait_started()
+        try:
+            await send(message)
+        finally:
+            core.client_wait_finished()
 
     def _response_headers(self, raw: Any) -> tuple[list[tuple[bytes, bytes]], bool]:
         """S2/S4 for responses; exactly one Server and one Date; H6's header removed."""
@@ -268,17 +330,24 @@ class Proxy:
     async def _request_body(self, receive: Receive, exchange: _Exchange) -> AsyncIterator[bytes]:
         """S1: the client's body, chunk by chunk as uvicorn reads it (with back-pressure)."""
         progress = self._progress
+        core = self.warden.core
         while True:
-            message = await receive()
+            core.client_wait_started()  # H9: waiting for the client's bytes is not the app's
+            try:
+                message = await receive()
+            finally:
+                core.client_wait_finished()
             if message["type"] == "http.disconnect":
                 exchange.disconnected = True
                 if exchange.task is not None:
                     exchange.task.cancel()
-                return
+                # Raise, not return: an ended generator would tell the upstream client that
+                # the body is complete, and the app would get a truncated one (S3).
+                raise ClientDisconnected
             chunk = message.get("body", b"")
             if chunk:
-                progress()
                 yield chunk
+                progress()  # the upstream client asks for more once it wrote this one
             if not message.get("more_body", False):
                 break
         exchange.watcher = asyncio.ensure_future(self._watch_disconnect(receive, exchange))

@@ -26,6 +26,8 @@ from runwarden.upstream import AiohttpUpstream
 from runwarden.warden import Warden
 
 log = logging.getLogger("runwarden")
+# SIGHUP too: a dropped terminal must not kill runwarden and orphan the app (its own group).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Runner:
@@ -43,6 +45,7 @@ class Runner:
             else None
         )
         self._hurry = asyncio.Event()
+        self._signals = 0
         self._tasks: list[asyncio.Task[object]] = []
         self._exit_line: str | None = None
         self._was_ready = False
@@ -64,13 +67,15 @@ class Runner:
         )
         self.warden.on_outcome(self._on_outcome)
         self.warden.on_gpu(self.metrics.gpu.record)
+        # D1: the verdict (H4, H6, H9, R1, G2) starts the drain in the loop turn it arrives.
+        self.warden.on_replace(lambda verdict: self.drain.begin(verdict.reason, verdict.detail))
         servers = [
             make_server(proxy, settings.host, settings.port, proxy=True,
                         log_level=settings.log_level),
             make_server(make_admin_app(self), settings.admin_host, settings.admin_port,
                         proxy=False, log_level=settings.log_level),
         ]  # fmt: skip
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             await self.warden.start()
@@ -83,7 +88,7 @@ class Runner:
                 await upstream.close()
                 await self.warden.stop()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)
         return code
 
@@ -116,7 +121,6 @@ class Runner:
             self.settings.host, self.settings.port, self.settings.app_url,
             self.settings.admin_host, self.settings.admin_port,
         )  # fmt: skip
-        self._spawn(self._watch_replacement())
         return None
 
     async def _serve_until_drained(self) -> int:
@@ -156,17 +160,6 @@ class Runner:
         self._tasks.append(task)
         return task
 
-    async def _watch_replacement(self) -> None:
-        """The core's verdict (H4, H6, H9, R1, G2) starts the drain."""
-        replaced = asyncio.ensure_future(self.warden.replaced())
-        await asyncio.wait([replaced, asyncio.ensure_future(self.drain.started.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-        if replaced.done():
-            verdict = replaced.result()
-            self.drain.begin(verdict.reason, verdict.detail)
-        else:
-            replaced.cancel()
-
     async def _watch_app(self, supervisor: Supervisor) -> None:
         """D5: an app that exits by itself replaces the runner."""
         returncode = await supervisor.exited()
@@ -178,7 +171,13 @@ class Runner:
             self.drain.begin("app_exited", detail)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        if self.drain.begin(SHUTDOWN, f"received {sig.name}"):
+        """The first stop signal drains (a replacement already draining goes on); the second
+        stops waiting for in-flight requests."""
+        self._signals += 1
+        if self._signals == 1:
+            if not self.drain.begin(SHUTDOWN, f"received {sig.name}"):
+                log.info("received %s while draining (%s): the drain goes on", sig.name,
+                         self.drain.reason)  # fmt: skip
             return
         log.warning("received %s again: not waiting for in-flight requests", sig.name)
         self._hurry.set()

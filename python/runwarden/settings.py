@@ -81,9 +81,25 @@ def _port(text: str) -> int:
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
+# Headers the proxy frames, drops or sets itself: a check header named like one would
+# corrupt every request or response.
+RESERVED_HEADERS = frozenset(
+    {
+        "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+        "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
+        "content-length", "expect", "host", "server", "date",
+        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+    }
+)  # fmt: skip
+
+
 def _header_name(text: str) -> str:
     if not _TOKEN.match(text):
         raise argparse.ArgumentTypeError(f"must be an HTTP header name, got {text!r}")
+    if text.lower() in RESERVED_HEADERS:
+        raise argparse.ArgumentTypeError(
+            f"must not be a header the proxy frames or sets itself, got {text!r}"
+        )
     return text.lower()
 
 

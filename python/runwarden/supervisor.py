@@ -81,11 +81,21 @@ class Supervisor:
         # The leader is gone; what it started gets the rest of the timeout, then SIGKILL,
         # so no grandchild outlives the runner.
         # No event tells us when a group empties; poll, for at most the stop timeout.
-        while _signal_group(pgid, 0) and loop.time() < deadline:  # noqa: ASYNC110
+        while _signal_group(pgid, 0) and loop.time() < deadline:
+            _reap_group(pgid)
             await asyncio.sleep(0.05)
         if _signal_group(pgid, signal.SIGKILL):
             log.warning("killed processes left in the app's process group")
         log.info("the app %s", describe_exit(process.returncode or 0))
+
+
+def _reap_group(pgid: int) -> None:
+    """Reap the group's exited processes that are our children: as a container's PID 1
+    (or a subreaper) runwarden inherits the app's orphans, and a zombie still counts as a
+    member of the group, so the wait above would last the whole stop timeout."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitid(os.P_PGID, pgid, os.WEXITED | os.WNOHANG) is not None:
+            pass
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

@@ -66,7 +66,9 @@ class AiohttpUpstream:
     def __init__(self, app_url: str, connect_timeout_seconds: float = 5.0) -> None:
         self._base = app_url.rstrip("/")
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            # Idle connections are dropped before uvicorn's 5 s keep-alive closes them from
+            # the app's side: a POST on a connection the app just closed would fail (502).
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=4),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from runwarden._core import (
     CheckOutcome,
@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from runwarden._core import Reason
 
 log = logging.getLogger("runwarden")
+T = TypeVar("T")
 
 OutcomeListener = Callable[[CheckOutcome], None]
+ReplaceListener = Callable[[Replace], object]
 GpuEvent = GpuSamples | GpuFinding | GpuMonitoring
 GpuListener = Callable[[GpuEvent], None]
 
@@ -45,6 +47,7 @@ class Warden:
         self._waiting: dict[int, list[asyncio.Future[CheckOutcome]]] = {}
         self._listeners: list[OutcomeListener] = []
         self._gpu_listeners: list[GpuListener] = []
+        self._replace_listeners: list[ReplaceListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._replaced: asyncio.Future[Replace] | None = None
         self.ready = False
@@ -71,6 +74,11 @@ class Warden:
         """Call `listener` with every finished check (metrics, logs); returns an unsubscribe."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def on_replace(self, listener: ReplaceListener) -> None:
+        """Call `listener` with the replacement verdict in the same loop turn it arrives,
+        before any other event of its batch: the drain must start before anything else."""
+        self._replace_listeners.append(listener)
 
     def on_gpu(self, listener: GpuListener) -> Callable[[], None]:
         """Call `listener` with every GPU sample, finding and monitoring state; returns an
@@ -109,24 +117,28 @@ class Warden:
         return self.core.replace(reason, detail)
 
     def _on_events(self) -> None:
-        for event in self.core.drain_events():
+        events = self.core.drain_events()
+        # The verdict first: a request arriving in this turn must already be refused.
+        for event in events:
             if isinstance(event, Replace):
-                log.warning("replacing the runner: %s (%s)", event.reason, event.detail)
-                if self._replaced is not None and not self._replaced.done():
-                    self._replaced.set_result(event)
-                continue
-            if isinstance(event, GpuSamples | GpuFinding | GpuMonitoring):
+                self._on_replace(event)
+        for event in events:
+            if isinstance(event, CheckOutcome):
+                if event.passed:
+                    self.ready = True
+                for fut in self._waiting.pop(event.id, ()):
+                    if not fut.done():
+                        fut.set_result(event)
+                _notify(self._listeners, event)
+            elif not isinstance(event, Replace):
                 self._log_gpu(event)
-                for gpu_listener in list(self._gpu_listeners):
-                    gpu_listener(event)
-                continue
-            if event.passed:
-                self.ready = True
-            for fut in self._waiting.pop(event.id, ()):
-                if not fut.done():
-                    fut.set_result(event)
-            for listener in list(self._listeners):
-                listener(event)
+                _notify(self._gpu_listeners, event)
+
+    def _on_replace(self, event: Replace) -> None:
+        log.warning("replacing the runner: %s (%s)", event.reason, event.detail)
+        if self._replaced is not None and not self._replaced.done():
+            self._replaced.set_result(event)
+        _notify(self._replace_listeners, event)
 
     @staticmethod
     def _log_gpu(event: GpuEvent) -> None:
@@ -136,3 +148,12 @@ class Warden:
             where = f" on GPU {event.gpu}" if event.gpu is not None else ""
             level = logging.ERROR if event.severity == "fatal" else logging.WARNING
             log.log(level, "GPU %s %s%s: %s", event.severity, event.rule, where, event.detail)
+
+
+def _notify(listeners: Sequence[Callable[[T], object]], event: T) -> None:
+    """Call each listener; one that raises is logged and does not stop the others."""
+    for listener in list(listeners):
+        try:
+            listener(event)
+        except Exception:
+            log.exception("a listener of %s failed", type(event).__name__)

@@ -306,6 +306,7 @@ impl Shared {
                     rule: "events_unavailable",
                     severity: Severity::Warning,
                     detail: format!("XID events are not watched: {error}"),
+                    xid: None,
                 });
                 return;
             }
@@ -320,6 +321,7 @@ impl Shared {
                     rule: "uncorrectable_ecc",
                     severity: Severity::Fatal,
                     detail: "double-bit ECC error event".into(),
+                    xid: None,
                 }),
                 xid::Heard::Failed(failure) => {
                     let policy = lock(&self.policy);
@@ -331,6 +333,7 @@ impl Shared {
                             rule: "event_wait_failed",
                             severity: Severity::Fatal,
                             detail: format!("nvmlEventSetWait_v2: {failure}"),
+                            xid: None,
                         });
                     drop(policy);
                     self.report(finding);
@@ -362,6 +365,7 @@ impl Shared {
                         "{call} did not return within {}s (on the {thread} thread)",
                         crate::scheduler::trim_float(self.settings.watchdog_seconds)
                     ),
+                    xid: None,
                 });
                 // The stuck thread is abandoned; the verdict is given once.
                 return;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -22,14 +23,17 @@ STATE = {"healthy": True}
 
 def _float(request: Request, name: str, default: float, high: float) -> float:
     try:
-        return min(max(float(request.query_params.get(name, default)), 0.0), high)
+        value = float(request.query_params.get(name, default))
     except ValueError:
         return default
+    return min(max(value, 0.0), high) if math.isfinite(value) else default
 
 
 async def predict(request: Request) -> Response:
     latency = _float(request, "latency", 0.05, 60.0)
-    status = int(_float(request, "status", 200, 599)) or 200
+    status = int(_float(request, "status", 200, 599))
+    if status < 100:
+        status = 200
     prompt = request.query_params.get("prompt", "")
     if request.method == "POST":
         prompt = (await request.body()).decode(errors="replace")[:1000] or prompt
