@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -353,3 +355,22 @@ def test_H7_defaults_are_the_specs() -> None:
     assert h.call_regularly is True and h.period_seconds == 15.0
     assert h.effective_start_period_seconds == 30.0
     assert "start_period_seconds=30" in repr(h)
+
+
+def test_dropping_a_running_core_does_not_hang_interpreter_exit(app_server: AppServer) -> None:
+    """A Core left running (a check hanging in its probe) never holds up interpreter exit:
+    its threads take no GIL, and dropping it stops them within a bound."""
+    app_server.set_health("hang")
+    script = (
+        "import time, runwarden\n"
+        "core = runwarden.Core(runwarden.HealthCheck(period_seconds=0.05, timeout_seconds=30,"
+        f" start_period_seconds=0), {app_server.url!r})\n"
+        "core.start()\n"
+        "deadline = time.monotonic() + 10\n"
+        "while core.state()['running_check'] is None:\n"
+        "    assert time.monotonic() < deadline, 'no check started'\n"
+        "    time.sleep(0.01)\n"
+    )
+    began = time.monotonic()
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=20)
+    assert time.monotonic() - began < 5.0, "exit waited for the hung check"
