@@ -8,7 +8,7 @@ use pyo3::types::{PyDict, PyList};
 use crate::nvml::sample::GpuSample;
 use crate::nvml::{Found, GpuSettings, MonitorState};
 use crate::policy::PolicySettings;
-use crate::{integer, number, text, to_py, SettingsError};
+use crate::{integer, number, repr_of, text, to_py, SettingsError};
 
 const GPU_SETTINGS: [&str; 10] = [
     "sample_seconds",
@@ -125,12 +125,7 @@ impl PyGpuSettings {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let d = self.to_dict(py)?;
-        let parts: PyResult<Vec<String>> = d
-            .iter()
-            .map(|(k, v)| Ok(format!("{}={}", k.str()?, v.repr()?)))
-            .collect();
-        Ok(format!("GpuSettings({})", parts?.join(", ")))
+        repr_of("GpuSettings", &self.to_dict(py)?)
     }
 }
 

@@ -37,6 +37,15 @@ create_exception!(
     "A setting is invalid; the message names it, says what is allowed and what was given."
 );
 
+/// `Name(key=value, ...)` from a settings dict, so a repr always shows every setting.
+pub(crate) fn repr_of(name: &str, settings: &Bound<'_, PyDict>) -> PyResult<String> {
+    let parts: PyResult<Vec<String>> = settings
+        .iter()
+        .map(|(k, v)| Ok(format!("{}={}", k.str()?, v.repr()?)))
+        .collect();
+    Ok(format!("{name}({})", parts?.join(", ")))
+}
+
 pub(crate) fn to_py(error: CoreError) -> PyErr {
     match error {
         CoreError::Setting { .. } => SettingsError::new_err(error.to_string()),
@@ -244,12 +253,7 @@ impl PyHealthCheck {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        let d = self.to_dict(py)?;
-        let parts: PyResult<Vec<String>> = d
-            .iter()
-            .map(|(k, v)| Ok(format!("{}={}", k.str()?, v.repr()?)))
-            .collect();
-        Ok(format!("HealthCheck({})", parts?.join(", ")))
+        repr_of("HealthCheck", &self.to_dict(py)?)
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
@@ -319,15 +323,11 @@ impl PyCheckOutcome {
     }
 
     fn __repr__(&self) -> String {
-        let what = match (&self.inner.report.status, &self.inner.report.error) {
-            (_, Some(e)) => e.clone(),
-            (Some(s), None) => s.to_string(),
-            (None, None) => "-".into(),
-        };
         format!(
-            "CheckOutcome(id={}, passed={}, {what}, counted={})",
+            "CheckOutcome(id={}, passed={}, {}, counted={})",
             self.inner.id,
             self.passed(),
+            self.inner.report.describe(),
             self.counted()
         )
     }

@@ -391,11 +391,7 @@ impl Scheduler {
 }
 
 fn describe_failure(reason: Reason, outcome: &Outcome) -> String {
-    let what = match (&outcome.report.status, &outcome.report.error) {
-        (_, Some(error)) => error.clone(),
-        (Some(status), None) => format!("status {status}"),
-        (None, None) => "no answer".to_owned(),
-    };
+    let what = outcome.report.describe();
     match reason {
         Reason::ManualCheck => format!("manual check {} failed: {what}", outcome.id),
         _ => format!(

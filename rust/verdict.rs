@@ -77,6 +77,15 @@ impl ProbeReport {
     pub fn passed(&self) -> bool {
         matches!(self.status, Some(200..=299))
     }
+
+    /// What the probe saw, as a person reads it: "status 500", "connection refused".
+    pub fn describe(&self) -> String {
+        match (&self.status, &self.error) {
+            (_, Some(error)) => error.clone(),
+            (Some(status), None) => format!("status {status}"),
+            (None, None) => "no answer".to_owned(),
+        }
+    }
 }
 
 /// One finished check (H8).
