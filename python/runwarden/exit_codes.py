@@ -19,15 +19,6 @@ BAD_CONFIG: Final = 2
 STARTUP_FAILED: Final = 3
 """A port could not be bound or the app command could not be started."""
 
-BY_REASON: Final[dict[str, int]] = {
-    "health_check": 10,  # H4: failure_threshold consecutive failed checks
-    "manual_check": 11,  # H6: the manual check the app asked for failed
-    "app_503": 12,  # R1: the app answered 503
-    "gpu_fault": 13,  # G2: a fatal GPU condition
-    "stalled": 14,  # H9: in-flight requests moved no byte for stall_seconds
-    "app_exited": 15,  # D5: the supervised app exited by itself
-}
-
 TABLE: Final[list[tuple[int, str, str]]] = [
     (CLEAN, "clean", "SIGTERM/SIGINT: drained, stopped the app, exited"),
     (BAD_CONFIG, "bad_config", "an invalid option or RUNWARDEN_* variable; nothing started"),
@@ -39,6 +30,9 @@ TABLE: Final[list[tuple[int, str, str]]] = [
     (14, "stalled", "in-flight requests moved no byte for stall_seconds (H9)"),
     (15, "app_exited", "the supervised app exited by itself (D5)"),
 ]
+
+# A replacement reason's code: each reason of the SPEC has its own, from 10 up.
+BY_REASON: Final[dict[str, int]] = {name: code for code, name, _ in TABLE if code >= 10}
 
 
 def for_reason(reason: str | None) -> int:
