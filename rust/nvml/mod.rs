@@ -23,7 +23,7 @@ use crate::policy::{Finding, Policy, PolicySettings, Severity};
 use crate::verdict::{Event, Reason};
 use read::Identity;
 use sample::GpuSample;
-use watchdog::Watch;
+use watchdog::{Sighting, Watch};
 
 /// The library loaded when no path is set: the driver's, found by the dynamic loader.
 pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
@@ -349,11 +349,21 @@ impl Shared {
     fn run_watchdog(self: &Arc<Self>) {
         let limit = Duration::from_secs_f64(self.settings.watchdog_seconds);
         let tick = (limit / 20).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        // One sighting per watch; watches are only ever added, so indices line up.
+        let mut sightings: Vec<Sighting> = Vec::new();
         while self.pause(tick) {
             let now = Instant::now();
-            let overdue = lock(&self.watches)
+            let watches = lock(&self.watches);
+            sightings.resize_with(watches.len(), Sighting::default);
+            let overdue = watches
                 .iter()
-                .find_map(|w| w.overdue(limit, now).map(|(call, _)| (w.thread(), call)));
+                .zip(&mut sightings)
+                .find_map(|(w, sighting)| {
+                    sighting
+                        .overdue(w, limit, now)
+                        .map(|(call, _)| (w.thread(), call))
+                });
+            drop(watches);
             if let Some((thread, call)) = overdue {
                 *lock(&self.stuck) = Some(thread);
                 self.report(Finding {

@@ -368,6 +368,21 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+    _bump_generation(path)
+
+
+def _bump_generation(path: Path) -> None:
+    """Tell running fakes that the state changed. Each maps `<state>.generation` and
+    compares it on every call, so the change is seen at once while a call costs no `stat`
+    (a hand-edited state file is still seen within a millisecond)."""
+    fd = os.open(path.with_name(path.name + ".generation"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size < 8:
+            os.ftruncate(fd, 8)
+        current = int.from_bytes(os.pread(fd, 8, 0), "little")
+        os.pwrite(fd, (current + 1).to_bytes(8, "little"), 0)
+    finally:
+        os.close(fd)
 
 
 def _source_root() -> Path:

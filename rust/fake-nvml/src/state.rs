@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -247,6 +249,57 @@ struct Cache {
     path: Option<OsString>,
     key: Option<FileKey>,
     state: Arc<State>,
+    /// The writer's change counter (`<state>.generation`), mapped; its value when the file
+    /// was last looked at; and when that was.
+    generation: Option<Generation>,
+    seen: u64,
+    checked: Instant,
+}
+
+/// How long an answer may come from the cache while the generation counter is unchanged.
+/// `runwarden.testing` bumps the counter on every write, so its changes are seen at once;
+/// a file edited by hand is seen within this. Checking a mapped counter instead of
+/// `stat`ing the file on every call keeps the fake's own cost small next to its callers'
+/// (what the benchmarks compare).
+const RECHECK: Duration = Duration::from_millis(1);
+
+/// An 8-byte counter file mapped read-only; the writer changes it in place (`pwrite`).
+struct Generation {
+    counter: *const AtomicU64,
+}
+
+// SAFETY: the mapping is read-only, never unmapped, and read through an atomic.
+unsafe impl Send for Generation {}
+
+impl Generation {
+    fn map(state_path: &OsString) -> Option<Generation> {
+        use std::os::fd::AsRawFd;
+        let mut path = state_path.clone();
+        path.push(".generation");
+        let file = std::fs::File::open(&path).ok()?;
+        if file.metadata().ok()?.len() < 8 {
+            return None;
+        }
+        // SAFETY: a fresh shared read-only mapping of 8 bytes of a regular file; checked below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        (addr != libc::MAP_FAILED).then_some(Generation {
+            counter: addr as *const AtomicU64,
+        })
+    }
+
+    fn value(&self) -> u64 {
+        // SAFETY: `counter` points into a live, page-aligned mapping of at least 8 bytes.
+        unsafe { (*self.counter).load(Ordering::Acquire) }
+    }
 }
 
 static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
@@ -259,23 +312,38 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The state to answer from now. Costs one `stat` when the file has not changed; the
-/// environment variable is read each time so a test may point it elsewhere at run time.
+/// The state to answer from now. While the writer's generation counter is unchanged this
+/// costs one atomic load; otherwise (or once per [`RECHECK`]) one `stat`, and a parse when
+/// the file changed. The environment variable is read on that slow path, so a test may
+/// point it elsewhere at run time (seen within a millisecond).
 pub fn current() -> Arc<State> {
+    let mut cache = lock(&CACHE);
+    if let Some(cached) = cache.as_ref() {
+        let generation = cached.generation.as_ref().map_or(0, Generation::value);
+        if generation == cached.seen && cached.checked.elapsed() < RECHECK {
+            return Arc::clone(&cached.state);
+        }
+    }
     let path = std::env::var_os(STATE_ENV).filter(|p| !p.is_empty());
+    // Read the counter before the file: a write landing in between is seen next time.
+    let generation = match cache.as_mut() {
+        Some(cached) if cached.path == path && cached.generation.is_some() => {
+            cached.generation.take()
+        }
+        _ => path.as_ref().and_then(Generation::map),
+    };
+    let seen = generation.as_ref().map_or(0, Generation::value);
     let key = path
         .as_ref()
         .and_then(|p| std::fs::metadata(p).ok())
         .map(|meta| FileKey::of(&meta));
-
-    let mut cache = lock(&CACHE);
-    if let Some(cached) = cache.as_ref() {
-        if cached.path == path && cached.key == key {
-            return Arc::clone(&cached.state);
-        }
-    }
-    let state = match (&path, key) {
-        (Some(p), Some(_)) => match load(p) {
+    let unchanged = cache
+        .as_ref()
+        .filter(|cached| cached.path == path && cached.key == key)
+        .map(|cached| Arc::clone(&cached.state));
+    let state = match (unchanged, &path, key) {
+        (Some(state), _, _) => state,
+        (None, Some(p), Some(_)) => match load(p) {
             Ok(state) => Arc::new(state),
             Err(message) => {
                 // A half-edited file must not make the GPUs vanish: keep answering from the
@@ -296,6 +364,9 @@ pub fn current() -> Arc<State> {
         path,
         key,
         state: Arc::clone(&state),
+        generation,
+        seen,
+        checked: Instant::now(),
     });
     state
 }
