@@ -8,7 +8,10 @@ and closes the connection before anything reaches the app.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -64,11 +67,58 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class Server(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the runner."""
+    """A uvicorn server that leaves signal handling to the runner, and stops at once.
+
+    uvicorn notices `should_exit` on a 0.1 s tick and pauses 0.1 s more while shutting
+    down. runwarden stops its ports only after its own drain, when no request is left to
+    wait for, so both waits would only delay the exit that tells the orchestrator to start
+    a fresh runner: here a stop wakes the main loop at once, and shutdown waits only for
+    what is still open (bounded by `timeout_graceful_shutdown`).
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        self._exit = asyncio.Event()
+        super().__init__(config)
+
+    @property
+    def should_exit(self) -> bool:
+        return self._exit.is_set()
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        if value:
+            self._exit.set()
+        else:
+            self._exit.clear()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def main_loop(self) -> None:
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            # uvicorn's tick (the Date header, max-requests) every 0.1 s; a stop at once.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._exit.wait(), 0.1)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()  # idle keep-alive connections close now
+        deadline = time.monotonic() + (self.config.timeout_graceful_shutdown or 0)
+        state = self.server_state
+        # uvicorn signals no event when its last connection closes: look every 5 ms.
+        while (state.connections or state.tasks) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        for task in state.tasks:
+            task.cancel(msg="runwarden is exiting")
+        for server in self.servers:
+            await server.wait_closed()
 
 
 def make_server(app: Any, host: str, port: int, *, proxy: bool, log_level: str) -> Server:
