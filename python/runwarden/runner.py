@@ -86,7 +86,10 @@ class Runner:
             finally:
                 await self._stop(servers)
                 await upstream.close()
-                await self.warden.stop()
+                # The process ends next, and with it the core's threads: waiting for them
+                # (the XID thread sits in an NVML event wait of up to 0.25 s) would only
+                # delay the exit that brings the fresh runner.
+                await self.warden.stop(timeout_seconds=0)
         finally:
             for sig in STOP_SIGNALS:
                 loop.remove_signal_handler(sig)

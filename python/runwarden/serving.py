@@ -69,7 +69,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 class Server(uvicorn.Server):
     """A uvicorn server that leaves signal handling to the runner, and stops at once.
 
-    uvicorn notices `should_exit` on a 0.1 s tick and pauses 0.1 s more while shutting
+    uvicorn looks at `should_exit` on a 0.1 s tick and pauses 0.1 s more while shutting
     down. runwarden stops its ports only after its own drain, when no request is left to
     wait for, so both waits would only delay the exit that tells the orchestrator to start
     a fresh runner: here a stop wakes the main loop at once, and shutdown waits only for
@@ -77,31 +77,40 @@ class Server(uvicorn.Server):
     """
 
     def __init__(self, config: uvicorn.Config) -> None:
-        self._exit = asyncio.Event()
+        self._exiting = False
+        self._nap: asyncio.Future[None] | None = None
         super().__init__(config)
 
     @property
     def should_exit(self) -> bool:
-        return self._exit.is_set()
+        return self._exiting
 
     @should_exit.setter
     def should_exit(self, value: bool) -> None:
-        if value:
-            self._exit.set()
-        else:
-            self._exit.clear()
+        self._exiting = value
+        if value and self._nap is not None and not self._nap.done():
+            self._nap.set_result(None)  # wake the main loop now, not at its next tick
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
 
     async def main_loop(self) -> None:
+        # uvicorn's tick does once-a-second work (the Date header) and looks at
+        # should_exit, which wakes this loop itself: one tick a second is enough, and
+        # keeps an idle runner's CPU down. on_tick does its per-second work when
+        # counter % 10 == 0.
+        loop = asyncio.get_running_loop()
         counter = 0
         while not await self.on_tick(counter):
-            counter = (counter + 1) % 864000
-            # uvicorn's tick (the Date header, max-requests) every 0.1 s; a stop at once.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._exit.wait(), 0.1)
+            counter = (counter + 10) % 864000
+            self._nap = loop.create_future()
+            timer = loop.call_later(1.0, _wake, self._nap)
+            try:
+                await self._nap
+            finally:
+                timer.cancel()
+                self._nap = None
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -143,3 +152,8 @@ def make_server(app: Any, host: str, port: int, *, proxy: bool, log_level: str) 
         timeout_keep_alive=75,  # longer than common gateways' idle timeouts (60 s)
     )
     return Server(config)
+
+
+def _wake(nap: asyncio.Future[None]) -> None:
+    if not nap.done():
+        nap.set_result(None)

@@ -59,16 +59,19 @@ class Warden:
         self._loop.add_reader(self.core.event_fd(), self._on_events)
         self.core.start()
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_seconds: float = 2.0) -> bool:
+        """Stop the core's threads, waiting at most `timeout_seconds` for them; False if one
+        had to be left behind (a thread stuck in the NVML driver)."""
         if self._loop is not None:
             self._loop.remove_reader(self.core.event_fd())
         # Joining is bounded and releases the GIL, but keep it off the loop anyway.
-        await asyncio.to_thread(self.core.stop)
+        joined = await asyncio.to_thread(self.core.stop, timeout_seconds)
         for futures in self._waiting.values():
             for fut in futures:
                 if not fut.done():
                     fut.cancel()
         self._waiting.clear()
+        return joined
 
     def on_outcome(self, listener: OutcomeListener) -> Callable[[], None]:
         """Call `listener` with every finished check (metrics, logs); returns an unsubscribe."""

@@ -32,7 +32,7 @@ The state file, every key optional (the fake's defaults are `default_state()`'s 
   naming that GPU. An unversioned name also covers the versioned ones (`nvmlInit` covers
   `nvmlInit_v2` and `nvmlInitWithFlags`). Removing a hang releases calls already blocked.
 - Each event is delivered once per process (by `id`) through `nvmlEventSetWait_v2`, within
-  about 20 ms, to an event set on which its GPU is registered for its type.
+  about 50 ms, to an event set on which its GPU is registered for its type.
 - NVML's v1 memory struct reports `used + reserved` as used; `_v2` reports them apart.
 """
 
