@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: dev install-test fake-nvml test test-rust test-python lint format bench
+.PHONY: dev install-test fake-nvml test test-rust test-python lint format bench bench-smoke
 
 dev:  ## build the extension in place (editable install) with the test extra
 	$(PYTHON) -m pip install -e '.[test]'
@@ -34,5 +34,9 @@ format:
 	ruff format python tests $(wildcard benches)
 	ruff check --fix python tests $(wildcard benches)
 
-bench:
-	cargo bench --workspace
+bench: install-test fake-nvml  ## criterion, then every section of the runner; rewrites benches/RESULTS.md
+	cargo bench --bench core
+	$(PYTHON) -m benches
+
+bench-smoke: install-test fake-nvml  ## every benchmark path once, in seconds; measures nothing (CI)
+	$(PYTHON) -m benches --smoke
