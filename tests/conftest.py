@@ -149,9 +149,15 @@ class Runwarden:
             ) from None
 
     def stop(self) -> None:
+        """Stop it as an orchestrator would: SIGTERM (a clean stop, which also stops a
+        supervised app), SIGKILL only if that hangs; a SIGKILL alone would orphan the app."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
 
 
 def start_runwarden(
