@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Any
 
+from runwarden.testing.nvml_reference import read_sample
+
 from benches.common import GPUS
 
 HZ = 10.0
@@ -32,54 +34,7 @@ class PynvmlSampler:
         self._thread: threading.Thread | None = None
 
     def read(self, index: int, h: Any) -> dict[str, Any]:
-        n = self.n
-        util = n.nvmlDeviceGetUtilizationRates(h)
-        memory = n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2)
-        corrected, uncorrected = (
-            n.NVML_MEMORY_ERROR_TYPE_CORRECTED,
-            n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
-        )
-        volatile, aggregate = n.NVML_VOLATILE_ECC, n.NVML_AGGREGATE_ECC
-        rows = n.nvmlDeviceGetRemappedRows(h)
-        return {
-            "index": index,
-            "uuid": self.ids[index][0],
-            "name": self.ids[index][1],
-            "temperature_c": n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU),
-            "sm_clock_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
-            "memory_clock_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
-            "throttle_reasons": n.nvmlDeviceGetCurrentClocksThrottleReasons(h),
-            "power_mw": n.nvmlDeviceGetPowerUsage(h),
-            "gpu_utilization": util.gpu,
-            "memory_utilization": util.memory,
-            "memory_used_bytes": memory.used,
-            "memory_total_bytes": memory.total,
-            "ecc": {
-                "volatile_corrected": n.nvmlDeviceGetTotalEccErrors(h, corrected, volatile),
-                "volatile_uncorrected": n.nvmlDeviceGetTotalEccErrors(h, uncorrected, volatile),
-                "aggregate_corrected": n.nvmlDeviceGetTotalEccErrors(h, corrected, aggregate),
-                "aggregate_uncorrected": n.nvmlDeviceGetTotalEccErrors(h, uncorrected, aggregate),
-            },
-            "retired_pages": {
-                "single_bit": len(
-                    n.nvmlDeviceGetRetiredPages(
-                        h, n.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS
-                    )
-                ),
-                "double_bit": len(
-                    n.nvmlDeviceGetRetiredPages(
-                        h, n.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR
-                    )
-                ),
-                "pending": n.nvmlDeviceGetRetiredPagesPendingStatus(h) == n.NVML_FEATURE_ENABLED,
-            },
-            "remapped_rows": {
-                "correctable": rows[0],
-                "uncorrectable": rows[1],
-                "pending": bool(rows[2]),
-                "failure": bool(rows[3]),
-            },
-        }
+        return read_sample(h, index, *self.ids[index])
 
     def sample(self) -> list[str]:
         """One sample of every GPU, judged: the findings' names."""

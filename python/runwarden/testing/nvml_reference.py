@@ -1,0 +1,60 @@
+"""runwarden's sample fields (SPEC G1) read through NVIDIA's own binding, nvidia-ml-py: the
+reference the fake driver is kept honest against (tests), and the sampler a user would write
+(benches). The result has the shape of runwarden's `GpuSamples.samples` entries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pynvml as n  # type: ignore[import-untyped]
+
+
+def read_sample(handle: Any, index: int, uuid: str, name: str) -> dict[str, Any]:
+    """Every G1 field of one GPU; `uuid` and `name` never change, so the caller reads them once."""
+    h = handle
+    util = n.nvmlDeviceGetUtilizationRates(h)
+    memory = n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2)
+    rows = n.nvmlDeviceGetRemappedRows(h)
+
+    def ecc(error: int, counter: int) -> int:
+        return int(n.nvmlDeviceGetTotalEccErrors(h, error, counter))
+
+    def retired(cause: int) -> int:
+        return len(n.nvmlDeviceGetRetiredPages(h, cause))
+
+    corrected, uncorrected = (
+        n.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+        n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+    )
+    return {
+        "index": index,
+        "uuid": uuid,
+        "name": name,
+        "temperature_c": n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU),
+        "sm_clock_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
+        "memory_clock_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
+        "throttle_reasons": n.nvmlDeviceGetCurrentClocksThrottleReasons(h),
+        "power_mw": n.nvmlDeviceGetPowerUsage(h),
+        "gpu_utilization": util.gpu,
+        "memory_utilization": util.memory,
+        "memory_used_bytes": memory.used,
+        "memory_total_bytes": memory.total,
+        "ecc": {
+            "volatile_corrected": ecc(corrected, n.NVML_VOLATILE_ECC),
+            "volatile_uncorrected": ecc(uncorrected, n.NVML_VOLATILE_ECC),
+            "aggregate_corrected": ecc(corrected, n.NVML_AGGREGATE_ECC),
+            "aggregate_uncorrected": ecc(uncorrected, n.NVML_AGGREGATE_ECC),
+        },
+        "retired_pages": {
+            "single_bit": retired(n.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS),
+            "double_bit": retired(n.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR),
+            "pending": n.nvmlDeviceGetRetiredPagesPendingStatus(h) == n.NVML_FEATURE_ENABLED,
+        },
+        "remapped_rows": {
+            "correctable": rows[0],
+            "uncorrectable": rows[1],
+            "pending": bool(rows[2]),
+            "failure": bool(rows[3]),
+        },
+    }
