@@ -36,6 +36,26 @@ pub const SUSTAINABLE_WARNINGS: [&str; 8] = [
     "sw_thermal_slowdown",
 ];
 
+/// The clock-throttle reasons that warn (G3): rule, bit, what it means.
+const THROTTLE_WARNINGS: [(&str, u64, &str); 4] = [
+    ("hw_slowdown", throttle::HW_SLOWDOWN, "hardware slowdown"),
+    (
+        "hw_thermal_slowdown",
+        throttle::HW_THERMAL_SLOWDOWN,
+        "hardware thermal slowdown",
+    ),
+    (
+        "power_brake",
+        throttle::HW_POWER_BRAKE_SLOWDOWN,
+        "power brake slowdown",
+    ),
+    (
+        "sw_thermal_slowdown",
+        throttle::SW_THERMAL_SLOWDOWN,
+        "software thermal slowdown",
+    ),
+];
+
 /// One thing the policy found on one GPU (or on the driver, `gpu: None`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
@@ -272,7 +292,7 @@ impl Policy {
             sample.ecc.volatile_corrected,
             previous.and_then(|p| p.ecc.volatile_corrected),
         );
-        let warnings: [(&'static str, Option<String>); 8] = [
+        let mut warnings: Vec<(&'static str, Option<String>)> = vec![
             (
                 "pending_retirement",
                 sample
@@ -288,25 +308,6 @@ impl Policy {
                     .as_ref()
                     .is_some_and(|r| r.pending)
                     .then(|| "rows are pending remapping".into()),
-            ),
-            (
-                "hw_slowdown",
-                (reasons & throttle::HW_SLOWDOWN != 0).then(|| "hardware slowdown".into()),
-            ),
-            (
-                "hw_thermal_slowdown",
-                (reasons & throttle::HW_THERMAL_SLOWDOWN != 0)
-                    .then(|| "hardware thermal slowdown".into()),
-            ),
-            (
-                "power_brake",
-                (reasons & throttle::HW_POWER_BRAKE_SLOWDOWN != 0)
-                    .then(|| "power brake slowdown".into()),
-            ),
-            (
-                "sw_thermal_slowdown",
-                (reasons & throttle::SW_THERMAL_SLOWDOWN != 0)
-                    .then(|| "software thermal slowdown".into()),
             ),
             (
                 "temperature",
@@ -325,6 +326,11 @@ impl Policy {
                 corrected.map(|n| format!("{n} new volatile corrected ECC error(s)")),
             ),
         ];
+        warnings.extend(
+            THROTTLE_WARNINGS
+                .iter()
+                .map(|&(rule, bit, text)| (rule, (reasons & bit != 0).then(|| text.to_owned()))),
+        );
         for (rule, holding) in warnings {
             let key = (gpu, rule);
             let Some(detail) = holding else {
