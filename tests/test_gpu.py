@@ -43,11 +43,11 @@ def monitor(
     fake_library: Path,
     inject: Callable[[], object],
     *,
-    settle: float = 0.3,
     timeout: float = 20.0,
     **settings: Any,
 ) -> tuple[str, list[GpuFinding], float, dict[str, Any]]:
-    """Run the monitor, inject a fault after `settle` s, wait for the verdict.
+    """Run the monitor, inject a fault once it has taken its first sample (the baseline the
+    rules compare with), wait for the verdict.
 
     Returns the replacement's detail, the findings, seconds from injection to the verdict,
     and the final GPU status.
@@ -57,9 +57,17 @@ def monitor(
         gpu = GpuSettings(library=str(fake_library), **settings)
         warden = Warden(QUIET, "http://127.0.0.1:9", gpu)
         findings: list[GpuFinding] = []
-        warden.on_gpu(lambda e: findings.append(e) if isinstance(e, GpuFinding) else None)
+        sampled = asyncio.Event()
+
+        def listen(event: GpuSamples | GpuFinding | GpuMonitoring) -> None:
+            if isinstance(event, GpuFinding):
+                findings.append(event)
+            elif isinstance(event, GpuSamples):
+                sampled.set()
+
+        warden.on_gpu(listen)
         await warden.start()
-        await asyncio.sleep(settle)
+        await asyncio.wait_for(sampled.wait(), 10)
         injected = time.monotonic()
         inject()
         verdict = await asyncio.wait_for(warden.replaced(), timeout)
