@@ -262,7 +262,6 @@ impl PyCore {
 
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let snap = self.checker.snapshot();
-        let traffic = self.checker.traffic().snapshot();
         let d = PyDict::new(py);
         d.set_item("age_seconds", snap.age.as_secs_f64())?;
         d.set_item("ready", snap.ready)?;
@@ -273,7 +272,6 @@ impl PyCore {
             Some(inner) => d.set_item("replacement", PyReplace { inner }.to_dict(py)?)?,
             None => d.set_item("replacement", py.None())?,
         }
-        d.set_item("in_flight", traffic.in_flight)?;
         d.set_item("settings", self.health.to_dict(py)?)?;
         Ok(d)
     }

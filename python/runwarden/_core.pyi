@@ -164,6 +164,6 @@ class Core:
     def history(self) -> list[CheckOutcome]:
         """The bounded check history (H8), oldest first."""
     def state(self) -> dict[str, object]:
-        """A snapshot: age, ready, replacing reason, consecutive failures, traffic, settings."""
+        """A snapshot: age, ready, replacing reason, consecutive failures, settings."""
     def gpu_status(self) -> dict[str, Any] | None:
         """GPU monitoring for /status: enabled, detail, samples, findings; None if not asked."""

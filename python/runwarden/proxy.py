@@ -131,7 +131,15 @@ class Proxy:
         self.check_header = check_header.lower().encode("latin-1")
         self._request_dropped = REQUEST_DROPPED | {self.check_header}
         self._date = _DateHeader()
-        self._progress = warden.core.request_progress
+        # H9's traffic accounting feeds only allow_on_busy and stall_seconds: with both off
+        # (the default) the hot path makes none of these calls into the core.
+        core = warden.core
+        h9 = warden.health.allow_on_busy or warden.health.stall_seconds is not None
+        self._started = core.request_started if h9 else _nothing
+        self._finished = core.request_finished if h9 else _nothing
+        self._progress = core.request_progress if h9 else _nothing
+        self._client_wait_started = core.client_wait_started if h9 else _nothing
+        self._client_wait_finished = core.client_wait_finished if h9 else _nothing
         self._unreachable_log = _RateLimitedLog(10.0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -166,9 +174,8 @@ class Proxy:
             target += b"?" + scope["query_string"]
 
         exchange = _Exchange(asyncio.current_task())
-        core = self.warden.core
         drain.enter()
-        core.request_started()
+        self._started()
         try:
             await self._forward(scope["method"], target.decode("latin-1"), headers, has_body,
                                 receive, send, exchange)  # fmt: skip
@@ -183,7 +190,7 @@ class Proxy:
         finally:
             if exchange.watcher is not None:
                 exchange.watcher.cancel()
-            core.request_finished()
+            self._finished()
             drain.leave()
 
     def _request_headers(
@@ -264,7 +271,6 @@ class Proxy:
             self.warden.report_response(status)
         elif status in EXTRA_CHECK_STATUSES:  # R4
             self.warden.report_response(status)
-        core = self.warden.core
         try:
             await self._to_client(
                 send, {"type": "http.response.start", "status": status, "headers": headers}
@@ -288,17 +294,16 @@ class Proxy:
             self.metrics.record_request(status, "app")
         finally:
             if manual:  # H6: a check once the response is sent, or broke off, or was dropped
-                core.manual_check()
+                self.warden.manual_check()
 
     async def _to_client(self, send: Send, message: Message) -> None:
         """Send to the client; while it holds us back (it does not read), the request waits
         on the client, not on the app (H9)."""
-        core = self.warden.core
-        core.client_wait_started()
+        self._client_wait_started()
         try:
             await send(message)
         finally:
-            core.client_wait_finished()
+            self._client_wait_finished()
 
     def _response_headers(self, raw: Any) -> tuple[list[tuple[bytes, bytes]], bool]:
         """S2/S4 for responses; exactly one Server and one Date; H6's header removed."""
@@ -330,13 +335,12 @@ class Proxy:
     async def _request_body(self, receive: Receive, exchange: _Exchange) -> AsyncIterator[bytes]:
         """S1: the client's body, chunk by chunk as uvicorn reads it (with back-pressure)."""
         progress = self._progress
-        core = self.warden.core
         while True:
-            core.client_wait_started()  # H9: waiting for the client's bytes is not the app's
+            self._client_wait_started()  # H9: waiting for the client's bytes is not the app's
             try:
                 message = await receive()
             finally:
-                core.client_wait_finished()
+                self._client_wait_finished()
             if message["type"] == "http.disconnect":
                 exchange.disconnected = True
                 if exchange.task is not None:
@@ -392,3 +396,7 @@ class Proxy:
         )
         await send({"type": "http.response.body", "body": body, "more_body": False})
         self.metrics.record_request(status, "runwarden")
+
+
+def _nothing() -> None:
+    """Stands in for H9's accounting calls when no H9 rule reads them."""
