@@ -17,7 +17,7 @@ use crate::probe::Probe;
 use crate::scheduler::{Action, Scheduler, TriggerAnswer};
 use crate::settings::HealthSettings;
 use crate::traffic::TrafficCounters;
-use crate::verdict::{Event, Outcome, Reason, Replacement, Trigger};
+use crate::verdict::{Outcome, Reason, Replacement, Trigger};
 
 /// With nothing scheduled (replaced, or `call_regularly=false` once ready) the clock
 /// thread still wakes this often; a stop or a new trigger wakes it sooner.
@@ -257,10 +257,6 @@ impl Checker {
         }
     }
 
-    pub fn drain_events(&self) -> Vec<Event> {
-        self.shared.events.drain()
-    }
-
     pub fn history(&self) -> Vec<Outcome> {
         self.shared.lock().history().cloned().collect()
     }
@@ -300,6 +296,7 @@ pub struct Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verdict::Event;
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
@@ -322,10 +319,10 @@ mod tests {
         Arc::new(EventQueue::new().unwrap())
     }
 
-    fn wait_for_event(checker: &Checker) -> Event {
+    fn wait_for_event(events: &EventQueue) -> Event {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(event) = checker.drain_events().into_iter().next() {
+            if let Some(event) = events.drain().into_iter().next() {
                 return event;
             }
             assert!(Instant::now() < deadline, "no event within 5 s");
@@ -340,9 +337,10 @@ mod tests {
             timeout_seconds: 1.0,
             ..Default::default()
         };
-        let checker = Checker::new(settings, &healthy_app(), queue()).unwrap();
+        let events = queue();
+        let checker = Checker::new(settings, &healthy_app(), Arc::clone(&events)).unwrap();
         checker.start().unwrap();
-        match wait_for_event(&checker) {
+        match wait_for_event(&events) {
             Event::Check(outcome) => assert!(outcome.report.passed(), "{outcome:?}"),
             other => panic!("{other:?}"),
         }
@@ -367,13 +365,14 @@ mod tests {
             start_period_seconds: 0,
             ..Default::default()
         };
-        let checker = Checker::new(settings, &url, queue()).unwrap();
+        let events = queue();
+        let checker = Checker::new(settings, &url, Arc::clone(&events)).unwrap();
         checker.start().unwrap();
         let started = Instant::now();
         let TriggerAnswer::Pending(id) = checker.trigger(Trigger::Gateway) else {
             panic!("expected a new check");
         };
-        match wait_for_event(&checker) {
+        match wait_for_event(&events) {
             Event::Check(outcome) => {
                 assert_eq!(outcome.id, id);
                 assert!(outcome.report.error.unwrap().starts_with("timed out"));
