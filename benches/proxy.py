@@ -35,36 +35,29 @@ from benches.common import (
 from benches.tools import nginx, wrk
 
 CONCURRENCY = (1, 16, 64)
-HTTPX = "runwarden, httpx client"
-LEAN = "runwarden, lean client (prototype)"
+CLIENTS = ("aiohttp", "httpx")
+"""The other upstream clients runwarden is measured with (`benches/proxy_clients.py`)."""
+
+
+def client_row(client: str) -> str:
+    return f"runwarden, {client} client"
 
 
 @contextlib.contextmanager
-def runwarden(app_port: int, tmp: Path, client: str = "aiohttp") -> Iterator[tuple[int, int]]:
-    """`runwarden serve` in front of the app; yields (its port, its pid). `client="lean"`
-    swaps in the prototype upstream client of `benches/lean_upstream.py`."""
+def runwarden(app_port: int, tmp: Path, client: str | None = None) -> Iterator[tuple[int, int]]:
+    """`runwarden serve` in front of the app; yields (its port, its pid). `client` swaps in
+    one of `CLIENTS` for runwarden's own upstream client."""
     port, admin = free_port(), free_port()
-    env = write_gpus(tmp / f"proxy-gpus-{client}.json")
-    module = "runwarden" if client == "aiohttp" else "benches.lean_upstream"
+    name = client or "own"
+    env = write_gpus(tmp / f"proxy-gpus-{name}.json")
+    module = ["runwarden"] if client is None else ["benches.proxy_clients", client]
     args = [
-        PYTHON, "-m", module, "serve",
+        PYTHON, "-m", *module, "serve",
         "--app-url", f"http://127.0.0.1:{app_port}", "--host", "127.0.0.1",
         "--port", str(port), "--admin-port", str(admin), "--log-level", "warning",
         "--nvml-library", str(fake_nvml_library()),
     ]  # fmt: skip
-    with running(args, port=port, env=env, log_to=tmp / f"runwarden-{client}.log") as proc:
-        wait_http(f"http://127.0.0.1:{port}/json", proc)
-        yield port, proc.pid
-
-
-@contextlib.contextmanager
-def httpx_runwarden(app_port: int, tmp: Path) -> Iterator[tuple[int, int]]:
-    """runwarden with httpx as its upstream client (`benches/proxy_clients.py`), to re-measure
-    the sidecar's client choice in the same run."""
-    port = free_port()
-    args = [PYTHON, "-m", "benches.proxy_clients", "--serve", "httpx", "--port", str(port),
-            "--app-port", str(app_port)]  # fmt: skip
-    with running(args, port=port, log_to=tmp / "runwarden-httpx.log") as proc:
+    with running(args, port=port, env=env, log_to=tmp / f"runwarden-{name}.log") as proc:
         wait_http(f"http://127.0.0.1:{port}/json", proc)
         yield port, proc.pid
 
@@ -78,9 +71,8 @@ def targets(profile: Profile, tmp: Path) -> Iterator[dict[str, tuple[int, int | 
         where: dict[str, tuple[int, int | None]] = {"direct": (app_port, None)}
         where["nginx"] = (stack.enter_context(nginx(app_port, tmp / "nginx")), None)
         where["runwarden"] = stack.enter_context(runwarden(app_port, tmp))
-        if not profile.smoke:
-            where[HTTPX] = stack.enter_context(httpx_runwarden(app_port, tmp))
-            where[LEAN] = stack.enter_context(runwarden(app_port, tmp, client="lean"))
+        for client in CLIENTS if not profile.smoke else ():
+            where[client_row(client)] = stack.enter_context(runwarden(app_port, tmp, client))
         yield where
 
 

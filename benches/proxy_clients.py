@@ -1,57 +1,103 @@
-"""Which upstream client should the proxy use? Measures aiohttp and httpx behind the same
-proxy code, and the raw ASGI app against the same app mounted in Starlette.
+"""The upstream clients runwarden's own (`runwarden.upstream.HttpUpstream`) is measured
+against in section 3: aiohttp's and httpx's, each shaped like it and configured to be as
+transparent (no cookie jar, no redirects, no decompression, no headers of their own, a
+keep-alive pool, no read timeout).
 
-    python benches/proxy_clients.py [--seconds 8] [--concurrency 32]
-
-Starts the test app (tests/app_server.py), then for each variant a proxy process in
-front of it, and drives it from a separate load process (aiohttp client, keep-alive):
-small GETs (requests/s, p50/p99 latency) and a 256 MiB streamed download (MiB/s).
-Prints a Markdown table for benches/RESULTS.md.
+    python -m benches.proxy_clients aiohttp serve --app-url ... # runwarden with that client
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import http.cookiejar
-import json
-import os
-import socket
-import statistics
-import subprocess
 import sys
-import time
-from collections.abc import AsyncIterable, AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ["aiohttp", "httpx", "aiohttp+starlette"]
+_CLOSING: set[asyncio.Future[None]] = set()
 
 
-# --- the httpx candidate, shaped like runwarden.upstream.AiohttpUpstream ---------------
+class _Adapted:
+    """Another client's streamed response, read through runwarden.upstream's interface."""
+
+    def __init__(
+        self,
+        status: int,
+        raw_headers: Sequence[tuple[bytes, bytes]],
+        chunks: AsyncIterator[bytes],
+        close: Callable[[], Awaitable[None] | None],
+    ) -> None:
+        self.status = status
+        self.raw_headers = raw_headers
+        self._chunks = chunks
+        self._close = close
+        self.finished = False
+
+    async def read(self) -> bytes:
+        async for chunk in self._chunks:
+            if chunk:
+                return chunk
+        self.finished = True
+        return b""
+
+    def close(self) -> None:
+        closing = self._close()
+        if closing is not None:  # httpx closes asynchronously: keep the task until it ends
+            task = asyncio.ensure_future(closing)
+            _CLOSING.add(task)
+            task.add_done_callback(_CLOSING.discard)
 
 
-class _HttpxResponse:
-    def __init__(self, resp: object) -> None:
-        self._resp = resp
-        self.status = resp.status_code  # type: ignore[attr-defined]
-        self.raw_headers = resp.headers.raw  # type: ignore[attr-defined]
+def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self._resp.aiter_raw()  # type: ignore[attr-defined, no-any-return]
 
-    async def aclose(self) -> None:
-        await self._resp.aclose()  # type: ignore[attr-defined]
+class AiohttpUpstream:
+    """aiohttp's `ClientSession` (the proxy's client until it was measured against ours)."""
+
+    def __init__(self, app_url: str, connect_timeout_seconds: float = 5.0) -> None:
+        import aiohttp
+
+        self._base = app_url.rstrip("/")
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_seconds),
+            read_bufsize=2**16,
+        )
+
+    async def request(
+        self,
+        method: str,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: AsyncIterable[bytes] | None,
+        chunked: bool,
+    ) -> _Adapted:
+        from yarl import URL
+
+        url = URL(self._base + target.decode("latin-1"), encoded=True)
+        resp = await self._session.request(
+            method, url, headers=_text(headers), data=body, allow_redirects=False, compress=None
+        )
+        return _Adapted(resp.status, resp.raw_headers, resp.content.iter_any(), resp.close)
+
+    async def close(self) -> None:
+        await self._session.close()
 
 
 class HttpxUpstream:
-    def __init__(self, app_url: str) -> None:
+    """httpx's `AsyncClient`."""
+
+    def __init__(self, app_url: str, connect_timeout_seconds: float = 5.0) -> None:
         import httpx
 
         self._base = app_url.rstrip("/")
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=1000),
-            timeout=httpx.Timeout(None, connect=5.0),
+            timeout=httpx.Timeout(None, connect=connect_timeout_seconds),
             follow_redirects=False,
             trust_env=False,
             cookies=http.cookiejar.CookieJar(
@@ -63,165 +109,33 @@ class HttpxUpstream:
     async def request(
         self,
         method: str,
-        target: str,
-        headers: list[tuple[str, str]],
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
         body: AsyncIterable[bytes] | None,
-    ) -> _HttpxResponse:
-        request = self._client.build_request(
-            method, self._base + target, headers=headers, content=body
-        )
-        return _HttpxResponse(await self._client.send(request, stream=True))
+        chunked: bool,
+    ) -> _Adapted:
+        url = self._base + target.decode("latin-1")
+        request = self._client.build_request(method, url, headers=_text(headers), content=body)
+        resp = await self._client.send(request, stream=True)
+        return _Adapted(resp.status_code, resp.headers.raw, resp.aiter_raw(), resp.aclose)
 
     async def close(self) -> None:
         await self._client.aclose()
 
 
-def serve(variant: str, port: int, app_port: int) -> None:
-    """A proxy process: runwarden's Runner with the variant's client patched in."""
-    import httpx
-    from runwarden import runner
-    from runwarden.cli import _run, parse
-    from runwarden.proxy import Proxy
-
-    if variant.startswith("httpx"):
-        import runwarden.proxy
-
-        runner.AiohttpUpstream = HttpxUpstream  # type: ignore[assignment, misc]
-        runwarden.proxy.UpstreamError = (*runwarden.proxy.UpstreamError, httpx.TransportError)  # type: ignore[misc]
-    if variant.endswith("+starlette"):
-        from starlette.applications import Starlette
-        from starlette.routing import Mount
-
-        original = runner.Proxy
-
-        def mounted(*args: object, **kwargs: object) -> object:
-            return Starlette(routes=[Mount("/", app=original(*args, **kwargs))])  # type: ignore[arg-type]
-
-        runner.Proxy = mounted  # type: ignore[assignment, misc]
-    _ = Proxy
-    settings = parse(
-        ["serve", "--app-url", f"http://127.0.0.1:{app_port}", "--port", str(port),
-         "--admin-port", str(free_port()), "--log-level", "warning", "--period-seconds", "5"],
-        {},
-    )  # fmt: skip
-    sys.exit(_run(runner.Runner(settings).run()))
-
-
-# --- the load process -------------------------------------------------------------------
-
-
-async def load(url: str, seconds: float, concurrency: int) -> dict[str, float]:
-    import aiohttp
-
-    latencies: list[float] = []
-    stop = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-
-        async def worker() -> None:
-            while time.perf_counter() < stop:
-                start = time.perf_counter()
-                async with session.get(url) as resp:
-                    await resp.read()
-                    assert resp.status == 200, resp.status
-                latencies.append(time.perf_counter() - start)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    latencies.sort()
-    return {
-        "rps": len(latencies) / seconds,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
-    }
-
-
-async def download(url: str) -> float:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
-        start = time.perf_counter()
-        total = 0
-        async with session.get(url) as resp:
-            async for chunk in resp.content.iter_chunked(1 << 20):
-                total += len(chunk)
-        return total / (1 << 20) / (time.perf_counter() - start)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(port)
+CLIENTS: dict[str, Any] = {"aiohttp": AiohttpUpstream, "httpx": HttpxUpstream}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--serve", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--app-port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--load", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        serve(args.serve, args.port, args.app_port)
-        return
-    if args.load:
-        small = asyncio.run(load(args.load + "/predict", args.seconds, args.concurrency))
-        small["download_mib_s"] = asyncio.run(download(args.load + "/download?size=268435456"))
-        print(json.dumps(small))
-        return
+    """`python -m benches.proxy_clients CLIENT serve ...`: `runwarden serve` with CLIENT."""
+    import aiohttp
+    import httpx
+    from runwarden import proxy, runner
+    from runwarden.cli import run_cli
 
-    app_port = free_port()
-    app = subprocess.Popen([sys.executable, str(ROOT / "tests" / "app_server.py"), str(app_port)])
-    rows = []
-    try:
-        wait_listening(app_port)
-        targets = [("direct (no proxy)", None), *((v, v) for v in VARIANTS)]
-        for name, variant in targets:
-            proxy = None
-            url = f"http://127.0.0.1:{app_port}"
-            if variant is not None:
-                port = free_port()
-                proxy = subprocess.Popen(
-                    [sys.executable, __file__, "--serve", variant, "--port", str(port),
-                     "--app-port", str(app_port)],
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )  # fmt: skip
-                wait_listening(port)
-                url = f"http://127.0.0.1:{port}"
-            try:
-                out = subprocess.run(
-                    [sys.executable, __file__, "--load", url, "--seconds", str(args.seconds),
-                     "--concurrency", str(args.concurrency)],
-                    check=True, capture_output=True, text=True,
-                )  # fmt: skip
-                result = json.loads(out.stdout)
-                rows.append((name, result))
-                print(name, result, file=sys.stderr)
-            finally:
-                if proxy is not None:
-                    proxy.terminate()
-                    proxy.wait(timeout=30)
-    finally:
-        app.terminate()
-        app.wait(timeout=10)
-    print("| variant | small GET req/s | p50 ms | p99 ms | 256 MiB download MiB/s |")
-    print("|---|---:|---:|---:|---:|")
-    for name, r in rows:
-        print(
-            f"| {name} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-            f"| {r['download_mib_s']:.0f} |"
-        )
+    runner.HttpUpstream = CLIENTS[sys.argv[1]]  # type: ignore[misc]
+    proxy.UpstreamError = (*proxy.UpstreamError, aiohttp.ClientError, httpx.TransportError)  # type: ignore[misc]
+    sys.exit(run_cli(sys.argv[2:]))
 
 
 if __name__ == "__main__":

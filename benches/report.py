@@ -35,7 +35,7 @@ def machine() -> dict[str, str]:
     except OSError:
         pass
     versions = []
-    for module in ("runwarden", "uvicorn", "uvloop", "aiohttp", "pynvml"):
+    for module in ("runwarden", "uvicorn", "uvloop", "httptools", "aiohttp", "httpx", "pynvml"):
         try:
             from importlib.metadata import version
 

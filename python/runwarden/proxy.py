@@ -51,6 +51,9 @@ REQUEST_DROPPED = HOP_BY_HOP | {
     b"x-forwarded-host",
 }
 RESPONSE_DROPPED = HOP_BY_HOP | {b"server", b"date"}
+WATCH_AFTER_SECONDS = 0.05
+"""A client that leaves is noticed, and its request ended at the app, this much later at
+most (S3)."""
 # R1: 503 replaces; R4: these ask for one extra check.
 EXTRA_CHECK_STATUSES = frozenset({500, 502, 504})
 SERVER = b"runwarden"
@@ -104,10 +107,11 @@ class _RateLimitedLog:
 class _Exchange:
     """Per-request state shared by the forwarding task and its disconnect watcher."""
 
-    __slots__ = ("disconnected", "finished", "task", "watcher")
+    __slots__ = ("disconnected", "finished", "task", "timer", "watcher")
 
     def __init__(self, task: asyncio.Task[Any] | None) -> None:
         self.task = task
+        self.timer: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Task[None] | None = None
         self.finished = False
         self.disconnected = False
@@ -156,7 +160,7 @@ class Proxy:
         try:
             if not target.startswith(b"/"):  # `OPTIONS *` or an absolute form: no app path
                 raise _BadRequest("the request target must be a path starting with '/'")
-            headers, host, triggered, has_body = self._request_headers(scope)
+            headers, host, triggered, has_body, chunked = self._request_headers(scope)
         except _BadRequest as exc:
             body = json.dumps({"error": "bad request", "detail": str(exc)}).encode()
             await self._answer(send, 400, body, [(b"content-type", b"application/json")])
@@ -166,10 +170,10 @@ class Proxy:
             return
 
         client = scope.get("client")
-        headers.append(("x-forwarded-for", client[0] if client else ""))
-        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
+        headers.append((b"x-forwarded-for", client[0].encode() if client else b""))
+        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
         if host is not None:
-            headers.append(("x-forwarded-host", host))
+            headers.append((b"x-forwarded-host", host))
         if scope["query_string"]:
             target += b"?" + scope["query_string"]
 
@@ -177,7 +181,7 @@ class Proxy:
         drain.enter()
         self._started()
         try:
-            await self._forward(scope["method"], target.decode("latin-1"), headers, has_body,
+            await self._forward(scope["method"], target, headers, has_body, chunked,
                                 receive, send, exchange)  # fmt: skip
         except asyncio.CancelledError:
             if not exchange.disconnected:
@@ -188,6 +192,8 @@ class Proxy:
                 task.uncancel()
             self.metrics.record_request(499, "client")
         finally:
+            if exchange.timer is not None:
+                exchange.timer.cancel()
             if exchange.watcher is not None:
                 exchange.watcher.cancel()
             self._finished()
@@ -195,55 +201,59 @@ class Proxy:
 
     def _request_headers(
         self, scope: Scope
-    ) -> tuple[list[tuple[str, str]], str | None, bool, bool]:
-        """S2/S4: the client's headers less hop-by-hop ones and those named in Connection."""
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None, bool, bool, bool]:
+        """S2/S4: the client's headers, byte for byte, less hop-by-hop ones and those named
+        in Connection; and the request's Host, whether it triggers a check (H5), whether it
+        has a body and whether that body is chunked."""
         dropped = self._request_dropped
         kept: list[tuple[bytes, bytes]] = []
-        named: set[bytes] = set()
-        host: str | None = None
-        triggered = False
-        has_body = False
+        named: set[bytes] | None = None
+        host: bytes | None = None
+        triggered = chunked = False
         content_length = None
         for name, value in scope["headers"]:
             if name in dropped:
                 if name == b"connection":
+                    if named is None:
+                        named = set()
                     named.update(t.strip().lower() for t in value.split(b","))
                 elif name == b"transfer-encoding":
-                    has_body = True
+                    chunked = True
                 elif name == b"content-length":
                     content_length = value
                 elif name == self.check_header:
                     triggered = True
                 continue
+            if name == b"host":
+                host = value
             kept.append((name, value))
-        # S4: values reach the app byte for byte. The upstream client encodes header values
-        # as UTF-8, so bytes that are not UTF-8 cannot be forwarded exactly: refuse them.
-        try:
-            out = [(n.decode("latin-1"), v.decode("utf-8")) for n, v in kept if n not in named]
-        except UnicodeDecodeError:
-            raise _BadRequest("a header value is not valid UTF-8") from None
-        host = next((v for n, v in out if n == "host"), None)
-        if content_length is not None and not has_body:
-            # httptools validated it; the client library frames the body from it.
-            out.append(("content-length", content_length.decode("latin-1")))
+        if named:
+            kept = [(n, v) for n, v in kept if n not in named]
+            if b"host" in named:
+                host = None
+        has_body = chunked
+        if content_length is not None and not chunked:
+            # httptools validated it; the body is forwarded with the same length.
+            kept.append((b"content-length", content_length))
             has_body = content_length != b"0"
-        return out, host, triggered, has_body
+        return kept, host, triggered, has_body, chunked
 
     async def _forward(
         self,
         method: str,
-        target: str,
-        headers: list[tuple[str, str]],
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
         has_body: bool,
+        chunked: bool,
         receive: Receive,
         send: Send,
         exchange: _Exchange,
     ) -> None:
         body = self._request_body(receive, exchange) if has_body else None
         if body is None:
-            exchange.watcher = asyncio.ensure_future(self._watch_disconnect(receive, exchange))
+            self._watch_later(receive, exchange)
         try:
-            response = await self.upstream.request(method, target, headers, body)
+            response = await self.upstream.request(method, target, headers, body, chunked)
         except UpstreamError as exc:
             if exchange.disconnected:
                 raise asyncio.CancelledError from exc
@@ -251,7 +261,10 @@ class Proxy:
             # asks, that 502 is followed by an extra check, so a dead app is noticed at once.
             # The client is told no internal address; the log says what failed, rate-limited.
             self._unreachable_log.warning(
-                "app unreachable for %s %s: %s", method, target, str(exc) or repr(exc)
+                "app unreachable for %s %s: %s",
+                method,
+                target.decode("latin-1"),
+                str(exc) or repr(exc),
             )
             self.warden.report_response(502)
             await self._answer(
@@ -261,7 +274,7 @@ class Proxy:
         try:
             await self._respond(response, send, exchange)
         finally:
-            await response.aclose()
+            response.close()
 
     async def _respond(self, response: UpstreamResponse, send: Send, exchange: _Exchange) -> None:
         status: int = response.status
@@ -276,21 +289,22 @@ class Proxy:
                 send, {"type": "http.response.start", "status": status, "headers": headers}
             )
             progress = self._progress
+            read = response.read
+            last = False
             try:
-                async for chunk in response.chunks():
+                while not last:
+                    chunk = await read()
                     progress()
+                    # The last piece ends the response in the same message.
+                    last = exchange.finished = not chunk or response.finished
                     await self._to_client(
-                        send, {"type": "http.response.body", "body": chunk, "more_body": True}
+                        send, {"type": "http.response.body", "body": chunk, "more_body": not last}
                     )
             except UpstreamError as exc:
                 # The status is gone already: cut the response so the client sees it broke.
                 log.warning("app broke off a response with status %d: %r", status, exc)
                 self.metrics.record_request(status, "app")
                 return
-            exchange.finished = True
-            await self._to_client(
-                send, {"type": "http.response.body", "body": b"", "more_body": False}
-            )
             self.metrics.record_request(status, "app")
         finally:
             if manual:  # H6: a check once the response is sent, or broke off, or was dropped
@@ -354,7 +368,19 @@ class Proxy:
                 progress()  # the upstream client asks for more once it wrote this one
             if not message.get("more_body", False):
                 break
-        exchange.watcher = asyncio.ensure_future(self._watch_disconnect(receive, exchange))
+        self._watch_later(receive, exchange)
+
+    def _watch_later(self, receive: Receive, exchange: _Exchange) -> None:
+        """S3: watch for the client leaving once the exchange has lasted WATCH_AFTER_SECONDS
+        (most answers come sooner, and a watcher task per request costs more than a timer)."""
+        exchange.timer = asyncio.get_running_loop().call_later(
+            WATCH_AFTER_SECONDS, self._watch, receive, exchange
+        )
+
+    def _watch(self, receive: Receive, exchange: _Exchange) -> None:
+        exchange.timer = None
+        if not exchange.finished:
+            exchange.watcher = asyncio.ensure_future(self._watch_disconnect(receive, exchange))
 
     @staticmethod
     async def _watch_disconnect(receive: Receive, exchange: _Exchange) -> None:

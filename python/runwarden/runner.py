@@ -22,7 +22,7 @@ from runwarden.proxy import Proxy
 from runwarden.serving import Server, make_server
 from runwarden.settings import Settings
 from runwarden.supervisor import Supervisor, describe_exit
-from runwarden.upstream import AiohttpUpstream
+from runwarden.upstream import HttpUpstream
 from runwarden.warden import Warden
 
 log = logging.getLogger("runwarden")
@@ -60,7 +60,7 @@ class Runner:
     async def run(self) -> int:
         settings = self.settings
         loop = asyncio.get_running_loop()
-        upstream = AiohttpUpstream(settings.app_url)
+        upstream = HttpUpstream(settings.app_url)
         proxy = Proxy(self.warden, upstream, self.drain, self.metrics, settings.check_header)
         self.metrics.watch(
             lambda: float(self.drain.in_flight), lambda: 1.0 if self.drain.reason else 0.0
