@@ -6,17 +6,19 @@
 
 use std::ffi::OsStr;
 use std::hint::black_box;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode};
+use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::Nvml;
 
 use runwarden::events::EventQueue;
-use runwarden::nvml::read::{identity, read_gpu, Identity};
+use runwarden::nvml::read::Gpu;
+use runwarden::nvml::sample::GpuSample;
 use runwarden::nvml::watchdog::Watch;
 use runwarden::policy::{Policy, PolicySettings};
 use runwarden::scheduler::{Action, Scheduler, Traffic};
@@ -47,7 +49,9 @@ fn fake_library() -> PathBuf {
 }
 
 /// Eight healthy GPUs in a state file the fake driver reads; the file lives as long as the
-/// bench process (the driver re-reads it only when it changes).
+/// bench process (the driver re-reads it only when it changes). Beside it, the change
+/// counter `runwarden.testing` writes, so the fake's periodic check of the file costs what
+/// it costs under the Python benchmarks.
 fn write_state() -> PathBuf {
     let gpus: Vec<serde_json::Value> = (0..GPUS)
         .map(|i| {
@@ -66,7 +70,25 @@ fn write_state() -> PathBuf {
     let state = serde_json::json!({"driver_version": "550.54.15", "gpus": gpus});
     let path = std::env::temp_dir().join(format!("runwarden-bench-{}.json", std::process::id()));
     std::fs::write(&path, state.to_string()).expect("write the fake NVML state file");
+    std::fs::write(generation(&path), [0u8; 8]).expect("write the fake NVML change counter");
     path
+}
+
+fn generation(state: &Path) -> PathBuf {
+    let mut path = state.as_os_str().to_owned();
+    path.push(".generation");
+    PathBuf::from(path)
+}
+
+/// The part of the sampler's `sample_all` that its `cost` times: the count, then every GPU.
+fn read_all<'nvml>(
+    nvml: &'nvml Nvml,
+    gpus: &mut [Gpu<'nvml>],
+    watch: &Watch,
+) -> (Result<u32, NvmlError>, Vec<GpuSample>) {
+    let count = watch.call("nvmlDeviceGetCount_v2", || nvml.device_count());
+    let samples = gpus.iter_mut().map(|gpu| gpu.read(nvml, watch)).collect();
+    (count, samples)
 }
 
 fn nvml_sample(c: &mut Criterion) {
@@ -81,33 +103,46 @@ fn nvml_sample(c: &mut Criterion) {
     let watch = Watch::new("bench");
     let count = nvml.device_count().expect("device count");
     assert_eq!(count, GPUS, "the fake should report the state file's GPUs");
-    let identities: Vec<Identity> = (0..count).map(|i| identity(&nvml, i, &watch)).collect();
+    let mut gpus: Vec<Gpu<'_>> = (0..count).map(|i| Gpu::find(&nvml, i, &watch)).collect();
 
-    let read_all = || -> usize {
-        let count = watch.call("nvmlDeviceGetCount_v2", || nvml.device_count());
-        let samples: Vec<_> = identities
-            .iter()
-            .enumerate()
-            .map(|(i, known)| read_gpu(&nvml, i as u32, known, &watch))
-            .collect();
+    let mut read_all = || read_all(&nvml, &mut gpus, &watch);
+    let checked = |(count, samples): (Result<u32, _>, Vec<GpuSample>)| {
         assert!(samples.iter().all(|s| s.errors.is_empty()), "{samples:?}");
         black_box(count.ok());
         samples.len()
     };
     c.bench_function("nvml: read 8 GPUs (every G1 field)", |b| {
-        b.iter(|| black_box(read_all()))
+        b.iter(|| checked(read_all()))
     });
+
+    // The sampler thread sleeps between samples, so each sample starts with cold caches
+    // and branch predictors: time one sample after each (untimed) sleep.
+    let mut cold = c.benchmark_group("nvml cold");
+    cold.sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(10));
+    cold.bench_function("read 8 GPUs after a 20 ms sleep", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iterations {
+                thread::sleep(Duration::from_millis(20));
+                let began = Instant::now();
+                let read = read_all();
+                total += began.elapsed();
+                checked(read);
+            }
+            total
+        })
+    });
+    cold.finish();
 
     // What the sampler thread does per sample: read, then judge against the policy.
     let mut policy = Policy::new(PolicySettings::default());
     let started = Instant::now();
     c.bench_function("nvml: read + judge 8 GPUs", |b| {
         b.iter(|| {
-            let samples: Vec<_> = identities
-                .iter()
-                .enumerate()
-                .map(|(i, known)| read_gpu(&nvml, i as u32, known, &watch))
-                .collect();
+            let samples: Vec<_> = gpus.iter_mut().map(|gpu| gpu.read(&nvml, &watch)).collect();
             let now = started.elapsed();
             let findings: usize = samples
                 .iter()
@@ -117,6 +152,7 @@ fn nvml_sample(c: &mut Criterion) {
         })
     });
     drop(nvml);
+    let _ = std::fs::remove_file(generation(&state));
     let _ = std::fs::remove_file(state);
 }
 

@@ -232,12 +232,12 @@ def cost_worker(count: int, library: str) -> dict[str, Any]:
     pynvml.nvmlInit()
     floor = per_call_floor()
     pynvml.nvmlShutdown()
-    # Calls per 8-GPU sample: runwarden 1 count + 16 per GPU (handle included); the
-    # nvidia-ml-py sampler 1 count + 15 per GPU (handles kept).
+    # Calls per 8-GPU sample: 1 count + 15 per GPU for both samplers (handles kept; runwarden
+    # looks a handle up again only after a failed call).
     return {
         **costs,
         "floor_per_call_us": 1e6 * floor,
-        "runwarden_calls": 1 + 16 * GPUS,
+        "runwarden_calls": 1 + 15 * GPUS,
         "pynvml_calls": 1 + 15 * GPUS,
     }
 

@@ -148,8 +148,8 @@ fn settings_dict<'py>(py: Python<'py>, s: &GpuSettings) -> PyResult<Bound<'py, P
 pub fn sample_dict<'py>(py: Python<'py>, s: &GpuSample) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("index", s.index)?;
-    d.set_item("uuid", &s.uuid)?;
-    d.set_item("name", &s.name)?;
+    d.set_item("uuid", s.uuid.as_deref())?;
+    d.set_item("name", s.name.as_deref())?;
     d.set_item("temperature_c", s.temperature_c)?;
     d.set_item("sm_clock_mhz", s.sm_clock_mhz)?;
     d.set_item("memory_clock_mhz", s.memory_clock_mhz)?;

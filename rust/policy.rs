@@ -192,7 +192,7 @@ impl Policy {
             gpu,
             uuid: gpu
                 .and_then(|g| self.last.get(&g))
-                .and_then(|s| s.uuid.clone()),
+                .and_then(|s| s.uuid.as_deref().map(str::to_owned)),
             rule,
             severity: Severity::Fatal,
             detail: format!("{call}: {failure}"),
@@ -216,7 +216,7 @@ impl Policy {
             gpu,
             uuid: gpu
                 .and_then(|g| self.last.get(&g))
-                .and_then(|s| s.uuid.clone()),
+                .and_then(|s| s.uuid.as_deref().map(str::to_owned)),
             rule,
             severity,
             detail: format!("XID {xid}"),
@@ -231,7 +231,7 @@ impl Policy {
         let gpu = sample.index;
         let finding = |rule: &'static str, severity: Severity, detail: String| Finding {
             gpu: Some(gpu),
-            uuid: sample.uuid.clone(),
+            uuid: sample.uuid.as_deref().map(str::to_owned),
             rule,
             severity,
             detail,

@@ -10,7 +10,7 @@ fn secs(n: f64) -> Duration {
 fn healthy(index: u32) -> GpuSample {
     GpuSample {
         index,
-        uuid: Some(format!("GPU-{index}")),
+        uuid: Some(format!("GPU-{index}").into()),
         temperature_c: Some(40),
         throttle_reasons: Some(0),
         ecc: EccCounts {

@@ -153,6 +153,35 @@ def test_G2_gpu_lost_replaces_within_a_second(fake_library: Path, nvml: FakeNvml
     assert status["findings"][-1]["rule"] == "gpu_lost"
 
 
+def test_G2_a_lost_gpu_fails_its_handle_lookup_once(fake_library: Path, nvml: FakeNvml) -> None:
+    """The sampler keeps each GPU's handle between samples; a GPU lost after the first
+    sample still shows as one failed handle lookup, not as every call on the old handle."""
+
+    async def lost_sample() -> dict[str, Any]:
+        gpu = GpuSettings(sample_seconds=0.05, library=str(fake_library))
+        warden = Warden(QUIET, "http://127.0.0.1:9", gpu)
+        got: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def listen(event: GpuSamples | GpuFinding | GpuMonitoring) -> None:
+            if not isinstance(event, GpuSamples) or got.done():
+                return
+            if event.samples[2]["errors"]:
+                got.set_result(event.samples[2])
+            else:
+                nvml.lose_gpu(2)
+
+        warden.on_gpu(listen)
+        await warden.start()
+        sample = await asyncio.wait_for(got, 10)
+        await warden.stop()
+        return sample
+
+    sample = asyncio.run(lost_sample())
+    assert sample["errors"] == [{"call": "nvmlDeviceGetHandleByIndex_v2", "error": "GPU is lost"}]
+    assert sample["uuid"] == "GPU-00000000-0000-4000-8000-000000000002"
+    assert sample["temperature_c"] is None
+
+
 @pytest.mark.parametrize(
     ("rule", "fault"),
     [

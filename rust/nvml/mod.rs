@@ -21,7 +21,6 @@ use crate::error::{bad_setting, CoreError, Result};
 use crate::events::EventQueue;
 use crate::policy::{Finding, Policy, PolicySettings, Severity};
 use crate::verdict::{Event, Reason};
-use read::Identity;
 use sample::GpuSample;
 use watchdog::{Sighting, Watch};
 
@@ -226,8 +225,8 @@ impl Shared {
         let driver = watch
             .call("nvmlSystemGetDriverVersion", || nvml.sys_driver_version())
             .ok();
-        let identities: Vec<Identity> = (0..count)
-            .map(|i| read::identity(&nvml, i, &watch))
+        let mut gpus: Vec<read::Gpu<'_>> = (0..count)
+            .map(|i| read::Gpu::find(&nvml, i, &watch))
             .collect();
         {
             let mut state = lock(&self.state);
@@ -248,7 +247,7 @@ impl Shared {
         let period = Duration::from_secs_f64(self.settings.sample_seconds);
         loop {
             let began = Instant::now();
-            self.sample_all(&nvml, &identities, &watch);
+            self.sample_all(&nvml, &mut gpus, &watch);
             let spent = began.elapsed();
             if !self.pause(period.saturating_sub(spent)) {
                 return;
@@ -256,14 +255,10 @@ impl Shared {
         }
     }
 
-    fn sample_all(&self, nvml: &Nvml, identities: &[Identity], watch: &Watch) {
+    fn sample_all<'nvml>(&self, nvml: &'nvml Nvml, gpus: &mut [read::Gpu<'nvml>], watch: &Watch) {
         let began = Instant::now();
         let count = watch.call("nvmlDeviceGetCount_v2", || nvml.device_count());
-        let samples: Vec<GpuSample> = identities
-            .iter()
-            .enumerate()
-            .map(|(i, known)| read::read_gpu(nvml, i as u32, known, watch))
-            .collect();
+        let samples: Vec<GpuSample> = gpus.iter_mut().map(|gpu| gpu.read(nvml, watch)).collect();
         let cost = began.elapsed();
         let now = self.now();
         let findings = {

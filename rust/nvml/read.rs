@@ -1,9 +1,10 @@
 //! Reading one sample from one GPU through nvml-wrapper, every call under the watchdog.
 //!
 //! Per-process queries are left out on purpose: they cost milliseconds and hold the
-//! driver's lock. UUID and name never change, so they are read once per GPU.
+//! driver's lock.
 
 use std::os::raw::{c_uint, c_ulonglong};
+use std::sync::Arc;
 
 use nvml_wrapper::enum_wrappers::device::{
     Clock, EccCounter, MemoryError, RetirementCause, TemperatureSensor,
@@ -39,7 +40,14 @@ struct Reader<'a> {
     errors: Vec<ReadError>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(watch: &'a Watch) -> Self {
+        Reader {
+            watch,
+            errors: Vec::new(),
+        }
+    }
+
     fn read<T>(
         &mut self,
         call: &'static str,
@@ -47,14 +55,23 @@ impl Reader<'_> {
     ) -> Option<T> {
         match self.watch.call(call, f) {
             Ok(value) => Some(value),
-            Err(NvmlError::NotSupported) => None,
             Err(error) => {
-                self.errors.push(ReadError {
-                    call,
-                    error: failure(&error),
-                });
+                self.fail(call, &error);
                 None
             }
+        }
+    }
+
+    /// Out of line, so that the code a sample runs stays small: after the sampler's sleep
+    /// every cache line of it is a miss.
+    #[cold]
+    #[inline(never)]
+    fn fail(&mut self, call: &'static str, error: &NvmlError) {
+        if !matches!(error, NvmlError::NotSupported) {
+            self.errors.push(ReadError {
+                call,
+                error: failure(error),
+            });
         }
     }
 
@@ -74,83 +91,108 @@ impl Reader<'_> {
     }
 }
 
-/// What is read once per GPU.
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
-    pub uuid: Option<String>,
-    pub name: Option<String>,
+const HANDLE_CALL: &str = "nvmlDeviceGetHandleByIndex_v2";
+
+/// One GPU as the sampler keeps it between samples. UUID and name never change, so they are
+/// read once; the handle is kept too (NVML's handles stay valid while it is initialised),
+/// which spares every sample a lookup per GPU.
+pub struct Gpu<'nvml> {
+    index: u32,
+    uuid: Option<Arc<str>>,
+    name: Option<Arc<str>>,
+    device: Option<Device<'nvml>>,
 }
 
-pub fn identity(nvml: &Nvml, index: u32, watch: &Watch) -> Identity {
-    let mut reader = Reader {
-        watch,
-        errors: Vec::new(),
-    };
-    let Some(device) = reader.read("nvmlDeviceGetHandleByIndex_v2", || {
-        nvml.device_by_index(index)
-    }) else {
-        return Identity::default();
-    };
-    Identity {
-        uuid: reader.read("nvmlDeviceGetUUID", || device.uuid()),
-        name: reader.read("nvmlDeviceGetName", || device.name()),
+impl<'nvml> Gpu<'nvml> {
+    /// Look GPU `index` up and read what never changes.
+    pub fn find(nvml: &'nvml Nvml, index: u32, watch: &Watch) -> Self {
+        let mut reader = Reader::new(watch);
+        let device = reader.read(HANDLE_CALL, || nvml.device_by_index(index));
+        let mut read_str = |call, f: fn(&Device<'nvml>) -> Result<String, NvmlError>| {
+            let device = device.as_ref()?;
+            reader.read(call, || f(device)).map(Arc::from)
+        };
+        let uuid = read_str("nvmlDeviceGetUUID", Device::uuid);
+        let name = read_str("nvmlDeviceGetName", Device::name);
+        Gpu {
+            index,
+            uuid,
+            name,
+            device,
+        }
     }
-}
 
-pub fn read_gpu(nvml: &Nvml, index: u32, known: &Identity, watch: &Watch) -> GpuSample {
-    let mut reader = Reader {
-        watch,
-        errors: Vec::new(),
-    };
-    let mut sample = GpuSample {
-        index,
-        uuid: known.uuid.clone(),
-        name: known.name.clone(),
-        ..Default::default()
-    };
-    let Some(device) = reader.read("nvmlDeviceGetHandleByIndex_v2", || {
-        nvml.device_by_index(index)
-    }) else {
+    /// One sample, through the kept handle. If any call fails, the sample is read again
+    /// from a fresh lookup, exactly as without a kept handle: a lost GPU fails the lookup,
+    /// and is reported by that one call as before, not by every call the handle failed.
+    pub fn read(&mut self, nvml: &'nvml Nvml, watch: &Watch) -> GpuSample {
+        if let Some(device) = &self.device {
+            let sample = self.read_with(nvml, device, Reader::new(watch));
+            if sample.errors.is_empty() {
+                return sample;
+            }
+        }
+        let mut reader = Reader::new(watch);
+        let index = self.index;
+        self.device = reader.read(HANDLE_CALL, || nvml.device_by_index(index));
+        match &self.device {
+            Some(device) => self.read_with(nvml, device, reader),
+            None => GpuSample {
+                errors: reader.errors,
+                ..self.blank()
+            },
+        }
+    }
+
+    fn blank(&self) -> GpuSample {
+        GpuSample {
+            index: self.index,
+            uuid: self.uuid.clone(),
+            name: self.name.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn read_with(&self, nvml: &Nvml, device: &Device<'_>, mut reader: Reader<'_>) -> GpuSample {
+        let mut sample = self.blank();
+        let r = &mut reader;
+        sample.temperature_c = r.read("nvmlDeviceGetTemperature", || {
+            device.temperature(TemperatureSensor::Gpu)
+        });
+        sample.sm_clock_mhz = r.read("nvmlDeviceGetClockInfo", || device.clock_info(Clock::SM));
+        sample.memory_clock_mhz = r.read("nvmlDeviceGetClockInfo", || {
+            device.clock_info(Clock::Memory)
+        });
+        sample.throttle_reasons = r
+            .read("nvmlDeviceGetCurrentClocksThrottleReasons", || {
+                device.current_throttle_reasons()
+            })
+            .map(|reasons| reasons.bits());
+        sample.power_mw = r.read("nvmlDeviceGetPowerUsage", || device.power_usage());
+        if let Some(util) = r.read("nvmlDeviceGetUtilizationRates", || {
+            device.utilization_rates()
+        }) {
+            sample.gpu_utilization = Some(util.gpu);
+            sample.memory_utilization = Some(util.memory);
+        }
+        if let Some(memory) = r.read("nvmlDeviceGetMemoryInfo_v2", || device.memory_info()) {
+            sample.memory_used_bytes = Some(memory.used);
+            sample.memory_total_bytes = Some(memory.total);
+        }
+        let ecc = |r: &mut Reader<'_>, error: MemoryError, counter: EccCounter| {
+            r.read("nvmlDeviceGetTotalEccErrors", || {
+                device.total_ecc_errors(error, counter)
+            })
+        };
+        sample.ecc.volatile_corrected = ecc(r, MemoryError::Corrected, EccCounter::Volatile);
+        sample.ecc.volatile_uncorrected = ecc(r, MemoryError::Uncorrected, EccCounter::Volatile);
+        sample.ecc.aggregate_corrected = ecc(r, MemoryError::Corrected, EccCounter::Aggregate);
+        sample.ecc.aggregate_uncorrected = ecc(r, MemoryError::Uncorrected, EccCounter::Aggregate);
+        sample.retired_pages = retired_pages(nvml, device, r);
+        sample.remapped_rows = remapped_rows(nvml, device, r);
         sample.errors = reader.errors;
-        return sample;
-    };
-    let r = &mut reader;
-    sample.temperature_c = r.read("nvmlDeviceGetTemperature", || {
-        device.temperature(TemperatureSensor::Gpu)
-    });
-    sample.sm_clock_mhz = r.read("nvmlDeviceGetClockInfo", || device.clock_info(Clock::SM));
-    sample.memory_clock_mhz = r.read("nvmlDeviceGetClockInfo", || {
-        device.clock_info(Clock::Memory)
-    });
-    sample.throttle_reasons = r
-        .read("nvmlDeviceGetCurrentClocksThrottleReasons", || {
-            device.current_throttle_reasons()
-        })
-        .map(|reasons| reasons.bits());
-    sample.power_mw = r.read("nvmlDeviceGetPowerUsage", || device.power_usage());
-    if let Some(util) = r.read("nvmlDeviceGetUtilizationRates", || {
-        device.utilization_rates()
-    }) {
-        sample.gpu_utilization = Some(util.gpu);
-        sample.memory_utilization = Some(util.memory);
+        sample
     }
-    if let Some(memory) = r.read("nvmlDeviceGetMemoryInfo_v2", || device.memory_info()) {
-        sample.memory_used_bytes = Some(memory.used);
-        sample.memory_total_bytes = Some(memory.total);
-    }
-    let ecc = |r: &mut Reader<'_>, error: MemoryError, counter: EccCounter| {
-        r.read("nvmlDeviceGetTotalEccErrors", || {
-            device.total_ecc_errors(error, counter)
-        })
-    };
-    sample.ecc.volatile_corrected = ecc(r, MemoryError::Corrected, EccCounter::Volatile);
-    sample.ecc.volatile_uncorrected = ecc(r, MemoryError::Uncorrected, EccCounter::Volatile);
-    sample.ecc.aggregate_corrected = ecc(r, MemoryError::Corrected, EccCounter::Aggregate);
-    sample.ecc.aggregate_uncorrected = ecc(r, MemoryError::Uncorrected, EccCounter::Aggregate);
-    sample.retired_pages = retired_pages(nvml, &device, r);
-    sample.remapped_rows = remapped_rows(nvml, &device, r);
-    sample.errors = reader.errors;
-    sample
 }
 
 /// Counts only: one raw call per cause instead of nvml-wrapper's two (count, then list).

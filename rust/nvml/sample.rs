@@ -1,5 +1,7 @@
 //! One GPU's readings (SPEC G1), as plain data the policy judges and Python exports.
 
+use std::sync::Arc;
+
 /// ECC error counts; `None` where the GPU does not support ECC or the call failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EccCounts {
@@ -53,8 +55,9 @@ impl std::fmt::Display for NvmlFailure {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GpuSample {
     pub index: u32,
-    pub uuid: Option<String>,
-    pub name: Option<String>,
+    /// Shared with the sampler's own copy: a sample clones no strings.
+    pub uuid: Option<Arc<str>>,
+    pub name: Option<Arc<str>>,
     pub temperature_c: Option<u32>,
     pub sm_clock_mhz: Option<u32>,
     pub memory_clock_mhz: Option<u32>,

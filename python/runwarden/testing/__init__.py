@@ -374,7 +374,7 @@ def _write_atomically(path: Path, text: str) -> None:
 def _bump_generation(path: Path) -> None:
     """Tell running fakes that the state changed. Each maps `<state>.generation` and
     compares it on every call, so the change is seen at once while a call costs no `stat`
-    (a hand-edited state file is still seen within a millisecond)."""
+    (a hand-edited state file is still seen within 0.1 s)."""
     fd = os.open(path.with_name(path.name + ".generation"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         if os.fstat(fd).st_size < 8:
