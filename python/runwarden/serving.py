@@ -1,10 +1,9 @@
 """uvicorn servers for the proxy and admin ports, run on runwarden's own event loop.
 
-Three adjustments to uvicorn: the runner, not uvicorn, owns SIGTERM/SIGINT (a signal
-starts a drain, it does not stop the listeners); the proxy's httptools protocol bounds the
+Two adjustments to uvicorn: the runner, not uvicorn, owns SIGTERM/SIGINT (a signal
+starts a drain, it does not stop the listeners), and the httptools protocol bounds the
 request line plus headers (S3), which llhttp alone does not: an oversized head gets 431
-and closes the connection before anything reaches the app; and its writes made in one
-turn of the loop go out together (uvicorn writes a response's head and body apart).
+and closes the connection before anything reaches the app.
 """
 
 from __future__ import annotations
@@ -27,63 +26,11 @@ class _HeadTooLarge(Exception):
     pass
 
 
-class _CoalescingTransport:
-    """A transport whose writes in one turn of the loop leave in one system call, at the
-    end of the turn: a small proxied response is one write (and one TCP segment) instead
-    of two, which spares the client a wake-up. Memory stays bounded: what is held is what
-    one turn wrote, and the real transport's flow control still applies."""
-
-    __slots__ = ("_loop", "_pending", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] | None = None
-
-    def write(self, data: bytes) -> None:
-        if not data:
-            return
-        if self._pending is None:
-            self._pending = [data]
-            self._loop.call_soon(self._flush)
-        else:
-            self._pending.append(data)
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, None
-        if not pending or self._transport.is_closing():
-            return
-        if len(pending) == 1:
-            self._transport.write(pending[0])
-        else:
-            self._transport.writelines(pending)
-
-    def get_write_buffer_size(self) -> int:
-        held = sum(map(len, self._pending)) if self._pending else 0
-        return held + self._transport.get_write_buffer_size()
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending = None
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol for the proxy: a bound on the request head, and
-    coalesced writes."""
+    """uvicorn's httptools protocol, with a bound on the request head."""
 
     _head_bytes = 0
     _head_too_large = False
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        loop = asyncio.get_running_loop()
-        super().connection_made(_CoalescingTransport(transport, loop))  # type: ignore[arg-type]
 
     def on_message_begin(self) -> None:
         self._head_bytes = 0

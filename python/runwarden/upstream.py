@@ -301,7 +301,9 @@ class _Exchange:
         while True:
             body = self._body
             if body:
-                chunk = body.popleft()
+                # Everything that arrived, in one piece: one write towards the client.
+                chunk = body.popleft() if len(body) == 1 else b"".join(body)
+                body.clear()
                 self._buffered -= len(chunk)
                 if self._buffered <= HIGH_WATER // 2:
                     self._connection.resume_reading()
