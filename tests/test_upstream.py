@@ -155,7 +155,8 @@ def test_a_stale_pooled_connection_is_retried_only_for_idempotent_bodiless_reque
 
 
 def test_an_early_answer_is_forwarded_and_the_rest_of_the_body_not_sent() -> None:
-    """An app may refuse an upload before reading it (413): that answer, not a 502."""
+    """An app may refuse an upload before reading it (413): that answer, not a 502. The app
+    is left mid-request, so the connection is not reused."""
     sent: list[int] = []
     release = asyncio.Event()
 
@@ -167,10 +168,12 @@ def test_an_early_answer_is_forwarded_and_the_rest_of_the_body_not_sent() -> Non
             yield b"x" * 1024
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n > 1:
+            writer.write(OK)
+            return
         writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\n\r\nbig")
         await writer.drain()
         release.set()
-        writer.close()
 
     async def test() -> None:
         async with ScriptedApp(handler) as app:
@@ -180,7 +183,9 @@ def test_an_early_answer_is_forwarded_and_the_rest_of_the_body_not_sent() -> Non
             assert response.status == 413
             assert await read_all(response) == b"big"
             response.close()
+            assert await get(upstream) == b"ok"
             await upstream.close()
+            assert app.connections == 2
         assert len(sent) < 100
 
     run(test)

@@ -103,6 +103,7 @@ class _Exchange:
         "_reader",
         "_received",
         "_sender",
+        "_sent_all",
         "_unparsed",
         "complete",
         "raw_headers",
@@ -124,6 +125,7 @@ class _Exchange:
         self._reader: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._sent_all = False
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.complete = False
@@ -164,6 +166,7 @@ class _Exchange:
             return
         if self._head.done() and self._error is None and self._ends_at_close():
             self._finish()
+            self.reusable = False
         elif not self._received:
             self.fail(_Stale("the app closed the connection before answering"))
         else:
@@ -276,8 +279,9 @@ class _Exchange:
                 else:
                     connection.write(chunk)
                 await connection.drained()
-        if chunked and self._error is None:
+        if chunked:
             connection.write(b"0\r\n\r\n")
+        self._sent_all = True
 
     def _body_sent(self, sender: asyncio.Task[None]) -> None:
         if sender.cancelled():
@@ -320,10 +324,10 @@ class _Exchange:
 
     def close(self) -> None:
         sender = self._sender
-        sent = sender is None or (sender.done() and not sender.cancelled()
-                                  and sender.exception() is None)  # fmt: skip
         if sender is not None and not sender.done():
             sender.cancel()
+        # A body cut short (the app answered early) leaves the app mid-request: not reused.
+        sent = sender is None or self._sent_all
         if self.complete and self.reusable and sent and not self._body:
             self._connection.release()
         else:
