@@ -209,7 +209,7 @@ class _Exchange:
 
     def on_headers_complete(self) -> None:
         if self._head.done():
-            return  # trailers of a chunked body: not forwarded
+            return  # a second response nobody asked for (see on_message_begin)
         assert self._parser is not None
         status = self._parser.get_status_code()
         if 100 <= status < 200:
@@ -400,9 +400,6 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.exchange.feed(data)
-
-    def eof_received(self) -> bool | None:
-        return None  # close; connection_lost says what it meant
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
