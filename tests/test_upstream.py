@@ -82,7 +82,7 @@ async def get(upstream: HttpUpstream, target: bytes = b"/", method: str = "GET")
         response.close()
 
 
-def test_request_head_is_sent_byte_for_byte_with_a_host_when_the_client_had_none() -> None:
+def test_S4_request_head_is_sent_byte_for_byte_with_a_host_when_the_client_had_none() -> None:
     async def test() -> None:
         async with ScriptedApp(answer(OK)) as app:
             upstream = HttpUpstream(app.url + "/prefix")
@@ -128,7 +128,7 @@ def test_a_connection_the_app_closes_after_answering_is_not_reused() -> None:
     run(test)
 
 
-def test_a_stale_pooled_connection_is_retried_only_for_idempotent_bodiless_requests() -> None:
+def test_R3_a_stale_pooled_connection_is_retried_only_for_idempotent_bodiless_requests() -> None:
     """The app closes a kept-alive connection just as a request is written to it (a race
     with its keep-alive timeout): a GET is sent again on a new connection; a POST is not,
     since the app might have acted on it."""
@@ -153,7 +153,7 @@ def test_a_stale_pooled_connection_is_retried_only_for_idempotent_bodiless_reque
     run(test)
 
 
-def test_an_early_answer_is_forwarded_and_the_rest_of_the_body_not_sent() -> None:
+def test_S1_R2_an_early_answer_is_forwarded_and_the_rest_of_the_body_not_sent() -> None:
     """An app may refuse an upload before reading it (413): that answer, not a 502. The app
     is left mid-request, so the connection is not reused."""
     sent: list[int] = []
@@ -187,7 +187,7 @@ def test_an_early_answer_is_forwarded_and_the_rest_of_the_body_not_sent() -> Non
     run(test)
 
 
-def test_a_body_delimited_by_the_close_is_complete_and_a_cut_one_is_an_error() -> None:
+def test_S1_a_body_delimited_by_the_close_is_complete_and_a_cut_one_is_an_error() -> None:
     async def test() -> None:
         async with ScriptedApp(answer(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", True)) as app:
             assert await get(HttpUpstream(app.url)) == b"until the end"
@@ -201,7 +201,7 @@ def test_a_body_delimited_by_the_close_is_complete_and_a_cut_one_is_an_error() -
     run(test)
 
 
-def test_informational_answers_are_skipped_and_trailers_are_not_headers() -> None:
+def test_S4_informational_answers_are_skipped_and_trailers_are_not_headers() -> None:
     raw = (
         b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Real: 1\r\n\r\n"
@@ -233,7 +233,7 @@ def test_informational_answers_are_skipped_and_trailers_are_not_headers() -> Non
     ],
     ids=["garbage", "oversized head", "unasked upgrade"],
 )
-def test_a_response_that_is_not_acceptable_http_is_an_error(raw: bytes) -> None:
+def test_R3_a_response_that_is_not_acceptable_http_is_an_error(raw: bytes) -> None:
     async def test() -> None:
         async with ScriptedApp(answer(raw)) as app:
             with pytest.raises(UpstreamError):
@@ -242,7 +242,7 @@ def test_a_response_that_is_not_acceptable_http_is_an_error(raw: bytes) -> None:
     run(test)
 
 
-def test_an_unreachable_app_is_an_error() -> None:
+def test_R3_an_unreachable_app_is_an_error() -> None:
     async def test() -> None:
         async with ScriptedApp(answer(OK)) as app:
             url = app.url
@@ -252,7 +252,7 @@ def test_an_unreachable_app_is_an_error() -> None:
     run(test)
 
 
-def test_a_cancelled_request_closes_its_connection_at_the_app() -> None:
+def test_S3_a_cancelled_request_closes_its_connection_at_the_app() -> None:
     """S3: a client that leaves ends the app's request: the app sees its connection close."""
     received = asyncio.Event()
     closed = asyncio.Event()
