@@ -161,6 +161,7 @@ fn passed() -> ProbeReport {
         status: Some(200),
         error: None,
         latency: Duration::from_micros(300),
+        local: false,
     }
 }
 

@@ -63,17 +63,31 @@ impl Probe {
                 status: Some(response.status().as_u16()),
                 error: None,
                 latency,
+                local: false,
             },
             Err(error) => ProbeReport {
                 status: None,
                 error: Some(describe(&error, latency)),
                 latency,
+                local: is_local(&error),
             },
         }
     }
 }
 
+/// Errors that say runwarden itself ran out of something (S6), not that the app failed:
+/// no file descriptor (EMFILE, ENFILE), no buffer or memory (ENOBUFS, ENOMEM), no free
+/// local port (EADDRNOTAVAIL).
+const LOCAL_ERRNOS: [i32; 5] = [24, 23, 105, 12, 99];
+
+fn is_local(error: &ureq::Error) -> bool {
+    matches!(error, ureq::Error::Io(io) if io.raw_os_error().is_some_and(|e| LOCAL_ERRNOS.contains(&e)))
+}
+
 fn describe(error: &ureq::Error, latency: Duration) -> String {
+    if is_local(error) {
+        return format!("runwarden could not send the check: {error}");
+    }
     match error {
         ureq::Error::Timeout(_) => format!("timed out after {:.3}s", latency.as_secs_f64()),
         ureq::Error::Io(io) => match io.kind() {
@@ -174,6 +188,15 @@ mod tests {
             .unwrap()
             .run();
         assert_eq!(report.error.as_deref(), Some("connection refused"));
+    }
+
+    #[test]
+    fn running_out_of_file_descriptors_is_runwardens_failure_not_the_apps() {
+        let emfile = ureq::Error::Io(std::io::Error::from_raw_os_error(24));
+        assert!(is_local(&emfile));
+        assert!(describe(&emfile, Duration::ZERO).starts_with("runwarden could not send"));
+        let refused = ureq::Error::Io(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(!is_local(&refused));
     }
 
     #[test]

@@ -184,6 +184,7 @@ impl Scheduler {
                         trim_float(self.settings.timeout_seconds)
                     )),
                     latency: self.settings.timeout(),
+                    local: false,
                 };
                 let id = running.id;
                 actions.extend(self.finish(id, report, now, traffic));
@@ -305,6 +306,9 @@ impl Scheduler {
             self.failures = 0;
             self.ready = true;
             return Counted::Pass;
+        }
+        if report.local {
+            return Counted::Local; // S6: not the app's failure, manual or not
         }
         if running.triggers.contains(&Trigger::Manual) {
             return Counted::Manual;

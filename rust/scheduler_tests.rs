@@ -24,6 +24,7 @@ fn ok(latency_ms: u64) -> ProbeReport {
         status: Some(200),
         error: None,
         latency: ms(latency_ms),
+        local: false,
     }
 }
 
@@ -32,6 +33,7 @@ fn status(code: u16) -> ProbeReport {
         status: Some(code),
         error: None,
         latency: ms(5),
+        local: false,
     }
 }
 
@@ -40,6 +42,16 @@ fn refused() -> ProbeReport {
         status: None,
         error: Some("connection refused".into()),
         latency: ms(1),
+        local: false,
+    }
+}
+
+fn out_of_fds() -> ProbeReport {
+    ProbeReport {
+        status: None,
+        error: Some("runwarden has no file descriptor left (Too many open files)".into()),
+        latency: ms(0),
+        local: true,
     }
 }
 
@@ -312,6 +324,25 @@ fn h5_triggers_are_rate_limited_to_the_latest_outcome() {
     // After it: a new check.
     let (_, actions) = s.trigger(Trigger::Gateway, ms(355));
     assert!(started(&actions).is_some());
+}
+
+#[test]
+fn s6_a_check_runwarden_could_not_send_is_never_counted_or_replacing() {
+    let mut s = Scheduler::new(quick(), ms(0));
+    for at in 1..=5 {
+        let actions = regular_check(&mut s, ms(at * 1000), out_of_fds());
+        assert_eq!(outcomes(&actions)[0].counted, Counted::Local);
+        assert!(replacement(&actions).is_none());
+    }
+    assert_eq!(s.failures(), 0);
+    // A manual check that cannot be sent does not replace either.
+    let id = started(&s.manual(ms(6000))).unwrap();
+    let actions = s.finish(id, out_of_fds(), ms(6001), IDLE);
+    assert_eq!(outcomes(&actions)[0].counted, Counted::Local);
+    assert!(replacement(&actions).is_none());
+    // The app's own failures still count.
+    regular_check(&mut s, ms(7000), refused());
+    assert_eq!(s.failures(), 1);
 }
 
 #[test]

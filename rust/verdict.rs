@@ -49,6 +49,9 @@ pub enum Counted {
     NotReady,
     /// Finished after the replacement verdict; changes nothing.
     AfterReplace,
+    /// A failure of runwarden's own, not the app's: no file descriptor, buffer or memory
+    /// to send the check with (S6). Never counted, never replaces.
+    Local,
 }
 
 impl Counted {
@@ -61,6 +64,7 @@ impl Counted {
             Counted::Manual => "manual",
             Counted::NotReady => "not_ready",
             Counted::AfterReplace => "after_replace",
+            Counted::Local => "local",
         }
     }
 }
@@ -71,6 +75,8 @@ pub struct ProbeReport {
     pub status: Option<u16>,
     pub error: Option<String>,
     pub latency: Duration,
+    /// The check could not be sent for a reason of runwarden's own (S6).
+    pub local: bool,
 }
 
 impl ProbeReport {

@@ -111,6 +111,7 @@ async def sse(request: Request) -> Response:
 async def echo(request: Request) -> Response:
     """What reached the app: method, path, query, raw headers, body (S2, S4)."""
     STATE["received"] = int(STATE["received"]) + 1  # type: ignore[call-overload]
+    STATE.setdefault("echo_paths", []).append(request.url.path)  # type: ignore[attr-defined]
     body = await request.body()
     headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.scope["headers"]]
     status = int(request.query_params.get("status", "200"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -168,6 +169,7 @@ def start_runwarden(
     command: str = "serve",
     env: dict[str, str] | None = None,
     wait_ready: bool = False,
+    max_fds: int | None = None,
 ) -> Runwarden:
     port, admin_port = free_port(), free_port()
     # Loopback only, like every server a test starts.
@@ -183,7 +185,11 @@ def start_runwarden(
     log_path = tmp_path / f"runwarden-{port}.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            args, stdout=log_file, stderr=subprocess.STDOUT, env=env or clean_env()
+            args,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env or clean_env(),
+            preexec_fn=None if max_fds is None else lambda: _limit_fds(max_fds),
         )
     warden = Runwarden(proc, port, admin_port, log_path)
     try:
@@ -195,6 +201,11 @@ def start_runwarden(
         warden.stop()
         raise RuntimeError(f"runwarden did not start:\n{warden.log()}") from None
     return warden
+
+
+def _limit_fds(count: int) -> None:
+    """As `ulimit -n COUNT` (soft and hard) for the process about to start."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 @pytest.fixture

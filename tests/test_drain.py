@@ -160,3 +160,121 @@ def test_D1_the_verdict_drains_before_any_other_event_of_its_batch_is_handled(
 
     asyncio.run(scenario())
     assert order[:2] == ["replace:health_check", "outcome:counted"]
+
+
+class _Tally:
+    """What a load of raw clients saw: requests written, answers by status, and requests
+    written that never got an answer (the connection closed or reset first)."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.lost = 0
+        self.statuses: dict[int, int] = {}
+        self.unmarked_503 = 0
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes]]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    await reader.readexactly(int(headers.get(b"content-length", b"0")))
+    return status, headers
+
+
+async def _client(port: int, target: bytes, tally: _Tally, until: Callable[[], bool]) -> None:
+    """Keep one request in flight; reconnect when an answer says `Connection: close`."""
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    writer: asyncio.StreamWriter | None = None
+    while not until():
+        if writer is None:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:  # nothing listens: nothing was sent
+                await asyncio.sleep(0.005)
+                continue
+        try:
+            writer.write(request)
+            await writer.drain()
+        except OSError:
+            writer = None
+            continue
+        tally.written += 1
+        try:
+            status, headers = await _answer(reader)
+        except (OSError, asyncio.IncompleteReadError):
+            tally.lost += 1
+            writer.close()
+            writer = None
+            continue
+        tally.statuses[status] = tally.statuses.get(status, 0) + 1
+        if status == 503 and b"retry-after" not in headers:
+            tally.unmarked_503 += 1
+        if headers.get(b"connection", b"").lower() == b"close":
+            writer.close()
+            writer = None
+    if writer is not None:
+        writer.close()
+
+
+def test_D6_front_door_5_no_request_is_lost_in_a_replacement_drain(
+    app_server: AppServer, runwarden
+):
+    """D6 (issue 9, item 5): 32 clients keep a 50 ms request each in flight (keep-alive,
+    reconnecting when told to close) when the app answers one request 503. Every request
+    a client wrote gets an answer, the app's or the drain's 503 with Retry-After; none is
+    written and then reset; runwarden exits with app_503's code once they are done."""
+    rw = runwarden(app_server.url, "--drain-timeout-seconds", "10", wait_ready=True)
+    tally = _Tally()
+
+    async def scenario() -> None:
+        stop_at = time.monotonic() + 30
+        done = lambda: rw.proc.poll() is not None or time.monotonic() > stop_at  # noqa: E731
+        clients = [
+            asyncio.ensure_future(_client(rw.port, b"/predict?latency=0.05", tally, done))
+            for _ in range(32)
+        ]
+        await until(lambda: tally.written > 2000)
+        async with httpx.AsyncClient(base_url=rw.url) as client:
+            assert (await client.get("/predict", params={"status": "503"})).status_code == 503
+        await asyncio.gather(*clients)
+
+    asyncio.run(scenario())
+    assert rw.wait_exit() == exit_codes.BY_REASON["app_503"]
+    assert tally.lost == 0, f"{tally.lost} of {tally.written} requests got no answer"
+    assert set(tally.statuses) <= {200, 503}, tally.statuses
+    assert tally.statuses.get(200, 0) >= 2000 and tally.statuses.get(503, 0) > 0
+    assert tally.unmarked_503 == 0
+    assert tally.written < 50_000, tally.written  # bounded
+
+
+def test_D6_front_door_9_requests_in_flight_at_the_drain_timeout_get_a_503_to_retry(
+    app_server: AppServer, runwarden
+):
+    """D6 (issue 9, item 9): requests the drain timeout cuts short get a 503 with
+    Retry-After and the drain's reason (a gateway retries them elsewhere), not a 500 and
+    a traceback; one log line says how many."""
+    rw = runwarden(app_server.url, "--drain-timeout-seconds", "0.5", wait_ready=True)
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=rw.url, timeout=30) as client:
+            slow = [
+                asyncio.ensure_future(client.get("/predict", params={"latency": "30"}))
+                for _ in range(3)
+            ]
+            await until(lambda: app_server.state()["received"] == 3)
+            assert (await client.get("/predict", params={"status": "503"})).status_code == 503
+            return list(await asyncio.gather(*slow))
+
+    for response in asyncio.run(scenario()):
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["x-runwarden-draining"] == "app_503"
+        assert response.headers["connection"] == "close"
+    assert rw.wait_exit() == exit_codes.BY_REASON["app_503"]
+    log = rw.log()
+    assert "Traceback" not in log
+    assert log.count("drain ended with 3 request(s) still in flight: 3 answered 503") == 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import resource
 import signal
 import sys
 import textwrap
+import time
 
 import psutil
 from conftest import HERE, free_port, poll
@@ -93,3 +95,35 @@ def test_H2_supervised_app_in_status(runwarden):
     assert status["supervised"] is True  # type: ignore[index]
     assert status["command"] == app  # type: ignore[index]
     assert _alive(int(status["pid"]))  # type: ignore[index]
+
+
+def test_D7_front_door_6_the_app_never_outlives_a_killed_runwarden(runwarden):
+    """D7 (issue 9, item 6): runwarden SIGKILLed: the app and what it started are gone
+    within about a second, and a new runwarden on the same ports starts cleanly (no
+    "address already in use" crash loop)."""
+    port = free_port()
+    worker = f"{sys.executable} -c 'import time; time.sleep(120)'"
+    app = ["sh", "-c", f"{worker} & exec {sys.executable} {HERE / 'app_server.py'} {port}"]
+    rw = runwarden(f"http://127.0.0.1:{port}", app_command=app, wait_ready=True)
+    app_pid = int(rw.status()["app"]["pid"])  # type: ignore[index]
+    family = [app_pid, *(p.pid for p in psutil.Process(app_pid).children(recursive=True))]
+    assert len(family) == 2
+    rw.proc.kill()
+    killed = time.monotonic()
+    poll(lambda: _gone(family), timeout=5)
+    assert time.monotonic() - killed < 1.5
+    again = runwarden(f"http://127.0.0.1:{port}", app_command=app, wait_ready=True)
+    assert again.status()["state"] == "ready"
+    assert again.proc.poll() is None
+
+
+def test_D3_the_supervised_app_keeps_the_fd_limit_runwarden_was_given(runwarden):
+    """D3/S6: runwarden raises its own fd limit for its connections; the app it starts gets
+    the limit runwarden was started with, as if started directly."""
+    port = free_port()
+    app = [sys.executable, str(HERE / "app_server.py"), str(port)]
+    rw = runwarden(f"http://127.0.0.1:{port}", app_command=app, wait_ready=True, max_fds=None)
+    app_pid = int(rw.status()["app"]["pid"])  # type: ignore[index]
+    ours = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert psutil.Process(app_pid).rlimit(psutil.RLIMIT_NOFILE)[0] == ours[0]
+    assert psutil.Process(rw.proc.pid).rlimit(psutil.RLIMIT_NOFILE)[0] == ours[1]

@@ -10,7 +10,9 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 Trigger = Literal["regular", "gateway", "extra", "manual", "startup"]
-Counted = Literal["pass", "counted", "start_period", "busy", "manual", "not_ready", "after_replace"]
+Counted = Literal[
+    "pass", "counted", "start_period", "busy", "manual", "not_ready", "after_replace", "local"
+]
 Reason = Literal["health_check", "manual_check", "app_503", "gpu_fault", "stalled", "app_exited"]
 
 __version__: str

@@ -1,20 +1,24 @@
 """The admin port (SPEC A): /livez, /readyz, /status, /metrics.
 
-It listens on its own address (loopback by default); the proxy port never routes here.
+Served by runwarden's own server (`server.py`) on its own address (loopback by default);
+the proxy port never routes here.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
+from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from runwarden.http1 import Headers, Request
 
 if TYPE_CHECKING:
     from runwarden.runner import Runner
+
+TEXT = b"text/plain; charset=utf-8"
+Answer = tuple[int, bytes, bytes]  # status, content type, body
 
 
 def runner_state(runner: Runner) -> str:
@@ -39,6 +43,7 @@ def status(runner: Runner) -> dict[str, object]:
             round(time.monotonic() - drain.started_at, 3) if drain.started_at else None
         ),
         "in_flight": drain.in_flight,
+        "connections": runner.connections(),
         "app": {
             "url": runner.settings.app_url,
             "supervised": supervisor is not None,
@@ -53,30 +58,54 @@ def status(runner: Runner) -> dict[str, object]:
     }
 
 
-def make_admin_app(runner: Runner) -> Starlette:
-    async def livez(request: Request) -> Response:
-        if runner.drain.replacing:
-            return PlainTextResponse(f"replacing: {runner.drain.reason}\n", status_code=503)
-        return PlainTextResponse("ok\n")
+class Admin:
+    """The admin port's handler: four GET routes."""
 
-    async def readyz(request: Request) -> Response:
-        state = runner_state(runner)
-        if state == "ready":
-            return PlainTextResponse("ready\n")
-        reason = runner.drain.reason or "no health check has passed yet"
-        return PlainTextResponse(f"{state}: {reason}\n", status_code=503)
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.routes: dict[bytes, Callable[[], Answer]] = {
+            b"/livez": self.livez,
+            b"/readyz": self.readyz,
+            b"/status": self.status,
+            b"/metrics": self.metrics,
+        }
 
-    async def status_route(request: Request) -> Response:
-        return JSONResponse(status(runner))
-
-    async def metrics(request: Request) -> Response:
-        return Response(runner.metrics.render(), media_type=runner.metrics.content_type)
-
-    return Starlette(
-        routes=[
-            Route("/livez", livez),
-            Route("/readyz", readyz),
-            Route("/status", status_route),
-            Route("/metrics", metrics),
+    async def __call__(self, request: Request) -> None:
+        route = self.routes.get(request.target.partition(b"?")[0])
+        extra: Headers = []
+        if route is None:
+            answer: Answer = (404, TEXT, b"not found\n")
+        elif request.method not in ("GET", "HEAD"):
+            answer = (405, TEXT, b"method not allowed\n")
+            extra.append((b"allow", b"GET, HEAD"))
+        else:
+            answer = route()
+        code, content_type, body = answer
+        headers = [
+            (b"content-type", content_type),
+            (b"cache-control", b"no-store"),
+            (b"server", b"runwarden"),
+            (b"date", formatdate(usegmt=True).encode()),
+            *extra,
         ]
-    )
+        request.respond(code, headers, body)
+
+    def livez(self) -> Answer:
+        drain = self.runner.drain
+        if drain.replacing:
+            return 503, TEXT, f"replacing: {drain.reason}\n".encode()
+        return 200, TEXT, b"ok\n"
+
+    def readyz(self) -> Answer:
+        state = runner_state(self.runner)
+        if state == "ready":
+            return 200, TEXT, b"ready\n"
+        reason = self.runner.drain.reason or "no health check has passed yet"
+        return 503, TEXT, f"{state}: {reason}\n".encode()
+
+    def status(self) -> Answer:
+        return 200, b"application/json", json.dumps(status(self.runner)).encode()
+
+    def metrics(self) -> Answer:
+        metrics = self.runner.metrics
+        return 200, metrics.content_type.encode(), metrics.render()

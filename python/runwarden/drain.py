@@ -1,5 +1,5 @@
-"""Draining (SPEC D1, D2): once a runner is being replaced or stopped, it takes no new work
-and lets the work it has finish, for at most `drain_timeout_seconds`.
+"""Draining (SPEC D1, D2, D6): once a runner is being replaced or stopped, it takes no new
+work and lets the work it has finish, for at most `drain_timeout_seconds`.
 
 `Drain` is the small piece of state the proxy consults on every request (one attribute
 read) and the runner awaits: why we drain, and how many proxied requests are in flight.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 SHUTDOWN = "shutdown"
 """The drain reason of a clean stop (SIGTERM/SIGINT); not a replacement."""
@@ -32,14 +33,20 @@ class Drain:
         self.started = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._listeners: list[Callable[[], None]] = []
         # Built once per drain, sent to every refused request.
         self.refusal_body = b""
+        self.timeout_body = b""
         self.refusal_headers: list[tuple[bytes, bytes]] = []
 
     @property
     def replacing(self) -> bool:
         """Draining because the runner must be replaced (not a clean stop)."""
         return self.reason is not None and self.reason != SHUTDOWN
+
+    def on_begin(self, listener: Callable[[], None]) -> None:
+        """Call `listener` when the drain begins, in the same loop turn."""
+        self._listeners.append(listener)
 
     def begin(self, reason: str, detail: str) -> bool:
         """Start draining (D1): from now on new requests are refused. The first reason wins."""
@@ -51,13 +58,22 @@ class Drain:
         self.refusal_body = json.dumps(
             {"error": "runner is draining", "reason": reason, "detail": detail}
         ).encode()
+        self.timeout_body = json.dumps(
+            {
+                "error": "runner is draining",
+                "reason": reason,
+                "detail": "the request was still in flight when the drain timeout ended; "
+                "retry it on another runner",
+            }
+        ).encode()
         self.refusal_headers = [
             (b"content-type", b"application/json"),
             (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
             (REASON_HEADER, reason.encode("ascii", "replace")),
-            (b"connection", b"close"),
         ]
         self.started.set()
+        for listener in self._listeners:
+            listener()
         return True
 
     def enter(self) -> None:

@@ -80,5 +80,9 @@ class Metrics:
             self._request_children[(status, source)] = child
         child.inc()
 
+    def record_refusal(self, status: int) -> None:
+        """A request the server refused before any handler (S3, S6): runwarden answered."""
+        self.record_request(status, "runwarden")
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,11 +15,11 @@ from typing import Any
 
 from runwarden import exit_codes
 from runwarden._core import CheckOutcome
-from runwarden.admin import make_admin_app
+from runwarden.admin import Admin
 from runwarden.drain import SHUTDOWN, Drain
 from runwarden.metrics import Metrics
-from runwarden.proxy import Proxy
-from runwarden.serving import Server, make_server
+from runwarden.proxy import Proxy, TrustedSources
+from runwarden.server import LINGER_SECONDS, Limits, Server, fd_limit, max_proxy_connections
 from runwarden.settings import Settings
 from runwarden.supervisor import Supervisor, describe_exit
 from runwarden.upstream import HttpUpstream
@@ -28,6 +28,8 @@ from runwarden.warden import Warden
 log = logging.getLogger("runwarden")
 # SIGHUP too: a dropped terminal must not kill runwarden and orphan the app (its own group).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+ADMIN_CONNECTIONS = 64
+"""The admin port's connection cap: probes and scrapes, not traffic."""
 
 
 class Runner:
@@ -60,8 +62,32 @@ class Runner:
     async def run(self) -> int:
         settings = self.settings
         loop = asyncio.get_running_loop()
+        fds = fd_limit()
         upstream = HttpUpstream(settings.app_url)
-        proxy = Proxy(self.warden, upstream, self.drain, self.metrics, settings.check_header)
+        self.proxy = proxy = Proxy(
+            self.warden, upstream, self.drain, self.metrics, settings.check_header,
+            TrustedSources(settings.check_trusted_sources),
+        )  # fmt: skip
+        safe = max_proxy_connections(fds)
+        if settings.max_connections is not None and settings.max_connections > safe:
+            log.warning(
+                "--max-connections %d is more than the fd limit allows (%d fds: %d "
+                "connections); a flood can exhaust runwarden's fds",
+                settings.max_connections, fds, safe,
+            )  # fmt: skip
+        limits = Limits(
+            header_timeout_seconds=settings.header_timeout_seconds,
+            keep_alive_seconds=settings.keep_alive_seconds,
+            max_connections=settings.max_connections or safe,
+        )
+        refused = self.metrics.record_refusal
+        self.proxy_server = Server(proxy, limits, on_refused=refused)
+        admin_limits = Limits(
+            header_timeout_seconds=settings.header_timeout_seconds,
+            max_connections=ADMIN_CONNECTIONS,
+        )
+        self.admin_server = Server(Admin(self), admin_limits)
+        self.drain.on_begin(self.proxy_server.drain)
         self.metrics.watch(
             lambda: float(self.drain.in_flight), lambda: 1.0 if self.drain.reason else 0.0
         )
@@ -69,22 +95,16 @@ class Runner:
         self.warden.on_gpu(self.metrics.gpu.record)
         # D1: the verdict (H4, H6, H9, R1, G2) starts the drain in the loop turn it arrives.
         self.warden.on_replace(lambda verdict: self.drain.begin(verdict.reason, verdict.detail))
-        servers = [
-            make_server(proxy, settings.host, settings.port, proxy=True,
-                        log_level=settings.log_level),
-            make_server(make_admin_app(self), settings.admin_host, settings.admin_port,
-                        proxy=False, log_level=settings.log_level),
-        ]  # fmt: skip
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             await self.warden.start()
             try:
-                code = await self._start(servers)
+                code = await self._start(limits)
                 if code is None:
                     code = await self._serve_until_drained()
             finally:
-                await self._stop(servers)
+                await self._stop()
                 await upstream.close()
                 # The process ends next, and with it the core's threads: waiting for them
                 # (the XID thread sits in an NVML event wait of up to 0.25 s) would only
@@ -95,34 +115,44 @@ class Runner:
                 loop.remove_signal_handler(sig)
         return code
 
-    async def _start(self, servers: list[Server]) -> int | None:
+    def connections(self) -> dict[str, int]:
+        """/status: open client connections on the proxy port, and the cap (S6)."""
+        server = getattr(self, "proxy_server", None)
+        if server is None:
+            return {"open": 0, "max": 0}
+        return {"open": len(server.connections), "max": server.limits.max_connections}
+
+    async def _start(self, limits: Limits) -> int | None:
         """Start the app and both ports; an exit code if one of them could not start."""
+        settings = self.settings
         if self.supervisor is not None:
             try:
                 await self.supervisor.start()
             except OSError as exc:
                 log.error(
                     "exiting with code %d: cannot start the app %r: %s",
-                    exit_codes.STARTUP_FAILED, " ".join(self.settings.app_command), exc,
+                    exit_codes.STARTUP_FAILED, " ".join(settings.app_command), exc,
                 )  # fmt: skip
                 return exit_codes.STARTUP_FAILED
             self.warden.core.app_started()
             self._spawn(self._watch_app(self.supervisor))
-        for server in servers:
-            task = self._spawn(_serve(server))
-            while not server.started:
-                if task.done():
-                    config = server.config
-                    log.error(
-                        "exiting with code %d: cannot listen on %s:%d (see the error above)",
-                        exit_codes.STARTUP_FAILED, config.host, config.port,
-                    )  # fmt: skip
-                    return exit_codes.STARTUP_FAILED
-                await asyncio.sleep(0.01)
+        for server, host, port in (
+            (self.proxy_server, settings.host, settings.port),
+            (self.admin_server, settings.admin_host, settings.admin_port),
+        ):
+            try:
+                await server.listen(host, port)
+            except OSError as exc:
+                log.error(
+                    "exiting with code %d: cannot listen on %s:%d: %s",
+                    exit_codes.STARTUP_FAILED, host, port, exc.strerror or exc,
+                )  # fmt: skip
+                return exit_codes.STARTUP_FAILED
         log.info(
-            "proxy on http://%s:%d -> %s; admin on http://%s:%d",
-            self.settings.host, self.settings.port, self.settings.app_url,
-            self.settings.admin_host, self.settings.admin_port,
+            "proxy on http://%s:%d -> %s; admin on http://%s:%d; at most %d client "
+            "connections",
+            settings.host, settings.port, settings.app_url,
+            settings.admin_host, settings.admin_port, limits.max_connections,
         )  # fmt: skip
         return None
 
@@ -131,6 +161,8 @@ class Runner:
         await drain.started.wait()
         reason = drain.reason
         assert reason is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout_seconds
         self.metrics.state.state("replacing" if drain.replacing else "stopping")
         (log.warning if drain.replacing else log.info)(
             "draining (%s: %s): refusing new requests, %d in flight may finish within %.1f s",
@@ -142,15 +174,35 @@ class Runner:
         hurry.cancel()
         if not (idle.done() and idle.result()):
             idle.cancel()
-            log.warning("drain ended with %d request(s) still in flight", drain.in_flight)
+            self._abandon_in_flight()
+            deadline = loop.time()
+        # D6: stop listening, answer what had arrived, and wait for the clients to close.
+        left = await self.proxy_server.close(max(deadline, loop.time() + LINGER_SECONDS))
+        if left:
+            log.warning("closed %d client connection(s) still open at the drain's end", left)
         code = exit_codes.for_reason(None if reason == SHUTDOWN else reason)
         self._exit_line = f"exiting with code {code} ({reason}): {drain.detail}"
         return code
 
-    async def _stop(self, servers: list[Server]) -> None:
+    def _abandon_in_flight(self) -> None:
+        """D6: requests still in flight when the drain ends get a 503 the gateway retries
+        (or, with their response under way, are cut); one line says how many."""
+        requests = self.proxy_server.active_requests()
+        answered = 0
+        for request in requests:
+            if self.proxy.drain_timed_out(request):
+                answered += 1
+        if requests:
+            log.warning(
+                "drain ended with %d request(s) still in flight: %d answered 503 with "
+                "Retry-After, %d cut mid-response",
+                len(requests), answered, len(requests) - answered,
+            )  # fmt: skip
+
+    async def _stop(self) -> None:
         """Close the ports, then stop the app (D3) and the background tasks."""
-        for server in servers:
-            server.should_exit = True
+        self.proxy_server.abort()
+        self.admin_server.abort()
         if self.supervisor is not None:
             await self.supervisor.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -201,12 +253,3 @@ class Runner:
             outcome.counted, outcome.consecutive_failures,
             outcome.error or f"status {outcome.status}",
         )  # fmt: skip
-
-
-async def _serve(server: Server) -> None:
-    # uvicorn answers a failed bind with sys.exit(1); inside a task that would escape the
-    # event loop. Here it just ends the task, and `_start` reports it.
-    try:
-        await server.serve()
-    except SystemExit:
-        pass

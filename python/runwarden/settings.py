@@ -10,6 +10,7 @@ settings are validated by the core (`HealthCheck`); the rest here. A bad value r
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -114,6 +115,30 @@ def _app_url(text: str) -> str:
     except ValueError:
         raise argparse.ArgumentTypeError(f"has an invalid port: {text!r}") from None
     return text.strip().rstrip("/")
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    """'127.0.0.0/8, ::1' -> ('127.0.0.0/8', '::1/128'); empty: nobody."""
+    out = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be addresses or CIDR networks separated by commas, got {part!r}"
+            ) from None
+    return tuple(out)
+
+
+def _connections(text: str) -> int | None:
+    if text.strip().lower() in ("", "auto"):
+        return None
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 or auto, got {text!r}")
+    return value
 
 
 def _bool(text: str) -> bool:
@@ -237,6 +262,25 @@ OPTIONS: tuple[Option, ...] = (
         "header that asks for a check (H5, H6)",
     ),
     Option(
+        "check_trusted_sources",
+        _networks,
+        "127.0.0.0/8,::1",
+        "peers whose check header triggers a check (H5); others' is dropped",
+    ),
+    Option(
+        "header_timeout_seconds",
+        _positive,
+        10.0,
+        "a request head must arrive within this of the connection or its first byte",
+    ),
+    Option("keep_alive_seconds", _positive, 75.0, "an idle client connection is closed after this"),
+    Option(
+        "max_connections",
+        _connections,
+        None,
+        "client connections held at once on the proxy port",
+    ),
+    Option(
         "drain_timeout_seconds",
         _non_negative,
         30.0,
@@ -298,6 +342,7 @@ OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 # How --help shows the options whose default is "nothing".
 EMPTY_DEFAULTS = {
     "stall_seconds": "off",
+    "max_connections": "auto: (fd limit - 256) / 2",
     "nvml_library": "libnvidia-ml.so.1, found by the dynamic loader",
     "gpu_promote_warnings": "none",
 }
@@ -315,6 +360,10 @@ class Settings:
     admin_host: str = "127.0.0.1"
     admin_port: int = 8081
     check_header: str = "x-fal-runner-health-check"
+    check_trusted_sources: Any = ("127.0.0.0/8", "::1/128")
+    header_timeout_seconds: float = 10.0
+    keep_alive_seconds: float = 75.0
+    max_connections: int | None = None
     drain_timeout_seconds: float = 30.0
     app_stop_timeout_seconds: float = 10.0
     gpu_monitoring: bool = True
@@ -340,7 +389,8 @@ class Settings:
             if not option.health:
                 out[option.name] = getattr(self, option.name)
         out["app_command"] = list(self.app_command)
-        for name in ("gpu_fatal_xids", "gpu_warning_xids", "gpu_ignored_xids"):
+        for name in ("gpu_fatal_xids", "gpu_warning_xids", "gpu_ignored_xids",
+                     "check_trusted_sources"):  # fmt: skip
             out[name] = list(out[name] or ())  # type: ignore[call-overload]
         return out
 
@@ -402,6 +452,8 @@ def resolve(
         health = HealthCheck(**{o.name: values.pop(o.name) for o in HEALTH_OPTIONS})
     except SettingsError as exc:
         raise ConfigError(f"{_option_named_in(str(exc))}{exc}") from None
+    if isinstance(values["check_trusted_sources"], str):  # the default, as shown in --help
+        values["check_trusted_sources"] = _networks(values["check_trusted_sources"])
     return Settings(health=health, app_command=tuple(app_command), gpu=_gpu(values), **values)
 
 

@@ -1,9 +1,10 @@
-"""Supervision of the app command given after `--` (SPEC D3, D5, H2).
+"""Supervision of the app command given after `--` (SPEC D3, D5, D7, H2).
 
-The app runs in its own process group (a new session), so a terminal's Ctrl-C reaches
-runwarden only (it drains first, then stops the app) and stopping the app reaches every
-process it started: the group gets SIGTERM, then SIGKILL after `app_stop_timeout_seconds`,
-and no grandchild is left behind.
+The app runs under its keeper (`keeper.py`) in its own session and process group, so a
+terminal's Ctrl-C reaches runwarden only (it drains first, then stops the app), stopping
+the app reaches every process it started (the group gets SIGTERM, then SIGKILL after
+`app_stop_timeout_seconds`, and no grandchild is left behind), and the app never outlives
+runwarden: if runwarden dies, even by SIGKILL, the keeper stops the group within a second.
 """
 
 from __future__ import annotations
@@ -13,8 +14,15 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import sys
+from pathlib import Path
+
+from runwarden.server import original_fd_limit
 
 log = logging.getLogger("runwarden.supervisor")
+
+KEEPER = str(Path(__file__).with_name("keeper.py"))
 
 
 def describe_exit(returncode: int) -> str:
@@ -34,25 +42,46 @@ class Supervisor:
     def __init__(self, command: tuple[str, ...], stop_timeout_seconds: float) -> None:
         self.command = command
         self.stop_timeout_seconds = stop_timeout_seconds
-        self.process: asyncio.subprocess.Process | None = None
+        self.keeper: asyncio.subprocess.Process | None = None
+        self.pid: int | None = None
+        """The app's own pid (the keeper's child)."""
         self.stopping = False
         self._exited: asyncio.Future[int] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
+        self._channel: socket.socket | None = None
 
     @property
     def returncode(self) -> int | None:
-        return self.process.returncode if self.process is not None else None
+        return self.keeper.returncode if self.keeper is not None else None
 
     async def start(self) -> None:
-        """Start the app (stdin closed, stdout/stderr shared with runwarden)."""
-        self.process = await asyncio.create_subprocess_exec(
-            *self.command, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
-        )
-        log.info("started the app (pid %d): %s", self.process.pid, " ".join(self.command))
-        self._exited = asyncio.ensure_future(self.process.wait())
+        """Start the app (stdin closed, stdout/stderr shared with runwarden); OSError if its
+        command cannot be started."""
+        ours, theirs = socket.socketpair()
+        with theirs:
+            self.keeper = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", "-S", KEEPER, str(theirs.fileno()),
+                str(original_fd_limit() or 0), "--", *self.command,
+                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+                pass_fds=(theirs.fileno(),),
+            )  # fmt: skip
+        self._channel = ours  # runwarden's end: when runwarden dies, the keeper reads EOF
+        ours.setblocking(False)
+        loop = asyncio.get_running_loop()
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = await loop.sock_recv(ours, 1024)
+            if not chunk:
+                break
+            line += chunk
+        kind, _, rest = line.decode(errors="replace").strip().partition(" ")
+        if kind != "pid":
+            await self.keeper.wait()
+            number, _, message = rest.partition(" ")
+            code = int(number) if number.isdigit() else 0
+            raise OSError(code, message or f"the app's keeper failed ({line!r})")
+        self.pid = int(rest)
+        log.info("started the app (pid %d): %s", self.pid, " ".join(self.command))
+        self._exited = asyncio.ensure_future(self.keeper.wait())
 
     async def exited(self) -> int:
         """The app's return code, once it has exited (D5)."""
@@ -62,10 +91,10 @@ class Supervisor:
     async def stop(self) -> None:
         """D3: SIGTERM to the app's group, SIGKILL after the timeout; reap the leader."""
         self.stopping = True
-        process = self.process
-        if process is None or self._exited is None:
+        keeper = self.keeper
+        if keeper is None or self._exited is None:
             return
-        pgid = process.pid  # the leader of its own session and group
+        pgid = keeper.pid  # the leader of its own session and group
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stop_timeout_seconds
         if _signal_group(pgid, signal.SIGTERM):
@@ -86,7 +115,9 @@ class Supervisor:
             await asyncio.sleep(0.05)
         if _signal_group(pgid, signal.SIGKILL):
             log.warning("killed processes left in the app's process group")
-        log.info("the app %s", describe_exit(process.returncode or 0))
+        if self._channel is not None:
+            self._channel.close()
+        log.info("the app %s", describe_exit(keeper.returncode or 0))
 
 
 def _reap_group(pgid: int) -> None:
