@@ -6,7 +6,9 @@ so the direct figures are a fast Python model server's, not a framework's.
 GET /json (1 KiB JSON) · GET /health (answer set by POST /control/health?mode=pass|fail) ·
 GET /status?code=N · GET /manual (asks runwarden for a manual check, H6) ·
 GET /download?size=N (streamed, 1 MiB chunks) · POST /upload (counts the bytes) ·
-GET /sse?n=N&interval=S (events carrying the send time, `time.monotonic_ns()`).
+GET /sse?n=N&interval=S (events carrying the send time, `time.monotonic_ns()`) ·
+ANY /echo (the head and body length as the app saw them) · GET /control/seen (requests
+seen, by path: what the front-door probes of `benches.front_door` read).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ JSON_1K = json.dumps({"model": "bench", "tokens": [], "pad": ""}).encode()
 JSON_1K = json.dumps({"model": "bench", "tokens": [], "pad": _PAD[: 1024 - len(JSON_1K)]}).encode()
 assert len(JSON_1K) == 1024
 CHUNK = b"\0" * (1 << 20)
-STATE = {"health": "pass"}
+STATE: dict[str, Any] = {"health": "pass", "seen": {}}
 
 
 async def respond(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -38,6 +40,7 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
     path = scope["path"]
+    STATE["seen"][path] = STATE["seen"].get(path, 0) + 1
     query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
     json_type = [(b"content-type", b"application/json")]
     if path == "/json":
@@ -62,6 +65,22 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             if not message.get("more_body"):
                 break
         await respond(send, 200, json.dumps({"bytes": total}).encode(), json_type)
+    elif path == "/echo":
+        total = 0
+        while True:
+            message = await receive()
+            total += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        head = {
+            "method": scope["method"],
+            "path": path,
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+            "body_bytes": total,
+        }
+        await respond(send, 200, json.dumps(head).encode(), json_type)
+    elif path == "/control/seen":
+        await respond(send, 200, json.dumps(STATE["seen"]).encode(), json_type)
     elif path == "/sse":
         await events(send, int(query.get("n", "100")), float(query.get("interval", "0.01")))
     else:

@@ -32,6 +32,7 @@ class _Adapted:
         self._chunks = chunks
         self._close = close
         self.finished = False
+        self.on_whole: Any = None
 
     async def read(self) -> bytes:
         async for chunk in self._chunks:
@@ -48,11 +49,22 @@ class _Adapted:
             task.add_done_callback(_CLOSING.discard)
 
 
+class _Shaped:
+    """The two halves runwarden's proxy calls (`start`, `response`) over a client that has
+    only `request`: nothing is sent before the proxy's task runs."""
+
+    def start(self, *args: Any) -> None:
+        return None
+
+    async def response(self, exchange: None, *args: Any) -> _Adapted:
+        return await self.request(*args)  # type: ignore[attr-defined,no-any-return]
+
+
 def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
 
 
-class AiohttpUpstream:
+class AiohttpUpstream(_Shaped):
     """aiohttp's `ClientSession` (the proxy's client until it was measured against ours)."""
 
     def __init__(self, app_url: str, connect_timeout_seconds: float = 5.0) -> None:
@@ -88,7 +100,7 @@ class AiohttpUpstream:
         await self._session.close()
 
 
-class HttpxUpstream:
+class HttpxUpstream(_Shaped):
     """httpx's `AsyncClient`."""
 
     def __init__(self, app_url: str, connect_timeout_seconds: float = 5.0) -> None:

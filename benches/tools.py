@@ -22,6 +22,7 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
+    client_header_timeout {header_timeout}s;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;
@@ -81,14 +82,18 @@ def ensure_tools() -> list[str]:
 
 
 @contextlib.contextmanager
-def nginx(app_port: int, workdir: Path) -> Iterator[int]:
+def nginx(app_port: int, workdir: Path, header_timeout: float = 60) -> Iterator[int]:
     """nginx on loopback in front of the app; yields its port and stops it after."""
     binary = nginx_binary()
     assert binary is not None
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(dir=workdir, port=port, app_port=app_port))
+    conf.write_text(
+        NGINX_CONF.format(
+            dir=workdir, port=port, app_port=app_port, header_timeout=max(1, round(header_timeout))
+        )
+    )
     with running([binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf)],
                  port=port):  # fmt: skip
         yield port

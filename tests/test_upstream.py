@@ -174,7 +174,7 @@ def test_S1_R2_an_early_answer_is_forwarded_and_the_rest_of_the_body_not_sent() 
     async def test() -> None:
         async with ScriptedApp(handler) as app:
             upstream = HttpUpstream(app.url)
-            headers = [(b"content-length", b"102400")]
+            headers = [(b"content-length", b"%d" % (10_000 * 1024))]
             response = await upstream.request("POST", b"/upload", headers, body(), False)
             assert response.status == 413
             assert await read_all(response) == b"big"
@@ -183,6 +183,35 @@ def test_S1_R2_an_early_answer_is_forwarded_and_the_rest_of_the_body_not_sent() 
             await upstream.close()
             assert app.connections == 2
         assert len(sent) < 10_000
+
+    run(test)
+
+
+@pytest.mark.parametrize("sent", [b"four", b"sixsix"])
+def test_S5_a_body_that_is_not_the_length_its_head_announced_never_reuses_the_connection(
+    sent: bytes,
+) -> None:
+    """S5: the framing forwarded is the framing parsed. A body shorter or longer than its
+    Content-Length breaks the exchange and its connection is closed, never pooled: the app
+    would otherwise read the next request as the rest of this body."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield sent
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            await reader.read(5)  # reads what came of the body; answers only once it has 5
+            return
+        writer.write(OK)
+
+    async def test() -> None:
+        async with ScriptedApp(handler) as app:
+            upstream = HttpUpstream(app.url)
+            headers = [(b"content-length", b"5")]
+            with pytest.raises(UpstreamError, match="request body was"):
+                await upstream.request("POST", b"/", headers, body(), False)
+            assert await get(upstream) == b"ok"
+            assert app.connections == 2
 
     run(test)
 

@@ -70,7 +70,7 @@ class Admin:
             b"/metrics": self.metrics,
         }
 
-    async def __call__(self, request: Request) -> None:
+    def __call__(self, request: Request) -> None:
         route = self.routes.get(request.target.partition(b"?")[0])
         extra: Headers = []
         if route is None:

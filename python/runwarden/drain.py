@@ -31,8 +31,7 @@ class Drain:
         self.started_at: float | None = None
         self.in_flight = 0
         self.started = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Future[None] | None = None  # only while the runner waits
         self._listeners: list[Callable[[], None]] = []
         # Built once per drain, sent to every refused request.
         self.refusal_body = b""
@@ -79,18 +78,20 @@ class Drain:
     def enter(self) -> None:
         """A proxied request started."""
         self.in_flight += 1
-        self._idle.clear()
 
     def leave(self) -> None:
         """A proxied request ended (completed, failed or cancelled)."""
         self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
+        if self.in_flight == 0 and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     async def wait_idle(self, timeout: float) -> bool:
         """D2: wait until no proxied request is in flight; False if `timeout` came first."""
+        if self.in_flight == 0:
+            return True
+        self._idle = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(asyncio.shield(self._idle), timeout)
         except asyncio.TimeoutError:
             return False
         return True

@@ -38,7 +38,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("runwarden.http")
 
 Headers = list[tuple[bytes, bytes]]
-Handler = Callable[["Request"], Coroutine[Any, Any, None]]
+LATER = cast("Coroutine[Any, Any, None]", object())
+"""What a handler returns when callbacks it has set up will finish the exchange."""
+Handler = Callable[["Request"], Coroutine[Any, Any, None] | None]
+"""Called with each request, in the loop turn its head arrives. It answers at once and
+returns None; or returns the coroutine that finishes the exchange, run as a task; or returns
+LATER: then callbacks it set up finish the exchange (`Request.finish`), or hand it to a task
+(`Request.carry_on`), and `Request.on_cancel` is told if the client leaves first. Work done
+before a handler first waits is on no task's schedule: the least latency and CPU."""
 
 BODY_HIGH_WATER = 256 * 1024
 """Request body bytes buffered ahead of the handler before the socket stops being read."""
@@ -81,6 +88,7 @@ class Request:
         "_body",
         "_body_bytes",
         "_buffered",
+        "_cancelled",
         "_chunked_out",
         "_complete",
         "_connection",
@@ -96,6 +104,9 @@ class Request:
         "host",
         "keep_alive",
         "method",
+        "on_cancel",
+        "on_done",
+        "running",
         "started",
         "status",
         "target",
@@ -127,6 +138,12 @@ class Request:
         self._head = b""
         self._chunked_out = False
         self.task: asyncio.Task[None] | None = None
+        self.running = False
+        self._cancelled: str | None = None
+        self.on_done: Callable[[], None] | None = None
+        """Called once when the exchange ends, however it ends (a handler's accounting)."""
+        self.on_cancel: Callable[[], None] | None = None
+        """For a LATER handler without a task: called if the exchange is cancelled."""
         self.started = False
         self.ended = False
         self.status = 0
@@ -262,9 +279,33 @@ class Request:
             self.respond(status, headers, body)
         else:
             self._connection.close()
-        if self.task is not None:
-            self.task.cancel(msg="abandoned")
+        self.cancel("abandoned")
         return answered
+
+    def carry_on(self, rest: Coroutine[Any, Any, None]) -> None:
+        """A LATER handler continues the exchange as a task."""
+        self.on_cancel = None
+        self.task = self._connection.start_task(self, rest)
+
+    def finish(self) -> None:
+        """A LATER handler's callbacks are done with the exchange."""
+        self.on_cancel = None
+        self._connection.handled(self)
+
+    def cancel(self, why: str) -> None:
+        """Cancel the handler's task, also before its first step (then it never starts, and
+        `on_done` still runs), or tell a LATER handler's callbacks."""
+        task = self.task
+        if task is None:
+            on_cancel, self.on_cancel = self.on_cancel, None
+            if on_cancel is not None:
+                on_cancel()
+                self._connection.handled(self)
+            return
+        if self.running:
+            task.cancel(msg=why)
+        else:
+            self._cancelled = why
 
     def _send(self, chunk: bytes, last: bool) -> None:
         head, self._head = self._head, b""
@@ -351,8 +392,8 @@ class Connection(asyncio.Protocol):
             if request is not None:
                 request._fail(gone)
         active = self._active
-        if active is not None and not active.ended and active.task is not None:
-            active.task.cancel(msg="the client left")
+        if active is not None and not active.ended:
+            active.cancel("the client left")
         self._pending.clear()
         self.server.closed(self)
 
@@ -427,6 +468,8 @@ class Connection(asyncio.Protocol):
             # Upgrades are not proxied: the request is an ordinary one, and its connection
             # ends with it, since what follows was meant for another protocol.
             request.keep_alive = False
+        if not request.has_body:
+            request._complete = True  # known now: a handler may answer in this very turn
         self._parsing = request
         self._fresh = True
         self._overhead_allowed = self.limits.max_head_bytes
@@ -518,8 +561,7 @@ class Connection(asyncio.Protocol):
             if active.started:
                 self.close()  # a response is under way: ending the connection is all we can
                 return
-            if active.task is not None:
-                active.task.cancel(msg=detail)
+            active.cancel(detail)
             active.ended = True
         body = detail.encode() + b"\n"
         self.write(
@@ -558,15 +600,38 @@ class Connection(asyncio.Protocol):
         self._idle = False
         self._active = request
         self.server.busy(self)
-        request.task = self.loop.create_task(self._handle(request))
-
-    async def _handle(self, request: Request) -> None:
         try:
-            await self.server.handler(request)
+            rest = self.server.handler(request)
+        except Exception as exc:
+            log.error("request handler failed: %r", exc, exc_info=exc)
+            rest = None
+        if rest is None:
+            self.handled(request)
+        elif rest is not LATER:
+            request.task = self.start_task(request, rest)
+
+    def start_task(self, request: Request, rest: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return self.loop.create_task(self._handle(request, rest))
+
+    async def _handle(self, request: Request, rest: Coroutine[Any, Any, None]) -> None:
+        request.running = True
+        try:
+            if request._cancelled is None:
+                await rest
+            else:
+                rest.close()  # cancelled before it could start
         except asyncio.CancelledError:
             pass  # the client left, or the server answered for the handler
         except Exception as exc:
             log.error("request handler failed: %r", exc, exc_info=exc)
+        self.handled(request)
+
+    def handled(self, request: Request) -> None:
+        """The handler is done with `request`: its accounting runs, and a response it did
+        not finish is not taken for a whole one."""
+        done, request.on_done = request.on_done, None
+        if done is not None:
+            done()
         if not request.ended and not self.closed and request is self._active:
             # The handler ended without finishing its response (it failed, or was
             # cancelled): the client must not take what it got as a whole answer.

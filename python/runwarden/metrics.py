@@ -7,10 +7,12 @@ state read it when scraped, so the proxy's hot path only bumps one cached counte
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 from runwarden._core import CheckOutcome
 from runwarden.gpu_metrics import GpuMetrics
@@ -37,12 +39,9 @@ class Metrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
-        self.requests = Counter(
-            "runwarden_proxied_requests",
-            "Requests answered on the proxy port, by status and by who answered (app/runwarden)",
-            ["status", "source"],
-            registry=self.registry,
-        )
+        # Counted in a plain dict on the hot path, exported when scraped.
+        self._requests: dict[tuple[int, str], int] = {}
+        self.registry.register(_RequestCounts(self._requests))
         self.in_flight = Gauge(
             "runwarden_requests_in_flight",
             "Proxied requests in flight to the app",
@@ -61,7 +60,6 @@ class Metrics:
         )
         self.state.state("starting")
         self.gpu = GpuMetrics(self.registry)
-        self._request_children: dict[tuple[int, str], Counter] = {}
 
     def watch(self, in_flight: Callable[[], float], draining: Callable[[], float]) -> None:
         """Read these gauges from live state when scraped."""
@@ -73,12 +71,10 @@ class Metrics:
         self.check_latency.observe(outcome.latency_seconds)
 
     def record_request(self, status: int, source: str) -> None:
-        """Count one answered request; label children are cached (hot path)."""
-        child = self._request_children.get((status, source))
-        if child is None:
-            child = self.requests.labels(str(status), source)
-            self._request_children[(status, source)] = child
-        child.inc()
+        """Count one answered request (hot path: one dict update)."""
+        key = (status, source)
+        counts = self._requests
+        counts[key] = counts.get(key, 0) + 1
 
     def record_refusal(self, status: int) -> None:
         """A request the server refused before any handler (S3, S6): runwarden answered."""
@@ -86,3 +82,20 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _RequestCounts(Collector):
+    """runwarden_proxied_requests_total, from the dict the proxy counts in."""
+
+    def __init__(self, counts: dict[tuple[int, str], int]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "runwarden_proxied_requests",
+            "Requests answered on the proxy port, by status and by who answered (app/runwarden)",
+            labels=["status", "source"],
+        )
+        for (status, source), count in sorted(self.counts.items()):
+            family.add_metric([str(status), source], count)
+        yield family

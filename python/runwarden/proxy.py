@@ -15,11 +15,13 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from email.utils import formatdate
+from functools import partial
+from typing import Any
 
 from runwarden.drain import Drain
-from runwarden.http1 import ClientDisconnected, Headers, Request
+from runwarden.http1 import LATER, ClientDisconnected, Headers, Request
 from runwarden.metrics import Metrics
 from runwarden.upstream import Upstream, UpstreamError, UpstreamResponse
 from runwarden.warden import Warden
@@ -146,28 +148,39 @@ class Proxy:
         self._client_wait_finished = core.client_wait_finished if h9 else _nothing
         self._unreachable_log = _RateLimitedLog(10.0)
 
-    async def __call__(self, request: Request) -> None:
+    def __call__(self, request: Request) -> Coroutine[Any, Any, None] | None:
+        """In the loop turn the request's head arrives: refuse it while draining, or answer a
+        check trigger, or send its head to the app now on a pooled connection. The rest of
+        the exchange is the coroutine returned (`server.py` runs it as a task)."""
         drain = self.drain
         if drain.reason is not None:  # D1: never reaches the app
             self._answer(request, 503, drain.refusal_body, drain.refusal_headers)
-            return
+            return None
         headers, triggered = self._request_headers(request)
         if triggered:  # H5: answered here, not forwarded
-            await self._answer_check(request)
-            return
+            return self._answer_check(request)
         drain.enter()
         self._started()
-        try:
-            await self._forward(request, headers)
-        except asyncio.CancelledError:
-            # S3: the client left (or D6: the drain ended and answered it); the app's
-            # request ends with this task.
-            if not request.ended:
-                self.metrics.record_request(499, "client")
-            raise
-        finally:
-            self._finished()
-            drain.leave()
+        request.on_done = self._left
+        body = self._request_body(request) if request.has_body else None
+        exchange = self.upstream.start(
+            request.method, request.target, headers, body, request.chunked
+        )
+        if exchange is None or body is not None:
+            return self._forward(request, headers, body, exchange)
+        # Sent on a pooled connection: a whole answer is forwarded as it arrives (`_whole`),
+        # with no task; anything else (a streamed body, a failure) goes on as one.
+        exchange.on_whole = partial(self._whole, request)
+        exchange.on_other = partial(self._carry_on, request, headers)
+        request.on_cancel = exchange.close  # S3: the client left; the app's request ends
+        return LATER
+
+    def _carry_on(self, request: Request, headers: Headers, exchange: Any) -> None:
+        request.carry_on(self._forward(request, headers, None, exchange))
+
+    def _left(self) -> None:
+        self._finished()
+        self.drain.leave()
 
     def _request_headers(self, request: Request) -> tuple[Headers, bool]:
         """S2/S4: the client's headers, byte for byte, less hop-by-hop ones, those named in
@@ -202,11 +215,16 @@ class Proxy:
             kept.append((b"content-length", b"%d" % request.content_length))
         return kept, triggered
 
-    async def _forward(self, request: Request, headers: Headers) -> None:
-        body = self._request_body(request) if request.has_body else None
+    async def _forward(
+        self,
+        request: Request,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+        exchange: Any,
+    ) -> None:
         try:
-            response = await self.upstream.request(
-                request.method, request.target, headers, body, request.chunked
+            response = await self.upstream.response(
+                exchange, request.method, request.target, headers, body, request.chunked
             )
         except ClientDisconnected:
             return  # the server has answered the client (a broken body) or it is gone
@@ -224,19 +242,49 @@ class Proxy:
                 self.warden.report_response(502)
             self._answer(request, 502, UNREACHABLE_BODY, [JSON])
             return
+        except asyncio.CancelledError:
+            # S3: the client left (or D6: the drain ended and answered it); the app's
+            # request ends with this task.
+            if not request.ended:
+                self.metrics.record_request(499, "client")
+            raise
+        if request.started:  # answered as the bytes arrived (`_whole`)
+            return
+        response.on_whole = None  # the rest streams from here
         try:
             await self._respond(response, request)
         finally:
             response.close()
 
-    async def _respond(self, response: UpstreamResponse, request: Request) -> None:
-        status: int = response.status
-        headers, length, manual = self._response_headers(response.raw_headers)
+    def _whole(self, request: Request, exchange: Any) -> None:
+        """The app's whole answer is in, in the loop turn it arrived: forward it now, in one
+        write, before the task that waits for it wakes."""
+        if request.gone or request.started:
+            return
+        status = exchange.status
+        headers, length, manual = self._response_headers(exchange.raw_headers)
+        self._judge(status)
+        self._progress()
+        request.start(status, headers, length)
+        request.end(exchange.take())
+        self.metrics.record_request(status, "app")
+        exchange.close()
+        if manual:  # H6: a check once the response is sent
+            self.warden.manual_check()
+        if request.task is None:
+            request.finish()
+
+    def _judge(self, status: int) -> None:
         if status == 503:  # R1: forwarded unchanged, and the runner is replaced
             self.drain.begin("app_503", "the app answered 503")
             self.warden.report_response(status)
         elif status in EXTRA_CHECK_STATUSES:  # R4
             self.warden.report_response(status)
+
+    async def _respond(self, response: UpstreamResponse, request: Request) -> None:
+        status: int = response.status
+        headers, length, manual = self._response_headers(response.raw_headers)
+        self._judge(status)
         try:
             chunk = await response.read()
             request.start(status, headers, length)

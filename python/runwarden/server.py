@@ -191,9 +191,12 @@ class Server:
             await asyncio.gather(*self._accepting, return_exceptions=True)
         for connection in list(self.connections):
             connection.linger(LINGER_SECONDS)
-        if self.connections:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._empty.wait(), max(0.0, deadline - self.loop.time()))
+        while self.connections and self.loop.time() < deadline:
+            self._empty.clear()
+            try:
+                await asyncio.wait_for(self._empty.wait(), deadline - self.loop.time())
+            except asyncio.TimeoutError:
+                break
         left = list(self.connections)
         for connection in left:
             connection.close()

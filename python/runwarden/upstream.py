@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Sequence
-from typing import Protocol, cast
+from collections.abc import AsyncIterable, Callable, Sequence
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -43,7 +43,12 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class UpstreamBroken(ConnectionError):
-    """The app broke the exchange: closed early, or answered something that is not HTTP."""
+    """The exchange broke: the app closed early or answered something that is not HTTP, or
+    a body did not match the length its head announced (the connection is never reused)."""
+
+
+def _framing(declared: int, sent: int) -> str:
+    return f"the request body was {sent} bytes, not the {declared} its Content-Length said"
 
 
 # What "the app could not be reached or broke the exchange" raises (R3). In Python 3.10
@@ -52,6 +57,9 @@ UpstreamError: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
 
 
 class UpstreamResponse(Protocol):
+    on_whole: Callable[[Any], None] | None
+    """Called once, as the bytes arrive, when the whole answer is in (None: not wanted)."""
+
     @property
     def status(self) -> int: ...
 
@@ -70,8 +78,20 @@ class UpstreamResponse(Protocol):
 
 
 class Upstream(Protocol):
-    async def request(
+    """What the proxy forwards through: `HttpUpstream`, or another client in benches."""
+
+    def start(
         self,
+        method: str,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: AsyncIterable[bytes] | None,
+        chunked: bool,
+    ) -> Any: ...
+
+    async def response(
+        self,
+        exchange: Any,
         method: str,
         target: bytes,
         headers: Sequence[tuple[bytes, bytes]],
@@ -105,14 +125,19 @@ class _Exchange:
         "_sender",
         "_sent_all",
         "_unparsed",
+        "closed",
         "complete",
+        "on_other",
+        "on_whole",
         "raw_headers",
         "reusable",
+        "reused",
         "status",
     )
 
-    def __init__(self, connection: _Connection, head_only: bool) -> None:
+    def __init__(self, connection: _Connection, head_only: bool, reused: bool) -> None:
         self._connection = connection
+        self.reused = reused
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._head: asyncio.Future[None] = connection.loop.create_future()
         self._head_only = head_only
@@ -130,6 +155,13 @@ class _Exchange:
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.complete = False
         self.reusable = False
+        self.closed = False
+        self.on_whole: Callable[[_Exchange], None] | None = None
+        """Called once, as the bytes arrive, when the head and the whole body are in: the
+        caller can answer its client in that same loop turn..."""
+        self.on_other: Callable[[_Exchange], None] | None = None
+        """...or, instead, when anything else happens first: a head whose body is still on
+        its way, or a failure. Then the caller waits for the rest (`head`, `read`)."""
 
     # -- bytes from the connection
 
@@ -158,6 +190,8 @@ class _Exchange:
             self._parser = None
         elif self._buffered > HIGH_WATER:
             self._connection.pause_reading()
+        if self.on_whole is not None:
+            self._notify()
 
     def lost(self, exc: BaseException | None) -> None:
         """The connection closed: the end of a body delimited by the close, or a failure."""
@@ -167,11 +201,24 @@ class _Exchange:
         if self._head.done() and self._error is None and self._ends_at_close():
             self._finish()
             self.reusable = False
+            self._notify()
         elif not self._received:
             self.fail(_Stale("the app closed the connection before answering"))
         else:
             message = "the app closed the connection before its response ended"
             self.fail(UpstreamBroken(f"{message}: {exc}" if exc else message))
+
+    def _notify(self) -> None:
+        """`on_whole` if the answer is whole, `on_other` if something else happened."""
+        if self.complete:
+            callback = self.on_whole
+        elif self._head.done() or self._error is not None:
+            callback = self.on_other
+        else:
+            return
+        self.on_whole = self.on_other = None
+        if callback is not None:
+            callback(self)
 
     def _ends_at_close(self) -> bool:
         """RFC 9112 6.3: a response with neither Content-Length nor chunked coding ends
@@ -195,6 +242,7 @@ class _Exchange:
             self._head.exception()  # retrieved: the waiter may already be gone
         self._wake()
         self._connection.close()
+        self._notify()
 
     # -- httptools callbacks
 
@@ -257,30 +305,41 @@ class _Exchange:
 
     # -- the request
 
-    async def send(self, head: bytes, body: AsyncIterable[bytes] | None, chunked: bool) -> None:
-        """Write the request and wait for the response's head."""
+    def write(self, head: bytes, body: AsyncIterable[bytes] | None, length: int | None) -> None:
+        """Write the request head now; a body is written by its own task. `length` is the
+        body's Content-Length; None: chunked (or no body)."""
         connection = self._connection
-        if connection.closed:  # closed between its connect and this request
+        if connection.closed:  # closed between its connect (or pooling) and this request
             raise _Stale("the app closed the connection before the request was sent")
         connection.write(head)
         if body is not None:
-            self._sender = connection.loop.create_task(self._send_body(body, chunked))
+            self._sender = connection.loop.create_task(self._send_body(body, length))
             self._sender.add_done_callback(self._body_sent)
+
+    async def head(self) -> None:
+        """Wait for the response's head."""
         await self._head
 
-    async def _send_body(self, body: AsyncIterable[bytes], chunked: bool) -> None:
+    async def _send_body(self, body: AsyncIterable[bytes], length: int | None) -> None:
         connection = self._connection
+        sent = 0
         async for chunk in body:
             if self.complete or self._error is not None:
                 return  # answered (or broken) already: the rest is not wanted
             if chunk:
-                if chunked:
+                sent += len(chunk)
+                if length is None:
                     connection.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                elif sent > length:
+                    raise UpstreamBroken(_framing(length, sent))
                 else:
                     connection.write(chunk)
                 await connection.drained()
-        if chunked:
+        if length is None:
             connection.write(b"0\r\n\r\n")
+        elif sent != length:
+            # S5: the app would read the next request as the rest of this body.
+            raise UpstreamBroken(_framing(length, sent))
         self._sent_all = True
 
     def _body_sent(self, sender: asyncio.Task[None]) -> None:
@@ -289,7 +348,7 @@ class _Exchange:
         exc = sender.exception()
         if exc is None:
             return
-        if isinstance(exc, OSError) and self._head.done():
+        if isinstance(exc, OSError) and not isinstance(exc, UpstreamBroken) and self._head.done():
             return  # the app answered and stopped reading: its answer stands
         # The body's source failed (the client left, S3): the app must not take the
         # request as complete, so the connection is dropped and the caller told.
@@ -301,17 +360,22 @@ class _Exchange:
     def finished(self) -> bool:
         return self.complete and not self._body
 
+    def take(self) -> bytes:
+        """Everything of the body that has arrived, in one piece."""
+        body = self._body
+        if not body:
+            return b""
+        chunk = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._buffered -= len(chunk)
+        if self._buffered <= HIGH_WATER // 2:
+            self._connection.resume_reading()
+        return chunk
+
     async def read(self) -> bytes:
         while True:
-            body = self._body
-            if body:
-                # Everything that arrived, in one piece: one write towards the client.
-                chunk = body.popleft() if len(body) == 1 else b"".join(body)
-                body.clear()
-                self._buffered -= len(chunk)
-                if self._buffered <= HIGH_WATER // 2:
-                    self._connection.resume_reading()
-                return chunk
+            if self._body:
+                return self.take()  # everything that arrived, in one piece: one client write
             if self.complete:
                 return b""
             if self._error is not None:
@@ -323,6 +387,10 @@ class _Exchange:
                 self._reader = None
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.on_whole = self.on_other = None
         sender = self._sender
         if sender is not None and not sender.done():
             sender.cancel()
@@ -347,8 +415,8 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
 
-    def begin(self, head_only: bool) -> _Exchange:
-        self.exchange = _Exchange(self, head_only)
+    def begin(self, head_only: bool, reused: bool) -> _Exchange:
+        self.exchange = _Exchange(self, head_only, reused)
         return self.exchange
 
     def release(self) -> None:
@@ -445,39 +513,83 @@ class HttpUpstream:
         """Send `method target` with `headers` (the client's, framing excluded) and `body`,
         framed by `chunked` or by a Content-Length among `headers`; return once the
         response's head is in. `target` is only ever appended to the app's URL (S2)."""
-        head = self._head(method, target, headers, chunked)
-        retry = body is None and method in IDEMPOTENT
-        head_only = method == "HEAD"
-        while True:
-            connection = self._pooled()
-            reused = connection is not None
-            if connection is None:
-                connection = await self._connect()
-            exchange = connection.begin(head_only)
+        exchange = self.start(method, target, headers, body, chunked)
+        return await self.response(exchange, method, target, headers, body, chunked)
+
+    def start(
+        self,
+        method: str,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: AsyncIterable[bytes] | None,
+        chunked: bool,
+    ) -> _Exchange | None:
+        """`request`'s first half, now, in this loop turn: the head written on an idle pooled
+        connection. None when none is idle (`response` connects)."""
+        head, length = self._head(method, target, headers, chunked)
+        while (connection := self._pooled()) is not None:
+            exchange = connection.begin(method == "HEAD", reused=True)
             try:
-                await exchange.send(head, body, chunked)
+                exchange.write(head, body, None if chunked else length or 0)
+            except _Stale:
+                exchange.close()
+                continue
+            return exchange
+        return None
+
+    async def response(
+        self,
+        exchange: _Exchange | None,
+        method: str,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: AsyncIterable[bytes] | None,
+        chunked: bool,
+    ) -> _Exchange:
+        """`request`'s second half: wait for the head of the answer to `exchange` (None:
+        connect and send first). A bodiless idempotent request that meets a pooled
+        connection the app had just closed is sent again, once, on a new one."""
+        retry = body is None and method in IDEMPOTENT
+        while True:
+            if exchange is None:
+                head, length = self._head(method, target, headers, chunked)
+                connection = await self._connect()
+                exchange = connection.begin(method == "HEAD", reused=False)
+                try:
+                    exchange.write(head, body, None if chunked else length or 0)
+                except BaseException:
+                    exchange.close()
+                    raise
+            try:
+                await exchange.head()
             except BaseException as exc:
                 exchange.close()  # cancelled (S3) or failed: the app's request ends too
-                if isinstance(exc, _Stale) and reused and retry:
+                if isinstance(exc, _Stale) and exchange.reused and retry:
+                    retry = False
+                    exchange = None
                     continue
                 raise
             return exchange
 
     def _head(
         self, method: str, target: bytes, headers: Sequence[tuple[bytes, bytes]], chunked: bool
-    ) -> bytes:
+    ) -> tuple[bytes, int | None]:
+        """The request head, and the body length its Content-Length announces."""
         parts = [method.encode("latin-1"), b" ", self._prefix, target, b" HTTP/1.1\r\n"]
         has_host = False
+        length = None
         for name, value in headers:
             if name == b"host":
                 has_host = True
+            elif name == b"content-length":
+                length = int(value)
             parts += (name, b": ", value, b"\r\n")
         if not has_host:  # HTTP/1.1 requires one; an HTTP/1.0 client may send none
             parts += (b"host: ", self._default_host, b"\r\n")
         if chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(b"\r\n")
-        return b"".join(parts)
+        return b"".join(parts), length
 
     def _pooled(self) -> _Connection | None:
         idle = self._idle
