@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benches import detection, footprint, interference, proxy, report
+from benches import detection, footprint, interference, proxy, report, servers
 from benches.common import ROOT, Profile, log
 from benches.tools import ensure_tools
 
-SECTIONS = ("interference", "proxy", "detection", "footprint")
+SECTIONS = ("interference", "proxy", "detection", "footprint", "servers")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,14 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         for section in sections:
             log(f"section {section}")
-            if section == "proxy":
+            if section in ("proxy", "servers"):
                 missing = ensure_tools()
                 if missing:
                     notes.append(f"proxy section skipped: {', '.join(missing)} not available")
                     log(notes[-1])
                     continue
             runner = {"interference": interference, "proxy": proxy, "detection": detection,
-                      "footprint": footprint}[section]  # fmt: skip
+                      "footprint": footprint, "servers": servers}[section]  # fmt: skip
             results[section] = runner.run(profile, tmp)  # type: ignore[attr-defined]
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),

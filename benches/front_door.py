@@ -122,7 +122,8 @@ def idle_and_slow(port: int, app_port: int, header_timeout: float) -> Finding:
         socks.append(sock)
     try:
         started = time.monotonic()
-        answered = _status(_exchange(port, b"GET /json HTTP/1.1\r\nHost: x\r\n\r\n")) == 200
+        request = b"GET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        answered = _status(_exchange(port, request)) == 200
         took = time.monotonic() - started
         time.sleep(header_timeout + 1.5)
         closed = sum(_closed(sock) for sock in socks)

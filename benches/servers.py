@@ -9,11 +9,16 @@ the front-door list (`benches.front_door`) and on the proxy benchmark, in one ru
 candidates carry none of runwarden's checks, drain or accounting, so their speed is an
 upper bound for what runwarden would reach on them.
 
-    python -m benches.servers uvicorn|granian APP_PORT PORT HEADER_TIMEOUT_SECONDS
+A fifth row, `pipe`, is the floor of any proxy written in Python on uvloop: bytes copied
+between a client connection and an app connection of its own, no HTTP at all. It is not a
+candidate (it fails every item); it shows how much of the proxy's cost is Python's own.
+
+    python -m benches.servers uvicorn|granian|pipe APP_PORT PORT HEADER_TIMEOUT_SECONDS
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +29,7 @@ from benches.common import PYTHON, Profile, free_port, log, median, running, wai
 from benches.front_door import probe_all
 from benches.tools import nginx, wrk
 
-CANDIDATES = ("uvicorn", "granian")
+CANDIDATES = ("uvicorn", "granian", "pipe")
 CONCURRENCY = (1, 16, 64)
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
@@ -81,7 +86,53 @@ def asgi_proxy(app_url: str) -> Any:
     return app
 
 
+class _Pipe(asyncio.Protocol):
+    """One side of the floor's byte pipe: what it reads, the other side writes."""
+
+    def __init__(self, peer: _Pipe | None = None) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.early: list[bytes] = []
+        self.connecting: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+        else:
+            self.early.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+
+async def _pipe(app_port: int, port: int) -> None:
+    loop = asyncio.get_running_loop()
+
+    def client() -> _Pipe:
+        side = _Pipe()
+
+        async def connect() -> None:
+            _, app = await loop.create_connection(lambda: _Pipe(side), "127.0.0.1", app_port)
+            side.peer = app
+            assert app.transport is not None
+            for data in side.early:
+                app.transport.write(data)
+
+        side.connecting = loop.create_task(connect())
+        return side
+
+    server = await loop.create_server(client, "127.0.0.1", port, backlog=1024)
+    await server.serve_forever()
+
+
 async def _serve(candidate: str, app_port: int, port: int, header_timeout: float) -> None:
+    if candidate == "pipe":
+        await _pipe(app_port, port)
+        return
     app = asgi_proxy(f"http://127.0.0.1:{app_port}")
     if candidate == "uvicorn":
         import uvicorn
@@ -161,7 +212,7 @@ def run(profile: Profile, tmp: Path) -> dict[str, Any]:
                         f"p50 {result['p50_ms']:.3f} ms")  # fmt: skip
         list_results = {}
         for name, port in where.items():
-            if name != "direct":
+            if name not in ("direct", "pipe"):
                 log(f"servers: the front-door list against {name}")
                 list_results[name] = probe_all(port, app_port, header_timeout)
     table: dict[str, Any] = {}

@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from email.utils import formatdate
-from functools import partial
 from typing import Any
 
 from runwarden.drain import Drain
@@ -170,12 +169,17 @@ class Proxy:
             return self._forward(request, headers, body, exchange)
         # Sent on a pooled connection: a whole answer is forwarded as it arrives (`_whole`),
         # with no task; anything else (a streamed body, a failure) goes on as one.
-        exchange.on_whole = partial(self._whole, request)
-        exchange.on_other = partial(self._carry_on, request, headers)
+        exchange.owner = (request, headers)
+        exchange.on_whole = self._whole_answer
+        exchange.on_other = self._carry_on
         request.on_cancel = exchange.close  # S3: the client left; the app's request ends
         return LATER
 
-    def _carry_on(self, request: Request, headers: Headers, exchange: Any) -> None:
+    def _whole_answer(self, exchange: Any) -> None:
+        self._whole(exchange.owner[0], exchange)
+
+    def _carry_on(self, exchange: Any) -> None:
+        request, headers = exchange.owner
         request.carry_on(self._forward(request, headers, None, exchange))
 
     def _left(self) -> None:

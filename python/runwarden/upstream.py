@@ -115,8 +115,8 @@ class _Exchange:
         "_buffered",
         "_connection",
         "_error",
-        "_head",
         "_head_bytes",
+        "_head_in",
         "_head_only",
         "_informational",
         "_parser",
@@ -125,10 +125,12 @@ class _Exchange:
         "_sender",
         "_sent_all",
         "_unparsed",
+        "_waiter",
         "closed",
         "complete",
         "on_other",
         "on_whole",
+        "owner",
         "raw_headers",
         "reusable",
         "reused",
@@ -139,7 +141,8 @@ class _Exchange:
         self._connection = connection
         self.reused = reused
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
-        self._head: asyncio.Future[None] = connection.loop.create_future()
+        self._head_in = False  # the response's head has arrived (or the exchange failed)
+        self._waiter: asyncio.Future[None] | None = None  # only while someone awaits it
         self._head_only = head_only
         self._head_bytes = 0
         self._unparsed = 0
@@ -159,6 +162,7 @@ class _Exchange:
         self.on_whole: Callable[[_Exchange], None] | None = None
         """Called once, as the bytes arrive, when the head and the whole body are in: the
         caller can answer its client in that same loop turn..."""
+        self.owner: Any = None  # what the caller keeps with the exchange, for its callbacks
         self.on_other: Callable[[_Exchange], None] | None = None
         """...or, instead, when anything else happens first: a head whose body is still on
         its way, or a failure. Then the caller waits for the rest (`head`, `read`)."""
@@ -172,7 +176,7 @@ class _Exchange:
             self._connection.close()
             return
         self._received = True
-        pending = not self._head.done()
+        pending = not self._head_in
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -181,7 +185,7 @@ class _Exchange:
         except httptools.HttpParserError as exc:
             self.fail(UpstreamBroken(f"the app's response is not valid HTTP/1.1: {exc}"))
             return
-        if pending and not self._head.done():
+        if pending and not self._head_in:
             # httptools holds a header until it ends: bound what it holds (S1).
             self._unparsed += len(data)
             if self._unparsed > MAX_HEAD_BYTES:
@@ -198,7 +202,7 @@ class _Exchange:
         self.reusable = False
         if self.complete:
             return
-        if self._head.done() and self._error is None and self._ends_at_close():
+        if self._head_in and self._error is None and self._ends_at_close():
             self._finish()
             self.reusable = False
             self._notify()
@@ -212,7 +216,7 @@ class _Exchange:
         """`on_whole` if the answer is whole, `on_other` if something else happened."""
         if self.complete:
             callback = self.on_whole
-        elif self._head.done() or self._error is not None:
+        elif self._head_in:
             callback = self.on_other
         else:
             return
@@ -237,9 +241,7 @@ class _Exchange:
             return
         self._error = exc
         self._parser = None
-        if not self._head.done():
-            self._head.set_exception(exc)
-            self._head.exception()  # retrieved: the waiter may already be gone
+        self._head_arrived()
         self._wake()
         self._connection.close()
         self._notify()
@@ -251,12 +253,12 @@ class _Exchange:
             self.reusable = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._head.done():
+        if not self._head_in:
             self.raw_headers.append((name, value))
             self._head_bytes += len(name) + len(value)
 
     def on_headers_complete(self) -> None:
-        if self._head.done():
+        if self._head_in:
             return  # a second response nobody asked for (see on_message_begin)
         assert self._parser is not None
         status = self._parser.get_status_code()
@@ -271,9 +273,15 @@ class _Exchange:
             self._too_large()
             return
         self.status = status
-        self._head.set_result(None)
+        self._head_arrived()
         if self._head_only:  # HEAD: no body follows, whatever the headers announce
             self._finish()
+
+    def _head_arrived(self) -> None:
+        self._head_in = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _too_large(self) -> None:
         self.fail(UpstreamBroken(f"the app's response head exceeds {MAX_HEAD_BYTES} bytes"))
@@ -317,8 +325,15 @@ class _Exchange:
             self._sender.add_done_callback(self._body_sent)
 
     async def head(self) -> None:
-        """Wait for the response's head."""
-        await self._head
+        """Wait for the response's head; the exchange's failure if it failed first."""
+        if not self._head_in:
+            self._waiter = self._connection.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._error is not None:
+            raise self._error
 
     async def _send_body(self, body: AsyncIterable[bytes], length: int | None) -> None:
         connection = self._connection
@@ -348,7 +363,7 @@ class _Exchange:
         exc = sender.exception()
         if exc is None:
             return
-        if isinstance(exc, OSError) and not isinstance(exc, UpstreamBroken) and self._head.done():
+        if isinstance(exc, OSError) and not isinstance(exc, UpstreamBroken) and self._head_in:
             return  # the app answered and stopped reading: its answer stands
         # The body's source failed (the client left, S3): the app must not take the
         # request as complete, so the connection is dropped and the caller told.
