@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: dev install-test fake-nvml test test-rust test-python lint format bench bench-smoke
+.PHONY: dev install-test fake-nvml test test-rust test-python lint format docs bench bench-smoke
 
 dev:  ## build the extension in place (editable install) with the test extra
 	$(PYTHON) -m pip install -e '.[test]'
@@ -28,6 +28,10 @@ lint:
 	ruff check python tests $(wildcard benches)
 	ruff format --check python tests $(wildcard benches)
 	mypy python/
+	$(PYTHON) -m mypy.stubtest runwarden._core --allowlist python/runwarden/_core.stubtest-allowlist
+
+docs:  ## regenerate docs/settings.md from the settings table (a test checks it is current)
+	$(PYTHON) -m runwarden.settings > docs/settings.md
 
 format:
 	cargo fmt --all

@@ -20,10 +20,11 @@ use runwarden::events::EventQueue;
 use runwarden::nvml::read::Gpu;
 use runwarden::nvml::sample::GpuSample;
 use runwarden::nvml::watchdog::Watch;
-use runwarden::policy::{Policy, PolicySettings};
+use runwarden::policy::Policy;
 use runwarden::scheduler::{Action, Scheduler, Traffic};
+use runwarden::settings::GpuSettings;
 use runwarden::settings::HealthSettings;
-use runwarden::verdict::{Event, ProbeReport, Reason, Replacement};
+use runwarden::verdict::{Event, ProbeReport, Reason, Verdict};
 
 const GPUS: u32 = 8;
 
@@ -138,7 +139,7 @@ fn nvml_sample(c: &mut Criterion) {
     cold.finish();
 
     // What the sampler thread does per sample: read, then judge against the policy.
-    let mut policy = Policy::new(PolicySettings::default());
+    let mut policy = Policy::new(GpuSettings::default());
     let started = Instant::now();
     c.bench_function("nvml: read + judge 8 GPUs", |b| {
         b.iter(|| {
@@ -213,7 +214,7 @@ fn scheduler_decision(c: &mut Criterion) {
 }
 
 fn replacement() -> Event {
-    Event::Replace(Replacement {
+    Event::Verdict(Verdict {
         reason: Reason::GpuFault,
         detail: "xid on GPU 3: XID 79".to_owned(),
         age: Duration::from_secs(1),

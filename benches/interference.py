@@ -90,7 +90,7 @@ async def segment(monitor: str, seconds: float, app_url: str, library: str) -> d
     on_loop: list[float] = []
     if monitor == "runwarden":
         health = HealthCheck(period_seconds=1 / HZ, start_period_seconds=0, timeout_seconds=1.0)
-        gpu = GpuSettings(sample_seconds=1 / HZ, library=library)
+        gpu = GpuSettings(gpu_sample_seconds=1 / HZ, nvml_library=library)
         warden = Warden(health, app_url, gpu)
         warden.on_gpu(lambda e: costs.append(e.cost_seconds) if isinstance(e, GpuSamples) else None)
         warden.on_outcome(lambda o: checks.append(o.latency_seconds) if o.passed else None)
@@ -163,7 +163,7 @@ def sample_costs(count: int, library: str) -> dict[str, float]:
     from runwarden import Core, GpuSamples, GpuSettings, HealthCheck
 
     core = Core(HealthCheck(period_seconds=3600), "http://127.0.0.1:9",
-                GpuSettings(sample_seconds=0.02, library=library))  # fmt: skip
+                GpuSettings(gpu_sample_seconds=0.02, nvml_library=library))  # fmt: skip
     sampler = PynvmlSampler()
     ours: list[float] = []
     drains: list[float] = []

@@ -6,9 +6,8 @@
 //! on its own and its late report is ignored.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{CoreError, Result};
@@ -17,7 +16,8 @@ use crate::probe::Probe;
 use crate::scheduler::{Action, Scheduler, TriggerAnswer};
 use crate::settings::HealthSettings;
 use crate::traffic::TrafficCounters;
-use crate::verdict::{Outcome, Reason, Replacement, Trigger};
+use crate::verdict::{Event, Outcome, Reason, Trigger, Verdict};
+use crate::worker::{lock, Worker};
 
 /// With nothing scheduled (replaced, or `call_regularly=false` once ready) the clock
 /// thread still wakes this often; a stop or a new trigger wakes it sooner.
@@ -39,9 +39,7 @@ impl Shared {
     }
 
     fn lock(&self) -> MutexGuard<'_, Scheduler> {
-        // A panic while holding the lock leaves a consistent scheduler: every mutation is
-        // complete before any call that could panic, so the poison carries no meaning.
-        self.scheduler.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.scheduler)
     }
 
     /// Do what the scheduler asked; called without the lock held.
@@ -79,11 +77,14 @@ impl Shared {
         self.wake.notify_all();
     }
 
-    fn replace(self: &Arc<Self>, reason: Reason, detail: String) -> bool {
-        let actions = self.lock().replace(reason, detail, self.now());
-        let replaced = !actions.is_empty();
+    /// Drain for `reason`; true if this call gave the verdict (the first reason wins).
+    fn drain(self: &Arc<Self>, reason: Reason, detail: String) -> bool {
+        let actions = self.lock().drain(reason, detail, self.now());
+        let first = actions
+            .iter()
+            .any(|a| matches!(a, Action::Emit(Event::Verdict(_))));
         self.act(actions);
-        replaced
+        first
     }
 
     fn keep_time(self: &Arc<Self>) {
@@ -105,7 +106,7 @@ impl Shared {
             scheduler = self
                 .wake
                 .wait_timeout(scheduler, wait)
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|e| e.into_inner()) // poison: see `worker::lock`
                 .0;
         }
     }
@@ -114,7 +115,7 @@ impl Shared {
 /// The health checker of one app: owns the clock thread and stops it within a bound.
 pub struct Checker {
     shared: Arc<Shared>,
-    thread: Mutex<Option<(JoinHandle<()>, Receiver<()>)>>,
+    thread: Mutex<Option<Worker>>,
     /// Whether a request entering an idle runner sets a stall deadline (H9).
     stall_detection: bool,
 }
@@ -145,21 +146,15 @@ impl Checker {
 
     /// Start the clock thread; the runner's age (H2) counts from now.
     pub fn start(&self) -> Result<()> {
-        let mut slot = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(&self.thread);
         if slot.is_some() || self.shared.stop.load(Ordering::Acquire) {
             return Err(CoreError::State("the checker was already started".into()));
         }
         self.restart_clock();
         let shared = Arc::clone(&self.shared);
-        let (done_tx, done_rx) = mpsc::channel();
-        let handle = thread::Builder::new()
-            .name("runwarden-scheduler".into())
-            .spawn(move || {
-                shared.keep_time();
-                let _ = done_tx.send(());
-            })
+        let worker = Worker::spawn("scheduler", move || shared.keep_time())
             .map_err(|e| CoreError::State(format!("could not start the scheduler thread: {e}")))?;
-        *slot = Some((handle, done_rx));
+        *slot = Some(worker);
         Ok(())
     }
 
@@ -179,14 +174,8 @@ impl Checker {
             self.shared.stop.store(true, Ordering::Release);
         }
         self.shared.wake.notify_all();
-        let taken = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match taken {
-            None => true,
-            Some((handle, done)) => match done.recv_timeout(timeout) {
-                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => handle.join().is_ok(),
-                Err(mpsc::RecvTimeoutError::Timeout) => false,
-            },
-        }
+        let taken = lock(&self.thread).take();
+        taken.is_none_or(|worker| worker.join_within(timeout))
     }
 
     fn with_scheduler<T>(&self, f: impl FnOnce(&mut Scheduler, Duration) -> (T, Vec<Action>)) -> T {
@@ -208,20 +197,34 @@ impl Checker {
         self.with_scheduler(|s, now| ((), s.manual(now)))
     }
 
-    /// R1 and R4.
-    pub fn response(&self, status: u16) {
-        self.with_scheduler(|s, now| ((), s.response(status, now)))
+    /// R1 and R4. The verdict after it, if the runner drains (a 503's, or an earlier one),
+    /// so the proxy refuses new requests in this same loop turn.
+    pub fn response(&self, status: u16) -> Option<Verdict> {
+        self.with_scheduler(|s, now| ((), s.response(status, now)));
+        self.verdict()
     }
 
-    /// Replace for a reason found outside the scheduler. False if already replacing.
-    pub fn replace(&self, reason: Reason, detail: String) -> bool {
-        self.shared.replace(reason, detail)
+    /// Drain for a reason found outside the scheduler (a clean stop, the app's exit). The
+    /// verdict after it: this one's, or the one that came first.
+    pub fn drain(&self, reason: Reason, detail: String) -> Option<Verdict> {
+        self.shared.drain(reason, detail);
+        self.verdict()
     }
 
-    /// `replace` for another thread to call (the GPU monitor's).
-    pub fn replacer(&self) -> Arc<dyn Fn(Reason, String) -> bool + Send + Sync> {
+    /// `drain` for another thread to call (the GPU monitor's); true if it gave the verdict.
+    pub fn drainer(&self) -> Arc<dyn Fn(Reason, String) -> bool + Send + Sync> {
         let shared = Arc::clone(&self.shared);
-        Arc::new(move |reason, detail| shared.replace(reason, detail))
+        Arc::new(move |reason, detail| shared.drain(reason, detail))
+    }
+
+    /// The runner's verdict, if it drains.
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.shared.lock().verdict().cloned()
+    }
+
+    /// The drain is over; runwarden exits with the returned code (None: nothing drained).
+    pub fn finish(&self) -> Option<i32> {
+        self.shared.lock().stop()
     }
 
     pub fn traffic(&self) -> &TrafficCounters {
@@ -266,9 +269,11 @@ impl Checker {
         let scheduler = self.shared.lock();
         Snapshot {
             age: scheduler.age(now),
-            ready: scheduler.ready(),
+            state: scheduler.life().state(),
+            ready: scheduler.life().ready(),
+            exit_code: scheduler.life().exit_code(),
             failures: scheduler.failures(),
-            replaced: scheduler.replaced().cloned(),
+            verdict: scheduler.verdict().cloned(),
             running_check: scheduler.running_id(),
             settings: scheduler.settings().clone(),
             probe_url: self.shared.probe.url().to_owned(),
@@ -285,9 +290,12 @@ impl Drop for Checker {
 /// The checker's state at one moment, for `/status`.
 pub struct Snapshot {
     pub age: Duration,
+    /// starting, ready, replacing, stopping or stopped (`Lifecycle::state`).
+    pub state: &'static str,
     pub ready: bool,
+    pub exit_code: Option<i32>,
     pub failures: u32,
-    pub replaced: Option<Replacement>,
+    pub verdict: Option<Verdict>,
     pub running_check: Option<u64>,
     pub settings: HealthSettings,
     pub probe_url: String,

@@ -8,9 +8,12 @@ pub enum CoreError {
     #[error("{name} must be {expected}, got {got}")]
     Setting {
         name: &'static str,
-        expected: &'static str,
+        expected: String,
         got: String,
     },
+    /// A setting no one declared.
+    #[error("unknown setting {name:?}; known settings: {known}")]
+    Unknown { name: String, known: String },
     /// The core was asked to do something its state does not allow.
     #[error("{0}")]
     State(String),
@@ -18,10 +21,25 @@ pub enum CoreError {
 
 pub type Result<T> = std::result::Result<T, CoreError>;
 
-pub fn bad_setting(name: &'static str, expected: &'static str, got: impl ToString) -> CoreError {
+pub fn bad_setting(
+    name: &'static str,
+    expected: impl Into<String>,
+    got: impl ToString,
+) -> CoreError {
     CoreError::Setting {
         name,
-        expected,
+        expected: expected.into(),
         got: got.to_string(),
+    }
+}
+
+impl CoreError {
+    /// The setting an error is about, as data (never parsed from the message).
+    pub fn setting(&self) -> Option<&str> {
+        match self {
+            CoreError::Setting { name, .. } => Some(name),
+            CoreError::Unknown { name, .. } => Some(name),
+            CoreError::State(_) => None,
+        }
     }
 }

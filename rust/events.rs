@@ -10,6 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
 use crate::verdict::Event;
+use crate::worker::lock;
 
 pub struct EventQueue {
     queue: Mutex<VecDeque<Event>>,
@@ -35,10 +36,7 @@ impl EventQueue {
     }
 
     pub fn push(&self, event: Event) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(event);
+        lock(&self.queue).push_back(event);
         // A full socket buffer already holds a wake-up; losing this byte loses nothing.
         let _ = (&self.wake_tx).write(&[1]);
     }
@@ -55,7 +53,7 @@ impl EventQueue {
                 Err(_) => break,
             }
         }
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = lock(&self.queue);
         queue.drain(..).collect()
     }
 }
@@ -63,14 +61,14 @@ impl EventQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verdict::{Reason, Replacement};
+    use crate::verdict::{Reason, Verdict};
     use std::time::Duration;
 
     #[test]
     fn events_arrive_in_order_and_the_socket_is_cleared() {
         let q = EventQueue::new().unwrap();
         for reason in [Reason::App503, Reason::Stalled] {
-            q.push(Event::Replace(Replacement {
+            q.push(Event::Verdict(Verdict {
                 reason,
                 detail: String::new(),
                 age: Duration::ZERO,
@@ -78,7 +76,7 @@ mod tests {
         }
         let events = q.drain();
         assert_eq!(events.len(), 2);
-        assert!(matches!(&events[0], Event::Replace(r) if r.reason == Reason::App503));
+        assert!(matches!(&events[0], Event::Verdict(r) if r.reason == Reason::App503));
         assert!(q.drain().is_empty());
         // Nothing left to read on the wake socket.
         let mut buf = [0u8; 1];

@@ -1,50 +1,14 @@
 //! Python bindings of GPU monitoring: its settings in, its samples and findings out.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::nvml::sample::GpuSample;
 use crate::nvml::{Found, GpuSettings, MonitorState};
-use crate::policy::PolicySettings;
-use crate::{integer, number, repr_of, text, to_py, SettingsError};
+use crate::setting_bindings::{from_kwargs, get, to_dict};
+use crate::{repr_of, to_py};
 
-const GPU_SETTINGS: [&str; 10] = [
-    "sample_seconds",
-    "watchdog_seconds",
-    "library",
-    "temperature_warning_celsius",
-    "fatal_xids",
-    "warning_xids",
-    "ignored_xids",
-    "retired_pages_fatal",
-    "remapped_rows_fatal",
-    "promote_warnings",
-];
-
-fn xids(name: &str, value: &Bound<'_, PyAny>) -> PyResult<BTreeSet<u64>> {
-    let items: Vec<Bound<'_, PyAny>> = value
-        .try_iter()
-        .map_err(|_| SettingsError::new_err(format!("{name} must be a list of XID numbers")))?
-        .collect::<PyResult<_>>()?;
-    items
-        .iter()
-        .map(|item| {
-            let n = integer(name, item)?;
-            u64::try_from(n)
-                .map_err(|_| SettingsError::new_err(format!("{name} must hold XIDs >= 0, got {n}")))
-        })
-        .collect()
-}
-
-fn positive_count(name: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
-    let n = integer(name, value)?;
-    u64::try_from(n)
-        .map_err(|_| SettingsError::new_err(format!("{name} must be an integer >= 1, got {n}")))
-}
-
-/// GPU monitoring settings (SPEC G), validated.
+/// GPU monitoring settings (SPEC G), validated. Immutable.
 #[pyclass(frozen, module = "runwarden._core", name = "GpuSettings")]
 #[derive(Clone)]
 pub struct PyGpuSettings {
@@ -56,93 +20,24 @@ impl PyGpuSettings {
     #[new]
     #[pyo3(signature = (**kwargs))]
     fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let mut s = GpuSettings::default();
-        for (key, value) in kwargs.into_iter().flatten() {
-            let key: String = key.extract()?;
-            let v = &value;
-            match key.as_str() {
-                "sample_seconds" => s.sample_seconds = number(&key, v)?,
-                "watchdog_seconds" => s.watchdog_seconds = number(&key, v)?,
-                "library" => {
-                    s.library = if v.is_none() {
-                        None
-                    } else {
-                        Some(text(&key, v)?)
-                    }
-                }
-                "temperature_warning_celsius" => {
-                    let n = integer(&key, v)?;
-                    s.policy.temperature_warning_celsius = u32::try_from(n).map_err(|_| {
-                        SettingsError::new_err(format!("{key} must be an integer >= 0, got {n}"))
-                    })?
-                }
-                "fatal_xids" => s.policy.fatal_xids = xids(&key, v)?,
-                "warning_xids" => s.policy.warning_xids = xids(&key, v)?,
-                "ignored_xids" => s.policy.ignored_xids = xids(&key, v)?,
-                "retired_pages_fatal" => s.policy.retired_pages_fatal = positive_count(&key, v)?,
-                "remapped_rows_fatal" => s.policy.remapped_rows_fatal = positive_count(&key, v)?,
-                "promote_warnings" => {
-                    let dict = v.cast::<PyDict>().map_err(|_| {
-                        SettingsError::new_err(
-                            "promote_warnings must be a dict of warning name to seconds",
-                        )
-                    })?;
-                    let mut promote = BTreeMap::new();
-                    for (rule, seconds) in dict.iter() {
-                        let rule = text("promote_warnings key", &rule)?;
-                        promote.insert(rule, number("promote_warnings value", &seconds)?);
-                    }
-                    s.policy.promote = promote;
-                }
-                unknown => {
-                    return Err(SettingsError::new_err(format!(
-                        "unknown GPU setting {unknown:?}; known settings: {}",
-                        GPU_SETTINGS.join(", ")
-                    )))
-                }
-            }
-        }
+        let settings: GpuSettings = from_kwargs(kwargs)?;
         Ok(PyGpuSettings {
-            inner: s.validate().map_err(to_py)?,
+            inner: settings.validate().map_err(to_py)?,
         })
     }
 
-    #[getter]
-    fn sample_seconds(&self) -> f64 {
-        self.inner.sample_seconds
-    }
-    #[getter]
-    fn watchdog_seconds(&self) -> f64 {
-        self.inner.watchdog_seconds
-    }
-    #[getter]
-    fn library(&self) -> &str {
-        self.inner.library()
+    /// Each setting by its name (`GpuSettings::SPECS`).
+    fn __getattr__<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        get(py, &self.inner, name)
     }
 
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        settings_dict(py, &self.inner)
+        to_dict(py, &self.inner)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         repr_of("GpuSettings", &self.to_dict(py)?)
     }
-}
-
-fn settings_dict<'py>(py: Python<'py>, s: &GpuSettings) -> PyResult<Bound<'py, PyDict>> {
-    let p: &PolicySettings = &s.policy;
-    let d = PyDict::new(py);
-    d.set_item("sample_seconds", s.sample_seconds)?;
-    d.set_item("watchdog_seconds", s.watchdog_seconds)?;
-    d.set_item("library", s.library())?;
-    d.set_item("temperature_warning_celsius", p.temperature_warning_celsius)?;
-    d.set_item("fatal_xids", p.fatal_xids.iter().collect::<Vec<_>>())?;
-    d.set_item("warning_xids", p.warning_xids.iter().collect::<Vec<_>>())?;
-    d.set_item("ignored_xids", p.ignored_xids.iter().collect::<Vec<_>>())?;
-    d.set_item("retired_pages_fatal", p.retired_pages_fatal)?;
-    d.set_item("remapped_rows_fatal", p.remapped_rows_fatal)?;
-    d.set_item("promote_warnings", p.promote.clone())?;
-    Ok(d)
 }
 
 pub fn sample_dict<'py>(py: Python<'py>, s: &GpuSample) -> PyResult<Bound<'py, PyDict>> {
@@ -288,11 +183,7 @@ pub struct PyGpuMonitoring {
 }
 
 /// The monitor's state for `/status`.
-pub fn state_dict<'py>(
-    py: Python<'py>,
-    state: &MonitorState,
-    settings: &GpuSettings,
-) -> PyResult<Bound<'py, PyDict>> {
+pub fn state_dict<'py>(py: Python<'py>, state: &MonitorState) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("enabled", state.enabled)?;
     d.set_item("detail", &state.detail)?;
@@ -315,6 +206,5 @@ pub fn state_dict<'py>(
         warnings.append(w)?;
     }
     d.set_item("active_warnings", warnings)?;
-    d.set_item("settings", settings_dict(py, settings)?)?;
     Ok(d)
 }

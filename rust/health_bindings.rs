@@ -4,25 +4,10 @@
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::error;
-use crate::settings::{HealthSettings, Method};
-use crate::verdict::{Outcome, Replacement};
-use crate::{boolean, integer, non_negative_int, number, repr_of, text, to_py, SettingsError};
-
-const HEALTH_SETTINGS: [&str; 12] = [
-    "start_period_seconds",
-    "timeout_seconds",
-    "failure_threshold",
-    "call_regularly",
-    "period_seconds",
-    "startup_timeout_seconds",
-    "health_path",
-    "health_method",
-    "allow_on_busy",
-    "stall_seconds",
-    "trigger_interval_seconds",
-    "history_size",
-];
+use crate::setting_bindings::{from_kwargs, get, to_dict};
+use crate::settings::HealthSettings;
+use crate::verdict::{Outcome, Verdict};
+use crate::{repr_of, to_py};
 
 /// The health-check settings of SPEC H, validated (H7). Immutable.
 #[pyclass(frozen, module = "runwarden._core", name = "HealthCheck")]
@@ -36,130 +21,24 @@ impl PyHealthCheck {
     #[new]
     #[pyo3(signature = (**kwargs))]
     fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let mut s = HealthSettings::default();
-        for (key, value) in kwargs.into_iter().flatten() {
-            let key: String = key.extract()?;
-            let v = &value;
-            match key.as_str() {
-                "start_period_seconds" => {
-                    s.start_period_seconds =
-                        non_negative_int("start_period_seconds", integer(&key, v)?)?
-                }
-                "timeout_seconds" => s.timeout_seconds = number(&key, v)?,
-                "failure_threshold" => {
-                    let n = integer(&key, v)?;
-                    s.failure_threshold = u32::try_from(n).map_err(|_| {
-                        to_py(error::bad_setting(
-                            "failure_threshold",
-                            "an integer >= 1",
-                            n,
-                        ))
-                    })?
-                }
-                "call_regularly" => s.call_regularly = boolean(&key, v)?,
-                "period_seconds" => s.period_seconds = number(&key, v)?,
-                "startup_timeout_seconds" => s.startup_timeout_seconds = number(&key, v)?,
-                "health_path" => s.health_path = text(&key, v)?,
-                "health_method" => {
-                    s.health_method = Method::parse(&text(&key, v)?).map_err(to_py)?
-                }
-                "allow_on_busy" => s.allow_on_busy = boolean(&key, v)?,
-                "stall_seconds" => {
-                    s.stall_seconds = if v.is_none() {
-                        None
-                    } else {
-                        Some(number(&key, v)?)
-                    }
-                }
-                "trigger_interval_seconds" => s.trigger_interval_seconds = number(&key, v)?,
-                "history_size" => {
-                    let n = integer(&key, v)?;
-                    s.history_size = usize::try_from(n).map_err(|_| {
-                        to_py(error::bad_setting("history_size", "an integer >= 1", n))
-                    })?
-                }
-                unknown => {
-                    return Err(SettingsError::new_err(format!(
-                        "unknown health-check setting {unknown:?}; known settings: {}",
-                        HEALTH_SETTINGS.join(", ")
-                    )))
-                }
-            }
-        }
+        let settings: HealthSettings = from_kwargs(kwargs)?;
         Ok(PyHealthCheck {
-            inner: s.validate().map_err(to_py)?,
+            inner: settings.validate().map_err(to_py)?,
         })
     }
 
-    #[getter]
-    fn start_period_seconds(&self) -> u64 {
-        self.inner.start_period_seconds
+    /// Each setting by its name (`HealthSettings::SPECS`).
+    fn __getattr__<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        get(py, &self.inner, name)
     }
-    #[getter]
-    fn timeout_seconds(&self) -> f64 {
-        self.inner.timeout_seconds
-    }
-    #[getter]
-    fn failure_threshold(&self) -> u32 {
-        self.inner.failure_threshold
-    }
-    #[getter]
-    fn call_regularly(&self) -> bool {
-        self.inner.call_regularly
-    }
-    #[getter]
-    fn period_seconds(&self) -> f64 {
-        self.inner.period_seconds
-    }
-    #[getter]
-    fn startup_timeout_seconds(&self) -> f64 {
-        self.inner.startup_timeout_seconds
-    }
-    #[getter]
-    fn health_path(&self) -> &str {
-        &self.inner.health_path
-    }
-    #[getter]
-    fn health_method(&self) -> &'static str {
-        self.inner.health_method.as_str()
-    }
-    #[getter]
-    fn allow_on_busy(&self) -> bool {
-        self.inner.allow_on_busy
-    }
-    #[getter]
-    fn stall_seconds(&self) -> Option<f64> {
-        self.inner.stall_seconds
-    }
-    #[getter]
-    fn trigger_interval_seconds(&self) -> f64 {
-        self.inner.trigger_interval_seconds
-    }
-    #[getter]
-    fn history_size(&self) -> usize {
-        self.inner.history_size
-    }
+
     #[getter]
     fn effective_start_period_seconds(&self) -> f64 {
         self.inner.effective_start_period().as_secs_f64()
     }
 
     pub fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.inner;
-        let d = PyDict::new(py);
-        d.set_item("start_period_seconds", s.start_period_seconds)?;
-        d.set_item("timeout_seconds", s.timeout_seconds)?;
-        d.set_item("failure_threshold", s.failure_threshold)?;
-        d.set_item("call_regularly", s.call_regularly)?;
-        d.set_item("period_seconds", s.period_seconds)?;
-        d.set_item("startup_timeout_seconds", s.startup_timeout_seconds)?;
-        d.set_item("health_path", &s.health_path)?;
-        d.set_item("health_method", s.health_method.as_str())?;
-        d.set_item("allow_on_busy", s.allow_on_busy)?;
-        d.set_item("stall_seconds", s.stall_seconds)?;
-        d.set_item("trigger_interval_seconds", s.trigger_interval_seconds)?;
-        d.set_item("history_size", s.history_size)?;
-        Ok(d)
+        to_dict(py, &self.inner)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -217,6 +96,10 @@ impl PyCheckOutcome {
     fn consecutive_failures(&self) -> u32 {
         self.inner.consecutive_failures
     }
+    #[getter]
+    fn made_ready(&self) -> bool {
+        self.inner.made_ready
+    }
 
     pub fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
@@ -243,14 +126,14 @@ impl PyCheckOutcome {
     }
 }
 
-/// The runner must be replaced.
-#[pyclass(frozen, module = "runwarden._core", name = "Replace")]
-pub struct PyReplace {
-    pub inner: Replacement,
+/// Why the runner drains: a clean stop or a replacement (D1, D4). Sent once.
+#[pyclass(frozen, module = "runwarden._core", name = "Verdict")]
+pub struct PyVerdict {
+    pub inner: Verdict,
 }
 
 #[pymethods]
-impl PyReplace {
+impl PyVerdict {
     #[getter]
     fn reason(&self) -> &'static str {
         self.inner.reason.as_str()
@@ -263,20 +146,31 @@ impl PyReplace {
     fn age_seconds(&self) -> f64 {
         self.inner.age.as_secs_f64()
     }
+    #[getter]
+    fn exit_code(&self) -> i32 {
+        self.inner.reason.exit_code()
+    }
+    /// Every reason but a clean stop replaces the runner.
+    #[getter]
+    fn replacing(&self) -> bool {
+        self.inner.reason.replaces()
+    }
 
     pub fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("reason", self.reason())?;
         d.set_item("detail", self.detail())?;
+        d.set_item("exit_code", self.exit_code())?;
         d.set_item("age_seconds", self.age_seconds())?;
         Ok(d)
     }
 
     fn __repr__(&self) -> String {
         format!(
-            "Replace(reason={:?}, detail={:?})",
+            "Verdict(reason={:?}, detail={:?}, exit_code={})",
             self.reason(),
-            self.detail()
+            self.detail(),
+            self.exit_code()
         )
     }
 }

@@ -6,13 +6,17 @@ pub mod error;
 pub mod events;
 mod gpu_bindings;
 mod health_bindings;
+pub mod lifecycle;
 pub mod nvml;
 pub mod policy;
 pub mod probe;
 pub mod scheduler;
+pub mod setting;
+mod setting_bindings;
 pub mod settings;
 pub mod traffic;
 pub mod verdict;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,13 +24,13 @@ use std::time::Duration;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
+use pyo3::types::{PyDict, PyList};
 
 use checker::Checker;
 use error::CoreError;
 use events::EventQueue;
 use gpu_bindings::{PyGpuFinding, PyGpuMonitoring, PyGpuSamples, PyGpuSettings};
-use health_bindings::{PyCheckOutcome, PyHealthCheck, PyReplace};
+use health_bindings::{PyCheckOutcome, PyHealthCheck, PyVerdict};
 use nvml::GpuMonitor;
 use scheduler::TriggerAnswer;
 use verdict::{Event, Reason, Trigger};
@@ -35,7 +39,8 @@ create_exception!(
     runwarden._core,
     SettingsError,
     PyValueError,
-    "A setting is invalid; the message names it, says what is allowed and what was given."
+    "A setting is invalid; the message names it, says what is allowed and what was given, \
+     and `setting` holds its name."
 );
 
 /// `Name(key=value, ...)` from a settings dict, so a repr always shows every setting.
@@ -48,62 +53,30 @@ pub(crate) fn repr_of(name: &str, settings: &Bound<'_, PyDict>) -> PyResult<Stri
 }
 
 pub(crate) fn to_py(error: CoreError) -> PyErr {
-    match error {
-        CoreError::Setting { .. } => SettingsError::new_err(error.to_string()),
-        CoreError::State(_) => PyRuntimeError::new_err(error.to_string()),
+    if let CoreError::State(_) = error {
+        return PyRuntimeError::new_err(error.to_string());
     }
+    let err = SettingsError::new_err(error.to_string());
+    // Errors as data: the setting's name, never parsed out of the message.
+    Python::attach(|py| {
+        let _ = err.value(py).setattr("setting", error.setting());
+    });
+    err
 }
 
-fn type_error(name: &str, expected: &str, value: &Bound<'_, PyAny>) -> PyErr {
-    let shown = value
-        .repr()
-        .map(|r| r.to_string())
-        .unwrap_or_else(|_| "?".into());
-    SettingsError::new_err(format!("{name} must be {expected}, got {shown}"))
-}
-
-pub(crate) fn integer(name: &str, value: &Bound<'_, PyAny>) -> PyResult<i64> {
-    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
-        return Err(type_error(name, "an integer", value));
-    }
-    value
-        .extract()
-        .map_err(|_| type_error(name, "an integer", value))
-}
-
-pub(crate) fn number(name: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
-    if value.is_instance_of::<PyBool>()
-        || !(value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>())
-    {
-        return Err(type_error(name, "a number", value));
-    }
-    value
-        .extract()
-        .map_err(|_| type_error(name, "a number", value))
-}
-
-pub(crate) fn boolean(name: &str, value: &Bound<'_, PyAny>) -> PyResult<bool> {
-    if !value.is_instance_of::<PyBool>() {
-        return Err(type_error(name, "True or False", value));
-    }
-    value.extract()
-}
-
-pub(crate) fn text(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
-    if !value.is_instance_of::<PyString>() {
-        return Err(type_error(name, "a string", value));
-    }
-    value.extract()
-}
-
-pub(crate) fn non_negative_int(name: &'static str, value: i64) -> PyResult<u64> {
-    u64::try_from(value).map_err(|_| to_py(error::bad_setting(name, "an integer >= 0", value)))
+fn verdict_to_py(
+    py: Python<'_>,
+    verdict: Option<verdict::Verdict>,
+) -> PyResult<Option<Py<PyVerdict>>> {
+    verdict
+        .map(|inner| Py::new(py, PyVerdict { inner }))
+        .transpose()
 }
 
 fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
     Ok(match event {
         Event::Check(inner) => Py::new(py, PyCheckOutcome { inner })?.into_any(),
-        Event::Replace(inner) => Py::new(py, PyReplace { inner })?.into_any(),
+        Event::Verdict(inner) => Py::new(py, PyVerdict { inner })?.into_any(),
         Event::GpuSamples { samples, cost } => Py::new(
             py,
             PyGpuSamples {
@@ -125,7 +98,6 @@ pub struct PyCore {
     events: Arc<EventQueue>,
     checker: Checker,
     gpu: Option<GpuMonitor>,
-    health: PyHealthCheck,
 }
 
 #[pymethods]
@@ -148,7 +120,7 @@ impl PyCore {
                 GpuMonitor::new(
                     g.get().inner.clone(),
                     Arc::clone(&events),
-                    checker.replacer(),
+                    checker.drainer(),
                 )
             })
             .transpose()
@@ -157,7 +129,6 @@ impl PyCore {
             events,
             checker,
             gpu,
-            health,
         })
     }
 
@@ -209,15 +180,34 @@ impl PyCore {
         self.checker.manual()
     }
 
-    fn report_response(&self, status: u16) {
-        self.checker.response(status)
+    fn report_response(&self, py: Python<'_>, status: u16) -> PyResult<Option<Py<PyVerdict>>> {
+        verdict_to_py(py, self.checker.response(status))
     }
 
-    fn replace(&self, reason: &str, detail: String) -> PyResult<bool> {
-        let reason = Reason::parse(reason).ok_or_else(|| {
-            PyValueError::new_err(format!("unknown replacement reason {reason:?}"))
-        })?;
-        Ok(self.checker.replace(reason, detail))
+    fn replace(
+        &self,
+        py: Python<'_>,
+        reason: &str,
+        detail: String,
+    ) -> PyResult<Option<Py<PyVerdict>>> {
+        let reason = Reason::parse(reason)
+            .filter(|r| r.replaces())
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("unknown replacement reason {reason:?}"))
+            })?;
+        verdict_to_py(py, self.checker.drain(reason, detail))
+    }
+
+    fn shutdown(&self, py: Python<'_>, detail: String) -> PyResult<Option<Py<PyVerdict>>> {
+        verdict_to_py(py, self.checker.drain(Reason::Shutdown, detail))
+    }
+
+    fn verdict(&self, py: Python<'_>) -> PyResult<Option<Py<PyVerdict>>> {
+        verdict_to_py(py, self.checker.verdict())
+    }
+
+    fn finish(&self) -> Option<i32> {
+        self.checker.finish()
     }
 
     fn request_started(&self) {
@@ -228,8 +218,12 @@ impl PyCore {
         self.checker.traffic().progress()
     }
 
-    fn request_finished(&self) {
+    fn request_finished(&self) -> u64 {
         self.checker.traffic().finished()
+    }
+
+    fn in_flight(&self) -> u64 {
+        self.checker.traffic().in_flight()
     }
 
     fn client_wait_started(&self) {
@@ -263,16 +257,30 @@ impl PyCore {
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let snap = self.checker.snapshot();
         let d = PyDict::new(py);
-        d.set_item("age_seconds", snap.age.as_secs_f64())?;
+        d.set_item("state", snap.state)?;
         d.set_item("ready", snap.ready)?;
+        match snap.verdict {
+            Some(inner) => {
+                d.set_item("reason", inner.reason.as_str())?;
+                d.set_item("detail", &inner.detail)?;
+                d.set_item("exit_code", snap.exit_code)?;
+                d.set_item("draining_since_age_seconds", inner.age.as_secs_f64())?;
+            }
+            None => {
+                for key in [
+                    "reason",
+                    "detail",
+                    "exit_code",
+                    "draining_since_age_seconds",
+                ] {
+                    d.set_item(key, py.None())?;
+                }
+            }
+        }
+        d.set_item("age_seconds", snap.age.as_secs_f64())?;
         d.set_item("consecutive_failures", snap.failures)?;
         d.set_item("running_check", snap.running_check)?;
         d.set_item("health_url", snap.probe_url)?;
-        match snap.replaced {
-            Some(inner) => d.set_item("replacement", PyReplace { inner }.to_dict(py)?)?,
-            None => d.set_item("replacement", py.None())?,
-        }
-        d.set_item("settings", self.health.to_dict(py)?)?;
         Ok(d)
     }
 
@@ -280,7 +288,7 @@ impl PyCore {
     fn gpu_status<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         self.gpu
             .as_ref()
-            .map(|g| gpu_bindings::state_dict(py, &g.state(), g.settings()))
+            .map(|g| gpu_bindings::state_dict(py, &g.state()))
             .transpose()
     }
 }
@@ -291,7 +299,24 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SettingsError", m.py().get_type::<SettingsError>())?;
     m.add_class::<PyHealthCheck>()?;
     m.add_class::<PyCheckOutcome>()?;
-    m.add_class::<PyReplace>()?;
+    m.add_class::<PyVerdict>()?;
+    // The tables Python builds its command line, exit codes and docs from.
+    let settings = setting_bindings::specs::<settings::HealthSettings>(m.py(), "health")?;
+    for spec in setting_bindings::specs::<settings::GpuSettings>(m.py(), "gpu")?.iter() {
+        settings.append(spec)?;
+    }
+    m.add("SETTINGS", settings)?;
+    let reasons = PyList::empty(m.py());
+    for reason in Reason::ALL {
+        reasons.append((reason.as_str(), reason.exit_code(), reason.meaning()))?;
+    }
+    m.add("REASONS", reasons)?;
+    let rules = PyList::empty(m.py());
+    for (rule, severity, meaning) in policy::RULES {
+        rules.append((rule, severity.as_str(), meaning))?;
+    }
+    m.add("GPU_RULES", rules)?;
+    m.add("PROMOTABLE_WARNINGS", policy::SUSTAINABLE_WARNINGS.to_vec())?;
     m.add_class::<PyCore>()?;
     m.add_class::<PyGpuSettings>()?;
     m.add_class::<PyGpuSamples>()?;

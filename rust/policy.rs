@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use crate::error::{bad_setting, Result};
 use crate::nvml::sample::{throttle, GpuSample, NvmlFailure};
+use crate::settings::GpuSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Severity {
@@ -22,6 +22,108 @@ impl Severity {
             Severity::Fatal => "fatal",
         }
     }
+}
+
+/// Every rule a finding can name, with its severity and when it is found (G2, G3): the one
+/// list, exported to Python for `/status`, the metrics and the docs.
+pub const RULES: [(&str, Severity, &str); 20] = [
+    (
+        "gpu_lost",
+        Severity::Fatal,
+        "an NVML call answers GPU_IS_LOST",
+    ),
+    (
+        "reset_required",
+        Severity::Fatal,
+        "an NVML call answers RESET_REQUIRED",
+    ),
+    ("critical_xid", Severity::Fatal, "an XID in gpu_fatal_xids"),
+    (
+        "uncorrectable_ecc",
+        Severity::Fatal,
+        "the volatile uncorrectable ECC count grows, or a double-bit ECC event",
+    ),
+    (
+        "row_remap_failure",
+        Severity::Fatal,
+        "row remapping failed, or uncorrectable remapped rows reach gpu_remapped_rows_fatal",
+    ),
+    (
+        "retired_pages",
+        Severity::Fatal,
+        "retired pages reach gpu_retired_pages_fatal",
+    ),
+    (
+        "gpu_count_dropped",
+        Severity::Fatal,
+        "fewer GPUs visible than at start",
+    ),
+    (
+        "event_wait_failed",
+        Severity::Fatal,
+        "the XID event wait fails with anything but its timeout",
+    ),
+    (
+        "nvml_hung",
+        Severity::Fatal,
+        "an NVML call outlives nvml_watchdog_seconds",
+    ),
+    (
+        "warning_xid",
+        Severity::Warning,
+        "an XID in gpu_warning_xids",
+    ),
+    ("unlisted_xid", Severity::Warning, "an XID in no list"),
+    (
+        "events_unavailable",
+        Severity::Warning,
+        "XID events cannot be watched on this driver",
+    ),
+    (
+        "pending_retirement",
+        Severity::Warning,
+        "pages are pending retirement",
+    ),
+    (
+        "pending_remap",
+        Severity::Warning,
+        "rows are pending remapping",
+    ),
+    (
+        "hw_slowdown",
+        Severity::Warning,
+        "the hardware slowdown clock-throttle reason",
+    ),
+    (
+        "hw_thermal_slowdown",
+        Severity::Warning,
+        "the hardware thermal slowdown clock-throttle reason",
+    ),
+    (
+        "sw_thermal_slowdown",
+        Severity::Warning,
+        "the software thermal slowdown clock-throttle reason",
+    ),
+    (
+        "power_brake",
+        Severity::Warning,
+        "the power brake clock-throttle reason",
+    ),
+    (
+        "temperature",
+        Severity::Warning,
+        "above gpu_temperature_warning_celsius",
+    ),
+    (
+        "corrected_ecc",
+        Severity::Warning,
+        "the volatile corrected ECC count grows",
+    ),
+];
+
+/// Whether `rule` is one of `RULES` (every finding's rule is).
+pub fn known_rule(rule: &str) -> bool {
+    RULES.iter().any(|(name, _, _)| *name == rule)
 }
 
 /// The warnings read from samples; each may be promoted to fatal when sustained (G3).
@@ -68,90 +170,27 @@ pub struct Finding {
     pub xid: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct PolicySettings {
-    pub fatal_xids: BTreeSet<u64>,
-    pub warning_xids: BTreeSet<u64>,
-    pub ignored_xids: BTreeSet<u64>,
-    pub temperature_warning_celsius: u32,
-    pub retired_pages_fatal: u64,
-    pub remapped_rows_fatal: u64,
-    /// Warning rule → how long it must hold before it is fatal.
-    pub promote: BTreeMap<String, f64>,
-}
-
-impl Default for PolicySettings {
-    fn default() -> Self {
-        PolicySettings {
-            fatal_xids: [48, 64, 74, 79, 95, 119, 120, 140].into(),
-            // 63/92/94: ECC recording, high single-bit rate, contained ECC; 54: auxiliary
-            // power; 61/62: internal micro-controller; 38: driver firmware; 56/57/58:
-            // display and memory interface; 121: C2C link; 150: power/thermal (Blackwell).
-            warning_xids: [38, 54, 56, 57, 58, 61, 62, 63, 92, 94, 121, 150].into(),
-            ignored_xids: [13, 31, 43, 45, 68].into(),
-            temperature_warning_celsius: 85,
-            retired_pages_fatal: 63,
-            remapped_rows_fatal: 512,
-            promote: BTreeMap::new(),
-        }
-    }
-}
-
-impl PolicySettings {
-    pub fn validate(self) -> Result<Self> {
-        if let Some(both) = self.fatal_xids.intersection(&self.ignored_xids).next() {
-            return Err(bad_setting(
-                "ignored_xids",
-                "disjoint from fatal_xids",
-                format!("XID {both} in both"),
-            ));
-        }
-        for (rule, seconds) in &self.promote {
-            if !SUSTAINABLE_WARNINGS.contains(&rule.as_str()) {
-                return Err(bad_setting(
-                    "promote_warnings",
-                    "keyed by pending_retirement, pending_remap, hw_slowdown, \
-                     hw_thermal_slowdown, power_brake, temperature, corrected_ecc or \
-                     sw_thermal_slowdown",
-                    format!("{rule:?}"),
-                ));
-            }
-            if !(seconds.is_finite() && *seconds >= 0.0) {
-                return Err(bad_setting(
-                    "promote_warnings",
-                    "a number of seconds >= 0 per warning",
-                    format!("{rule}={seconds}"),
-                ));
-            }
-        }
-        if self.retired_pages_fatal == 0 || self.remapped_rows_fatal == 0 {
-            return Err(bad_setting(
-                "retired_pages_fatal/remapped_rows_fatal",
-                "an integer >= 1",
-                0,
-            ));
-        }
-        Ok(self)
-    }
-}
-
-/// The policy's memory: the count at start, the last counters, when each warning began.
+/// The policy's memory: the count at start, the last counters, when each warning began,
+/// which states were reported.
 #[derive(Debug)]
 pub struct Policy {
-    settings: PolicySettings,
+    settings: GpuSettings,
     start_count: Option<u32>,
     last: HashMap<u32, GpuSample>,
     /// (gpu, warning rule) → clock time it began to hold.
     active: BTreeMap<(u32, &'static str), Duration>,
+    /// (gpu, rule) of the states reported while they hold: fatal rows and pages, promotions.
+    reported: BTreeSet<(u32, &'static str)>,
 }
 
 impl Policy {
-    pub fn new(settings: PolicySettings) -> Policy {
+    pub fn new(settings: GpuSettings) -> Policy {
         Policy {
             settings,
             start_count: None,
             last: HashMap::new(),
             active: BTreeMap::new(),
+            reported: BTreeSet::new(),
         }
     }
 
@@ -203,11 +242,11 @@ impl Policy {
     /// G2/G3: an XID event. Ignored XIDs find nothing.
     pub fn judge_xid(&self, gpu: Option<u32>, xid: u64) -> Option<Finding> {
         let s = &self.settings;
-        let (rule, severity) = if s.ignored_xids.contains(&xid) {
+        let (rule, severity) = if s.gpu_ignored_xids.contains(&xid) {
             return None;
-        } else if s.fatal_xids.contains(&xid) {
+        } else if s.gpu_fatal_xids.contains(&xid) {
             ("critical_xid", Severity::Fatal)
-        } else if s.warning_xids.contains(&xid) {
+        } else if s.gpu_warning_xids.contains(&xid) {
             ("warning_xid", Severity::Warning)
         } else {
             ("unlisted_xid", Severity::Warning)
@@ -224,140 +263,174 @@ impl Policy {
         })
     }
 
-    /// G2/G3 for one sample of one GPU. Warnings are reported when they begin; a warning
-    /// sustained for its promotion time is reported again as fatal.
+    /// G2/G3 for one sample of one GPU: NVML failures, fatal states, warnings. A state
+    /// (a fault, a warning, a promotion) is reported when it begins, not on every sample.
     pub fn judge_sample(&mut self, now: Duration, sample: &GpuSample) -> Vec<Finding> {
-        let mut findings = Vec::new();
-        let gpu = sample.index;
-        let finding = |rule: &'static str, severity: Severity, detail: String| Finding {
-            gpu: Some(gpu),
-            uuid: sample.uuid.as_deref().map(str::to_owned),
-            rule,
-            severity,
-            detail,
-            xid: None,
-        };
-        for error in &sample.errors {
-            findings.extend(self.judge_failure(Some(gpu), error.call, &error.error));
-        }
-        let previous = self.last.get(&gpu);
-        let grew = |now: Option<u64>, before: Option<u64>| match (now, before) {
-            (Some(n), Some(b)) if n > b => Some(n - b),
-            _ => None,
-        };
+        let mut findings: Vec<Finding> = sample
+            .errors
+            .iter()
+            .filter_map(|e| self.judge_failure(Some(sample.index), e.call, &e.error))
+            .collect();
+        let previous = self.last.remove(&sample.index);
+        findings.extend(self.faults(sample, previous.as_ref()));
+        findings.extend(self.warnings(now, sample, previous.as_ref()));
+        self.last.insert(sample.index, sample.clone());
+        findings
+    }
+
+    /// G2: what is fatal in a sample. ECC errors by their growth; rows and pages while
+    /// they hold, reported once.
+    fn faults(&mut self, sample: &GpuSample, previous: Option<&GpuSample>) -> Vec<Finding> {
+        let s = &self.settings;
+        let mut found: Vec<(&'static str, String)> = Vec::new();
         if let Some(new) = grew(
             sample.ecc.volatile_uncorrected,
             previous.and_then(|p| p.ecc.volatile_uncorrected),
         ) {
-            findings.push(finding(
+            found.push((
                 "uncorrectable_ecc",
-                Severity::Fatal,
                 format!("{new} new volatile uncorrectable ECC error(s)"),
             ));
         }
-        if let Some(rows) = &sample.remapped_rows {
-            if rows.failure {
-                findings.push(finding(
-                    "row_remap_failure",
-                    Severity::Fatal,
-                    "row remapping failed".into(),
-                ));
-            } else if rows.uncorrectable >= self.settings.remapped_rows_fatal {
-                findings.push(finding(
-                    "row_remap_failure",
-                    Severity::Fatal,
-                    format!(
-                        "{} uncorrectable remapped rows (limit {})",
-                        rows.uncorrectable, self.settings.remapped_rows_fatal
-                    ),
-                ));
+        let rows = sample.remapped_rows.as_ref();
+        let remap = match rows {
+            Some(r) if r.failure => Some("row remapping failed".to_owned()),
+            Some(r) if r.uncorrectable >= s.gpu_remapped_rows_fatal => Some(format!(
+                "{} uncorrectable remapped rows (limit {})",
+                r.uncorrectable, s.gpu_remapped_rows_fatal
+            )),
+            _ => None,
+        };
+        let pages = sample
+            .retired_pages
+            .as_ref()
+            .map(|p| p.single_bit + p.double_bit)
+            .filter(|total| *total >= s.gpu_retired_pages_fatal)
+            .map(|total| {
+                format!(
+                    "{total} retired pages (limit {})",
+                    s.gpu_retired_pages_fatal
+                )
+            });
+        for (rule, holding) in [("row_remap_failure", remap), ("retired_pages", pages)] {
+            if self.begins((sample.index, rule), holding.is_some()) {
+                found.extend(holding.map(|detail| (rule, detail)));
             }
         }
-        if let Some(pages) = &sample.retired_pages {
-            let total = pages.single_bit + pages.double_bit;
-            if total >= self.settings.retired_pages_fatal {
-                findings.push(finding(
-                    "retired_pages",
-                    Severity::Fatal,
-                    format!(
-                        "{total} retired pages (limit {})",
-                        self.settings.retired_pages_fatal
-                    ),
-                ));
-            }
-        }
+        found
+            .into_iter()
+            .map(|(rule, detail)| finding(sample, rule, Severity::Fatal, detail))
+            .collect()
+    }
 
+    /// G3: the warnings a sample shows, each reported when it begins; one promoted to fatal
+    /// (`gpu_promote_warnings`) is reported once more, as fatal, when it has held that long.
+    fn warnings(
+        &mut self,
+        now: Duration,
+        sample: &GpuSample,
+        previous: Option<&GpuSample>,
+    ) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        for (rule, holding) in self.warning_states(sample, previous) {
+            let key = (sample.index, rule);
+            let Some(detail) = holding else {
+                self.active.remove(&key);
+                self.reported.remove(&(sample.index, rule));
+                continue;
+            };
+            let since = *self.active.entry(key).or_insert_with(|| {
+                findings.push(finding(sample, rule, Severity::Warning, detail.clone()));
+                now
+            });
+            let Some(&limit) = self.settings.gpu_promote_warnings.get(rule) else {
+                continue;
+            };
+            let held = now.saturating_sub(since);
+            if held >= Duration::from_secs_f64(limit) && self.reported.insert(key) {
+                findings.push(finding(
+                    sample,
+                    rule,
+                    Severity::Fatal,
+                    format!("{detail}, sustained for {:.1}s", held.as_secs_f64()),
+                ));
+            }
+        }
+        findings
+    }
+
+    /// Each warning rule, with what it sees when it holds.
+    fn warning_states(
+        &self,
+        sample: &GpuSample,
+        previous: Option<&GpuSample>,
+    ) -> Vec<(&'static str, Option<String>)> {
+        let limit = self.settings.gpu_temperature_warning_celsius;
         let reasons = sample.throttle_reasons.unwrap_or(0);
         let corrected = grew(
             sample.ecc.volatile_corrected,
             previous.and_then(|p| p.ecc.volatile_corrected),
         );
-        let mut warnings: Vec<(&'static str, Option<String>)> = vec![
+        let mut states = vec![
             (
                 "pending_retirement",
-                sample
-                    .retired_pages
-                    .as_ref()
-                    .is_some_and(|p| p.pending)
+                (sample.retired_pages.as_ref().is_some_and(|p| p.pending))
                     .then(|| "pages are pending retirement".into()),
             ),
             (
                 "pending_remap",
-                sample
-                    .remapped_rows
-                    .as_ref()
-                    .is_some_and(|r| r.pending)
+                (sample.remapped_rows.as_ref().is_some_and(|r| r.pending))
                     .then(|| "rows are pending remapping".into()),
             ),
             (
                 "temperature",
                 sample
                     .temperature_c
-                    .filter(|t| *t > self.settings.temperature_warning_celsius)
-                    .map(|t| {
-                        format!(
-                            "{t} °C, above {} °C",
-                            self.settings.temperature_warning_celsius
-                        )
-                    }),
+                    .filter(|t| *t > limit)
+                    .map(|t| format!("{t} °C, above {limit} °C")),
             ),
             (
                 "corrected_ecc",
                 corrected.map(|n| format!("{n} new volatile corrected ECC error(s)")),
             ),
         ];
-        warnings.extend(
+        states.extend(
             THROTTLE_WARNINGS
                 .iter()
                 .map(|&(rule, bit, text)| (rule, (reasons & bit != 0).then(|| text.to_owned()))),
         );
-        for (rule, holding) in warnings {
-            let key = (gpu, rule);
-            let Some(detail) = holding else {
-                self.active.remove(&key);
-                continue;
-            };
-            let since = match self.active.get(&key) {
-                Some(&since) => since,
-                None => {
-                    self.active.insert(key, now);
-                    findings.push(finding(rule, Severity::Warning, detail.clone()));
-                    now
-                }
-            };
-            if let Some(&limit) = self.settings.promote.get(rule) {
-                let held = now.saturating_sub(since);
-                if held >= Duration::from_secs_f64(limit) {
-                    findings.push(finding(
-                        rule,
-                        Severity::Fatal,
-                        format!("{detail}, sustained for {:.1}s", held.as_secs_f64()),
-                    ));
-                }
-            }
+        states
+    }
+
+    /// Whether a state that holds now was not reported yet (and remember it); a state that
+    /// stopped holding is forgotten, so it is reported again if it comes back.
+    fn begins(&mut self, key: (u32, &'static str), holding: bool) -> bool {
+        if holding {
+            self.reported.insert(key)
+        } else {
+            self.reported.remove(&key);
+            false
         }
-        self.last.insert(gpu, sample.clone());
-        findings
+    }
+}
+
+/// How much a counter grew since the sample before.
+fn grew(now: Option<u64>, before: Option<u64>) -> Option<u64> {
+    match (now, before) {
+        (Some(n), Some(b)) if n > b => Some(n - b),
+        _ => None,
+    }
+}
+
+fn finding(sample: &GpuSample, rule: &'static str, severity: Severity, detail: String) -> Finding {
+    debug_assert!(known_rule(rule), "{rule} is not in RULES");
+    Finding {
+        gpu: Some(sample.index),
+        uuid: sample.uuid.as_deref().map(str::to_owned),
+        rule,
+        severity,
+        detail,
+        xid: None,
     }
 }
 

@@ -34,7 +34,7 @@ fn rules(findings: &[Finding], severity: Severity) -> Vec<&'static str> {
 }
 
 fn policy() -> Policy {
-    Policy::new(PolicySettings::default())
+    Policy::new(GpuSettings::default())
 }
 
 #[test]
@@ -70,9 +70,9 @@ fn g2_critical_xids_are_fatal_warnings_warn_application_xids_are_ignored() {
 
 #[test]
 fn g2_xid_sets_are_settable() {
-    let settings = PolicySettings {
-        fatal_xids: [13].into(),
-        ignored_xids: [79].into(),
+    let settings = GpuSettings {
+        gpu_fatal_xids: [13].into(),
+        gpu_ignored_xids: [79].into(),
         ..Default::default()
     };
     let p = Policy::new(settings.validate().unwrap());
@@ -156,6 +156,9 @@ fn g2_sixty_three_retired_pages_are_fatal() {
     let f = p.judge_sample(secs(1.0), &s);
     assert_eq!(rules(&f, Severity::Fatal), vec!["retired_pages"]);
     assert_eq!(f[0].detail, "63 retired pages (limit 63)");
+    // Reported once while it holds, not on every sample after.
+    assert!(p.judge_sample(secs(2.0), &s).is_empty());
+    assert!(p.judge_sample(secs(3.0), &s).is_empty());
 }
 
 #[test]
@@ -213,8 +216,8 @@ fn g3_corrected_ecc_errors_warn() {
 
 #[test]
 fn g3_a_warning_sustained_for_its_promotion_time_is_fatal() {
-    let settings = PolicySettings {
-        promote: [("temperature".to_owned(), 10.0)].into(),
+    let settings = GpuSettings {
+        gpu_promote_warnings: [("temperature".to_owned(), 10.0)].into(),
         ..Default::default()
     };
     let mut p = Policy::new(settings.validate().unwrap());
@@ -232,25 +235,60 @@ fn g3_a_warning_sustained_for_its_promotion_time_is_fatal() {
         "{}",
         f[0].detail
     );
-    // A warning that stops holding starts over.
-    p.judge_sample(secs(11.0), &healthy(0));
-    assert!(rules(&p.judge_sample(secs(12.0), &hot), Severity::Fatal).is_empty());
+    // Once, not on every later sample while it holds.
+    for t in [11.0, 20.0, 60.0] {
+        assert!(
+            rules(&p.judge_sample(secs(t), &hot), Severity::Fatal).is_empty(),
+            "{t}"
+        );
+    }
+    // A warning that stops holding starts over, and is promoted again after its time.
+    p.judge_sample(secs(61.0), &healthy(0));
+    assert!(rules(&p.judge_sample(secs(62.0), &hot), Severity::Fatal).is_empty());
+    let again = p.judge_sample(secs(72.0), &hot);
+    assert_eq!(rules(&again, Severity::Fatal), vec!["temperature"]);
 }
 
 #[test]
 fn g3_bad_policy_settings_are_refused() {
-    let unknown = PolicySettings {
-        promote: [("fan".to_owned(), 1.0)].into(),
+    let unknown = GpuSettings {
+        gpu_promote_warnings: [("fan".to_owned(), 1.0)].into(),
         ..Default::default()
     };
-    assert!(unknown
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .starts_with("promote_warnings must be"));
-    let overlap = PolicySettings {
-        ignored_xids: [79].into(),
+    let err = unknown.validate().unwrap_err();
+    assert!(err.to_string().starts_with("gpu_promote_warnings must be"));
+    assert_eq!(err.setting(), Some("gpu_promote_warnings"));
+    let overlap = GpuSettings {
+        gpu_ignored_xids: [79].into(),
         ..Default::default()
     };
-    assert!(overlap.validate().is_err());
+    assert_eq!(
+        overlap.validate().unwrap_err().setting(),
+        Some("gpu_ignored_xids")
+    );
+    let zero = GpuSettings {
+        gpu_remapped_rows_fatal: 0,
+        ..Default::default()
+    };
+    // One setting per error, named as data (it once came out as the retired-pages one).
+    assert_eq!(
+        zero.validate().unwrap_err().setting(),
+        Some("gpu_remapped_rows_fatal")
+    );
+}
+
+#[test]
+fn every_promotable_warning_and_every_xid_rule_is_a_known_rule() {
+    for rule in SUSTAINABLE_WARNINGS {
+        assert!(
+            RULES
+                .iter()
+                .any(|(n, s, _)| *n == rule && *s == Severity::Warning),
+            "{rule}"
+        );
+    }
+    let p = policy();
+    for xid in [79, 63, 999] {
+        assert!(known_rule(p.judge_xid(Some(0), xid).unwrap().rule));
+    }
 }

@@ -19,14 +19,17 @@ pub struct Probe {
 
 impl Probe {
     pub fn new(app_url: &str, settings: &HealthSettings) -> Result<Probe> {
+        // The app's URL may end in a path prefix the app is mounted under: checks go to the
+        // prefix plus the health path, as proxied requests go to the prefix plus theirs.
         let base = app_url.trim_end_matches('/');
-        let valid = base
-            .strip_prefix("http://")
-            .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#', ' ']));
+        let valid = base.strip_prefix("http://").is_some_and(|rest| {
+            let host = rest.split('/').next().unwrap_or("");
+            !host.is_empty() && !rest.contains(['?', '#', ' '])
+        });
         if !valid {
             return Err(bad_setting(
                 "app_url",
-                "an http:// URL of host and port, such as http://127.0.0.1:8000",
+                "an http:// URL of host and port, and maybe a path, such as http://127.0.0.1:8000",
                 format!("{app_url:?}"),
             ));
         }
@@ -205,7 +208,7 @@ mod tests {
             "127.0.0.1:8000",
             "https://x:1",
             "http://",
-            "http://h:1/path",
+            "http://h:1/p?q=1",
         ] {
             let err = Probe::new(url, &settings(1.0)).err().unwrap();
             assert!(
@@ -214,5 +217,7 @@ mod tests {
             );
         }
         assert!(Probe::new("http://127.0.0.1:8000/", &settings(1.0)).is_ok());
+        let prefixed = Probe::new("http://127.0.0.1:8000/v1/", &settings(1.0)).unwrap();
+        assert_eq!(prefixed.url(), "http://127.0.0.1:8000/v1/health");
     }
 }

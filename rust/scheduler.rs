@@ -8,8 +8,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::lifecycle::Lifecycle;
 use crate::settings::HealthSettings;
-use crate::verdict::{Counted, Event, Outcome, ProbeReport, Reason, Replacement, Trigger};
+use crate::verdict::{Counted, Event, Outcome, ProbeReport, Reason, Trigger, Verdict};
 
 /// What the I/O layer must do next.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,8 +67,8 @@ pub struct Scheduler {
     queued: Vec<Trigger>,
     next_id: u64,
     failures: u32,
-    ready: bool,
-    replaced: Option<Replacement>,
+    /// The runner's life: readiness, the verdict, the exit code.
+    life: Lifecycle,
     history: VecDeque<Outcome>,
 }
 
@@ -81,8 +82,7 @@ impl Scheduler {
             queued: Vec::new(),
             next_id: 1,
             failures: 0,
-            ready: false,
-            replaced: None,
+            life: Lifecycle::default(),
             history: VecDeque::new(),
         };
         scheduler.restart_clock(now);
@@ -103,16 +103,16 @@ impl Scheduler {
         now.saturating_sub(self.origin)
     }
 
-    pub fn ready(&self) -> bool {
-        self.ready
+    pub fn life(&self) -> &Lifecycle {
+        &self.life
     }
 
     pub fn failures(&self) -> u32 {
         self.failures
     }
 
-    pub fn replaced(&self) -> Option<&Replacement> {
-        self.replaced.as_ref()
+    pub fn verdict(&self) -> Option<&Verdict> {
+        self.life.verdict()
     }
 
     pub fn running_id(&self) -> Option<u64> {
@@ -129,11 +129,11 @@ impl Scheduler {
 
     /// The regular trigger due now: the schedule (H3), or startup probes until the first pass.
     fn regular_trigger(&self) -> Option<Trigger> {
-        if self.replaced.is_some() {
+        if self.life.draining() {
             None
         } else if self.settings.call_regularly {
             Some(Trigger::Regular)
-        } else if !self.ready {
+        } else if !self.life.has_passed() {
             Some(Trigger::Startup)
         } else {
             None
@@ -148,7 +148,7 @@ impl Scheduler {
                 deadline = Some(deadline.map_or(t, |d: Duration| d.min(t)));
             }
         };
-        if self.replaced.is_some() {
+        if self.life.draining() {
             consider(
                 self.running
                     .as_ref()
@@ -190,7 +190,7 @@ impl Scheduler {
                 actions.extend(self.finish(id, report, now, traffic));
             }
         }
-        if self.replaced.is_some() {
+        if self.life.draining() {
             return actions;
         }
         if let (Some(stall), true) = (self.settings.stall(), traffic.in_flight > 0) {
@@ -201,7 +201,7 @@ impl Scheduler {
                         traffic.in_flight,
                         trim_float(stall.as_secs_f64())
                     );
-                    actions.extend(self.replace(Reason::Stalled, detail, now));
+                    actions.extend(self.drain(Reason::Stalled, detail, now));
                     return actions;
                 }
             }
@@ -259,8 +259,10 @@ impl Scheduler {
             }
         };
         let age = running.started.saturating_sub(self.origin);
+        let was_ready = self.life.ready();
         let counted = self.judge(&running, &report, age, now, traffic);
         let outcome = Outcome {
+            made_ready: !was_ready && self.life.ready(),
             id,
             triggers: running.triggers,
             report,
@@ -281,9 +283,9 @@ impl Scheduler {
         self.remember(outcome.clone());
         actions.push(Action::Emit(Event::Check(outcome)));
         if let (Some(reason), Some(detail)) = (replace_reason, detail) {
-            actions.extend(self.replace(reason, detail, now));
+            actions.extend(self.drain(reason, detail, now));
         }
-        if self.replaced.is_none() && !self.queued.is_empty() {
+        if !self.life.draining() && !self.queued.is_empty() {
             let queued = std::mem::take(&mut self.queued);
             actions.extend(self.start(queued, now));
         }
@@ -299,12 +301,12 @@ impl Scheduler {
         now: Duration,
         traffic: Traffic,
     ) -> Counted {
-        if self.replaced.is_some() {
+        if self.life.draining() {
             return Counted::AfterReplace;
         }
         if report.passed() {
             self.failures = 0;
-            self.ready = true;
+            self.life.passed();
             return Counted::Pass;
         }
         if report.local {
@@ -355,7 +357,7 @@ impl Scheduler {
 
     /// H6: a manual check, fresh (after the running one, if any); repeated asks coalesce.
     pub fn manual(&mut self, now: Duration) -> Vec<Action> {
-        if self.replaced.is_some() {
+        if self.life.draining() {
             return Vec::new();
         }
         match &self.running {
@@ -371,26 +373,26 @@ impl Scheduler {
     /// R1 and R4: an app response's status.
     pub fn response(&mut self, status: u16, now: Duration) -> Vec<Action> {
         match status {
-            503 => self.replace(Reason::App503, "the app answered 503".to_owned(), now),
-            500 | 502 | 504 if self.replaced.is_none() => self.trigger(Trigger::Extra, now).1,
+            503 => self.drain(Reason::App503, "the app answered 503".to_owned(), now),
+            500 | 502 | 504 if !self.life.draining() => self.trigger(Trigger::Extra, now).1,
             _ => Vec::new(),
         }
     }
 
-    /// Start replacement; the first reason wins and later ones return nothing.
-    pub fn replace(&mut self, reason: Reason, detail: String, now: Duration) -> Vec<Action> {
-        if self.replaced.is_some() {
+    /// Drain for `reason`, a replacement or a clean stop (D1, D4); the first reason wins
+    /// and later ones return nothing. Checks stop being scheduled.
+    pub fn drain(&mut self, reason: Reason, detail: String, now: Duration) -> Vec<Action> {
+        let Some(verdict) = self.life.drain(reason, detail, self.age(now)) else {
             return Vec::new();
-        }
-        let replacement = Replacement {
-            reason,
-            detail,
-            age: self.age(now),
         };
-        self.replaced = Some(replacement.clone());
         self.queued.clear();
         self.next_regular = None;
-        vec![Action::Emit(Event::Replace(replacement))]
+        vec![Action::Emit(Event::Verdict(verdict))]
+    }
+
+    /// The drain is over and runwarden exits: its exit code (None if nothing drained).
+    pub fn stop(&mut self) -> Option<i32> {
+        self.life.stop()
     }
 }
 

@@ -78,9 +78,9 @@ fn outcomes(actions: &[Action]) -> Vec<Outcome> {
         .collect()
 }
 
-fn replacement(actions: &[Action]) -> Option<Replacement> {
+fn replacement(actions: &[Action]) -> Option<Verdict> {
     actions.iter().find_map(|a| match a {
-        Action::Emit(Event::Replace(r)) => Some(r.clone()),
+        Action::Emit(Event::Verdict(r)) => Some(r.clone()),
         _ => None,
     })
 }
@@ -120,7 +120,7 @@ fn h3_no_regular_checks_when_call_regularly_is_false_once_ready() {
     assert_eq!(s.failures(), 0);
     let id = started(&s.tick(ms(2000), IDLE)).unwrap();
     s.finish(id, ok(5), ms(2005), IDLE);
-    assert!(s.ready());
+    assert!(s.life().ready());
     assert_eq!(s.next_deadline(IDLE), None);
     assert!(s.tick(ms(60_000), IDLE).is_empty());
 }
@@ -160,7 +160,7 @@ fn h4_threshold_consecutive_failures_replace() {
         r.detail
     );
     assert!(r.detail.contains("status 404"), "{}", r.detail);
-    // Replacement stops the schedule.
+    // Verdict stops the schedule.
     assert_eq!(s.next_deadline(IDLE), None);
     assert!(s.tick(ms(10_000), IDLE).is_empty());
 }
@@ -367,7 +367,7 @@ fn h6_manual_check_that_passes_changes_nothing() {
     let id = started(&s.manual(ms(100))).unwrap();
     let actions = s.finish(id, ok(3), ms(103), IDLE);
     assert!(replacement(&actions).is_none());
-    assert!(s.ready());
+    assert!(s.life().ready());
 }
 
 #[test]
@@ -399,10 +399,8 @@ fn r1_503_replaces_and_r2_500_does_not() {
     let r = replacement(&s.response(503, ms(30))).unwrap();
     assert_eq!(r.reason, Reason::App503);
     // The first reason wins.
-    assert!(s
-        .replace(Reason::AppExited, "gone".into(), ms(40))
-        .is_empty());
-    assert_eq!(s.replaced().unwrap().reason, Reason::App503);
+    assert!(s.drain(Reason::AppExited, "gone".into(), ms(40)).is_empty());
+    assert_eq!(s.verdict().unwrap().reason, Reason::App503);
 }
 
 #[test]
@@ -563,4 +561,22 @@ fn trim_float_writes_seconds_plainly() {
     assert_eq!(trim_float(0.3), "0.3");
     assert_eq!(trim_float(5.0), "5");
     assert_eq!(trim_float(0.125), "0.125");
+}
+
+#[test]
+fn d4_a_clean_stop_is_a_verdict_like_a_replacement_and_the_first_wins() {
+    let mut s = Scheduler::new(quick(), ms(0));
+    regular_check(&mut s, ms(1000), ok(5));
+    assert!(s.life().ready());
+    let actions = s.drain(Reason::Shutdown, "received SIGTERM".into(), ms(1500));
+    assert_eq!(replacement(&actions).unwrap().reason, Reason::Shutdown);
+    assert!(!s.life().ready());
+    // A later 503 changes nothing: the verdict, the state and the exit code stay the stop's.
+    assert!(s.response(503, ms(1600)).is_empty());
+    assert_eq!(s.verdict().unwrap().reason, Reason::Shutdown);
+    assert_eq!(s.life().state(), "stopping");
+    assert_eq!(s.stop(), Some(0));
+    assert_eq!(s.life().state(), "stopped");
+    // Checks are no longer scheduled.
+    assert_eq!(s.next_deadline(IDLE), None);
 }

@@ -1,8 +1,16 @@
-//! The health-check settings of SPEC H, with their defaults and validation (H7).
+//! The core's settings, health checks (SPEC H) and GPU monitoring (SPEC G): each declared
+//! once here, with its default, bounds and help. The command line, the environment,
+//! `/status` and the docs are built from the `SPECS` tables; values are validated (H7).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::error::{bad_setting, Result};
+use crate::policy::SUSTAINABLE_WARNINGS;
+use crate::setting::{settings, Kind, Setting, Value};
+
+/// The NVML library loaded when `nvml_library` is unset: the driver's, found by the loader.
+pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -11,18 +19,6 @@ pub enum Method {
 }
 
 impl Method {
-    pub fn parse(text: &str) -> Result<Method> {
-        match text.to_ascii_uppercase().as_str() {
-            "GET" => Ok(Method::Get),
-            "POST" => Ok(Method::Post),
-            _ => Err(bad_setting(
-                "health_method",
-                "GET or POST",
-                format!("{text:?}"),
-            )),
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",
@@ -31,92 +27,123 @@ impl Method {
     }
 }
 
-/// Health-check settings. Build with `HealthSettings::default()` and `validate()`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthSettings {
-    pub start_period_seconds: u64,
-    pub timeout_seconds: f64,
-    pub failure_threshold: u32,
-    pub call_regularly: bool,
-    pub period_seconds: f64,
-    pub startup_timeout_seconds: f64,
-    pub health_path: String,
-    pub health_method: Method,
-    pub allow_on_busy: bool,
-    /// Replace when in-flight requests move no byte for this long (H9); `None` is off.
-    pub stall_seconds: Option<f64>,
-    /// Gateway (H5) and extra (R4) triggers start a new check at most this often.
-    pub trigger_interval_seconds: f64,
-    /// How many check outcomes `/status` keeps (H8).
-    pub history_size: usize,
-}
-
-impl Default for HealthSettings {
-    fn default() -> Self {
-        HealthSettings {
-            start_period_seconds: 30,
-            timeout_seconds: 5.0,
-            failure_threshold: 3,
-            call_regularly: true,
-            period_seconds: 15.0,
-            startup_timeout_seconds: 0.0,
-            health_path: "/health".to_owned(),
-            health_method: Method::Get,
-            allow_on_busy: false,
-            stall_seconds: None,
-            trigger_interval_seconds: 1.0,
-            history_size: 100,
+impl Setting for Method {
+    fn to_value(&self) -> Value {
+        Value::Text(self.as_str().to_owned())
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::Text(t) if t == "GET" => Some(Method::Get),
+            Value::Text(t) if t == "POST" => Some(Method::Post),
+            _ => None,
         }
     }
 }
 
-fn positive(name: &'static str, value: f64) -> Result<()> {
-    if value.is_finite() && value > 0.0 {
-        Ok(())
-    } else {
-        Err(bad_setting(name, "a finite number > 0", value))
+const POSITIVE: Kind = Kind::Number {
+    min: 0.0,
+    strict: true,
+};
+const NON_NEGATIVE: Kind = Kind::Number {
+    min: 0.0,
+    strict: false,
+};
+
+settings! {
+    /// Health-check settings. Build with `HealthSettings::default()`, then `validate()`.
+    pub struct HealthSettings {
+        /// failures are recorded but not counted while the runner is younger than this (H4)
+        start_period_seconds: u64 = 30, Kind::Int { min: 0 };
+        /// a check not answered by then has failed; the request is abandoned
+        timeout_seconds: f64 = 5.0, POSITIVE;
+        /// consecutive counted failures that replace the runner (H4)
+        failure_threshold: u32 = 3, Kind::Int { min: 1 };
+        /// run checks on a schedule; when false, only on request (H5)
+        call_regularly: bool = true, Kind::Bool;
+        /// the schedule's period; the first check runs one period after start (H3)
+        period_seconds: f64 = 15.0, POSITIVE;
+        /// the app's startup budget; the start period is raised to it when longer (H1)
+        startup_timeout_seconds: f64 = 0.0, NON_NEGATIVE;
+        /// the app's health route
+        health_path: String = "/health".to_owned(), Kind::Path;
+        /// the method of a check
+        health_method: Method = Method::Get, Kind::Choice(&["GET", "POST"]);
+        /// a failed check is not counted while requests in flight are moving bytes (H9)
+        allow_on_busy: bool = false, Kind::Bool;
+        /// replace when in-flight requests move no byte for this long (H9)
+        stall_seconds: Option<f64> = None, Kind::OptionalNumber { min: 0.0, strict: true };
+        /// gateway (H5) and extra (R4) triggers start a new check at most this often; within it they get the latest outcome
+        trigger_interval_seconds: f64 = 1.0, NON_NEGATIVE;
+        /// check outcomes kept for /status (H8)
+        history_size: usize = 100, Kind::Int { min: 1 };
     }
 }
 
-fn non_negative(name: &'static str, value: f64) -> Result<()> {
-    if value.is_finite() && value >= 0.0 {
-        Ok(())
-    } else {
-        Err(bad_setting(name, "a finite number >= 0", value))
+settings! {
+    /// GPU monitoring settings (SPEC G): each declared once, named as its option.
+    pub struct GpuSettings {
+        /// seconds between NVML samples of every GPU
+        gpu_sample_seconds: f64 = 5.0, POSITIVE;
+        /// an NVML call that does not return within this is a GPU fault (G2)
+        nvml_watchdog_seconds: f64 = 10.0, POSITIVE;
+        /// the NVML library to load; unset: libnvidia-ml.so.1, found by the dynamic loader
+        nvml_library: Option<String> = None, Kind::OptionalText;
+        /// a GPU hotter than this is a warning (G3)
+        gpu_temperature_warning_celsius: u32 = 85, Kind::Int { min: 0 };
+        /// XIDs that replace the runner (G2)
+        gpu_fatal_xids: BTreeSet<u64> = [48, 64, 74, 79, 95, 119, 120, 140].into(), Kind::Xids;
+        /// XIDs that warn (G3): ECC recording (63, 92, 94), power (54), micro-controller (61, 62), firmware (38), display and memory interface (56-58), C2C link (121), power/thermal (150)
+        gpu_warning_xids: BTreeSet<u64> = [38, 54, 56, 57, 58, 61, 62, 63, 92, 94, 121, 150].into(), Kind::Xids;
+        /// XIDs ignored: application errors
+        gpu_ignored_xids: BTreeSet<u64> = [13, 31, 43, 45, 68].into(), Kind::Xids;
+        /// retired pages that replace the runner (G2)
+        gpu_retired_pages_fatal: u64 = 63, Kind::Int { min: 1 };
+        /// uncorrectable remapped rows that replace the runner (G2)
+        gpu_remapped_rows_fatal: u64 = 512, Kind::Int { min: 1 };
+        /// warnings made fatal once they have held this many seconds (G3)
+        gpu_promote_warnings: BTreeMap<String, f64> = BTreeMap::new(), Kind::Promotions;
+    }
+}
+
+impl GpuSettings {
+    /// Check every setting and the rules across them; the error names the setting.
+    pub fn validate(self) -> Result<Self> {
+        self.check_each()?;
+        if let Some(both) = self
+            .gpu_fatal_xids
+            .intersection(&self.gpu_ignored_xids)
+            .next()
+        {
+            return Err(bad_setting(
+                "gpu_ignored_xids",
+                "disjoint from gpu_fatal_xids",
+                format!("XID {both} in both"),
+            ));
+        }
+        if let Some(rule) = self
+            .gpu_promote_warnings
+            .keys()
+            .find(|rule| !SUSTAINABLE_WARNINGS.contains(&rule.as_str()))
+        {
+            return Err(bad_setting(
+                "gpu_promote_warnings",
+                format!("keyed by {}", SUSTAINABLE_WARNINGS.join(", ")),
+                format!("{rule:?}"),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The library to load.
+    pub fn library(&self) -> &str {
+        self.nvml_library.as_deref().unwrap_or(DEFAULT_LIBRARY)
     }
 }
 
 impl HealthSettings {
     /// Check every setting; the error names the first bad one (H7).
     pub fn validate(self) -> Result<Self> {
-        positive("timeout_seconds", self.timeout_seconds)?;
-        if self.failure_threshold < 1 {
-            return Err(bad_setting(
-                "failure_threshold",
-                "an integer >= 1",
-                self.failure_threshold,
-            ));
-        }
-        positive("period_seconds", self.period_seconds)?;
-        non_negative("startup_timeout_seconds", self.startup_timeout_seconds)?;
-        if !self.health_path.starts_with('/') || self.health_path.chars().any(char::is_whitespace) {
-            return Err(bad_setting(
-                "health_path",
-                "a path starting with '/' and without spaces",
-                format!("{:?}", self.health_path),
-            ));
-        }
-        if let Some(stall) = self.stall_seconds {
-            positive("stall_seconds", stall)?;
-        }
-        non_negative("trigger_interval_seconds", self.trigger_interval_seconds)?;
-        if self.history_size < 1 {
-            return Err(bad_setting(
-                "history_size",
-                "an integer >= 1",
-                self.history_size,
-            ));
-        }
+        self.check_each()?;
         Ok(self)
     }
 
@@ -254,7 +281,24 @@ mod tests {
 
     #[test]
     fn h7_method_parses_case_insensitively() {
-        assert_eq!(Method::parse("post").unwrap(), Method::Post);
-        assert!(Method::parse("DELETE").is_err());
+        let mut s = HealthSettings::default();
+        s.set("health_method", Value::Text("post".into())).unwrap();
+        assert_eq!(s.health_method, Method::Post);
+        assert!(s
+            .set("health_method", Value::Text("DELETE".into()))
+            .is_err());
+    }
+
+    #[test]
+    fn h7_set_by_name_checks_the_kind_and_names_unknown_settings() {
+        let mut s = HealthSettings::default();
+        let err = s.set("failure_threshold", Value::Int(0)).unwrap_err();
+        assert_eq!(err.setting(), Some("failure_threshold"));
+        let err = s.set("failure_treshold", Value::Int(3)).unwrap_err();
+        assert_eq!(err.setting(), Some("failure_treshold"));
+        assert!(err
+            .to_string()
+            .contains("known settings: start_period_seconds"));
+        assert_eq!(HealthSettings::SPECS.len(), s.values().len());
     }
 }

@@ -1,4 +1,5 @@
-//! The proxy's traffic counters (H9), written from Python's hot path without locks.
+//! The proxy's traffic counters, written from Python's hot path without locks: the one
+//! count of requests in flight (D2, `/status`), and what H9 needs besides.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,8 +46,14 @@ impl TrafficCounters {
         self.base.elapsed().as_nanos() as u64
     }
 
-    pub fn finished(&self) {
-        decrement(&self.in_flight);
+    /// A request left; how many are still in flight.
+    pub fn finished(&self) -> u64 {
+        decrement(&self.in_flight)
+    }
+
+    /// Requests in flight, those waiting on their client included.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     pub fn client_wait_started(&self) {
@@ -77,9 +84,12 @@ impl TrafficCounters {
     }
 }
 
-/// Saturate: an unmatched decrement must not wrap to 2^64.
-fn decrement(counter: &AtomicU64) {
-    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+/// Saturate: an unmatched decrement must not wrap to 2^64. Returns the new count.
+fn decrement(counter: &AtomicU64) -> u64 {
+    match counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)) {
+        Ok(before) => before - 1,
+        Err(_) => 0,
+    }
 }
 
 #[cfg(test)]
@@ -92,7 +102,7 @@ mod tests {
         assert_eq!(t.snapshot().last_progress, None);
         t.started();
         t.started();
-        t.finished();
+        assert_eq!(t.finished(), 1);
         assert_eq!(t.snapshot().in_flight, 1);
         assert!(t.snapshot().last_progress.is_some());
         t.finished();

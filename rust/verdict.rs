@@ -106,10 +106,16 @@ pub struct Outcome {
     pub finished_at: Duration,
     pub counted: Counted,
     pub consecutive_failures: u32,
+    /// This pass made the runner ready (its first, A).
+    pub made_ready: bool,
 }
 
+/// Why the runner drains: a clean stop, or a reason to replace it. Each has its exit code
+/// (SPEC D4); the one table of reasons, codes and meanings, exported to Python.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
+    /// SIGTERM, SIGINT or SIGHUP to runwarden: drain and exit 0; not a replacement.
+    Shutdown,
     HealthCheck,
     ManualCheck,
     App503,
@@ -119,8 +125,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::Shutdown,
+        Reason::HealthCheck,
+        Reason::ManualCheck,
+        Reason::App503,
+        Reason::GpuFault,
+        Reason::Stalled,
+        Reason::AppExited,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            Reason::Shutdown => "shutdown",
             Reason::HealthCheck => "health_check",
             Reason::ManualCheck => "manual_check",
             Reason::App503 => "app_503",
@@ -130,23 +147,45 @@ impl Reason {
         }
     }
 
+    /// runwarden's exit code for this reason (SPEC D4).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Reason::Shutdown => 0,
+            Reason::HealthCheck => 10,
+            Reason::ManualCheck => 11,
+            Reason::App503 => 12,
+            Reason::GpuFault => 13,
+            Reason::Stalled => 14,
+            Reason::AppExited => 15,
+        }
+    }
+
+    /// When it happens, as the README and `--help` say it.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Reason::Shutdown => "SIGTERM/SIGINT/SIGHUP: drained, stopped the app, exited (D4)",
+            Reason::HealthCheck => "failure_threshold consecutive health checks failed (H4)",
+            Reason::ManualCheck => "a manual check requested by the app failed (H6)",
+            Reason::App503 => "the app answered a request with 503 (R1)",
+            Reason::GpuFault => "a fatal GPU condition (G2, G6)",
+            Reason::Stalled => "in-flight requests moved no byte for stall_seconds (H9)",
+            Reason::AppExited => "the supervised app exited by itself (D5)",
+        }
+    }
+
+    /// Every reason but a clean stop replaces the runner.
+    pub fn replaces(self) -> bool {
+        self != Reason::Shutdown
+    }
+
     pub fn parse(text: &str) -> Option<Reason> {
-        [
-            Reason::HealthCheck,
-            Reason::ManualCheck,
-            Reason::App503,
-            Reason::GpuFault,
-            Reason::Stalled,
-            Reason::AppExited,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == text)
+        Reason::ALL.into_iter().find(|r| r.as_str() == text)
     }
 }
 
-/// The runner must be replaced. Sent once; the first reason wins.
+/// Why the runner drains, and since when. Sent once; the first reason wins.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Replacement {
+pub struct Verdict {
     pub reason: Reason,
     pub detail: String,
     pub age: Duration,
@@ -155,7 +194,8 @@ pub struct Replacement {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Check(Outcome),
-    Replace(Replacement),
+    /// The runner drains (D1): its verdict.
+    Verdict(Verdict),
     /// One sample of every GPU (G4), with what it cost to take.
     GpuSamples {
         samples: Vec<GpuSample>,

@@ -9,7 +9,7 @@ import pytest
 from conftest import clean_env
 from runwarden import exit_codes
 from runwarden.cli import build_parser, parse
-from runwarden.settings import OPTIONS, ConfigError, resolve
+from runwarden.settings import SPECS, ConfigError, resolve
 
 SPEC_OPTIONS = [
     "--start-period-seconds", "--timeout-seconds", "--failure-threshold", "--call-regularly",
@@ -35,7 +35,7 @@ def test_C_help_explains_every_option_with_its_default():
     text = " ".join(result.stdout.split())
     for option in SPEC_OPTIONS:
         assert option in text, option
-    for option in OPTIONS:
+    for option in SPECS:
         assert option.env in text
     assert "(default: 30; env RUNWARDEN_START_PERIOD_SECONDS)" in text
     assert "http://127.0.0.1:8000" in text and "8080" in text and "8081" in text

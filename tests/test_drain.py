@@ -152,10 +152,10 @@ def test_D1_the_verdict_drains_before_any_other_event_of_its_batch_is_handled(
             start_period_seconds=0, period_seconds=0.1, timeout_seconds=1, failure_threshold=1
         )
         warden = Warden(settings, app_server.url)
-        warden.on_replace(lambda verdict: order.append(f"replace:{verdict.reason}"))
+        warden.on_verdict(lambda verdict: order.append(f"replace:{verdict.reason}"))
         warden.on_outcome(lambda outcome: order.append(f"outcome:{outcome.counted}"))
         await warden.start()
-        await warden.replaced()
+        await warden.decided()
         await warden.stop()
 
     asyncio.run(scenario())

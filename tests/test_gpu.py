@@ -1,7 +1,7 @@
 """SPEC G through the Rust core, against the fake NVML driver loaded like the real one.
 
 Each fault is injected into the fake's state file while the monitor runs; the time from
-injection to the `Replace(gpu_fault)` event is measured against the rule's bound.
+injection to the `Verdict(gpu_fault)` event is measured against the rule's bound.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def monitor(
     """
 
     async def scenario() -> tuple[str, list[GpuFinding], float, dict[str, Any]]:
-        gpu = GpuSettings(library=str(fake_library), **settings)
+        gpu = GpuSettings(nvml_library=str(fake_library), **settings)
         warden = Warden(QUIET, "http://127.0.0.1:9", gpu)
         findings: list[GpuFinding] = []
         sampled = asyncio.Event()
@@ -70,9 +70,9 @@ def monitor(
         await asyncio.wait_for(sampled.wait(), 10)
         injected = time.monotonic()
         inject()
-        verdict = await asyncio.wait_for(warden.replaced(), timeout)
+        verdict = await asyncio.wait_for(warden.decided(), timeout)
         elapsed = time.monotonic() - injected
-        status = warden.core.gpu_status()
+        status = warden.gpu_status()
         assert status is not None
         await warden.stop()
         assert verdict.reason == "gpu_fault"
@@ -118,7 +118,7 @@ def test_G1_sampler_reads_what_nvidia_ml_py_reads(fake_library: Path, nvml: Fake
     )
 
     async def ours() -> list[dict[str, Any]]:
-        warden = Warden(QUIET, "http://127.0.0.1:9", GpuSettings(library=str(fake_library)))
+        warden = Warden(QUIET, "http://127.0.0.1:9", GpuSettings(nvml_library=str(fake_library)))
         got: asyncio.Future[GpuSamples] = asyncio.get_running_loop().create_future()
         warden.on_gpu(
             lambda e: got.set_result(e) if isinstance(e, GpuSamples) and not got.done() else None
@@ -138,7 +138,7 @@ def test_G1_sampler_reads_what_nvidia_ml_py_reads(fake_library: Path, nvml: Fake
 
 def test_G2_critical_xid_replaces_within_a_second(fake_library: Path, nvml: FakeNvml) -> None:
     detail, _, elapsed, status = monitor(
-        fake_library, lambda: nvml.inject_xid(5, 79), sample_seconds=5.0
+        fake_library, lambda: nvml.inject_xid(5, 79), gpu_sample_seconds=5.0
     )
     assert elapsed < 1.0
     assert detail.startswith("critical_xid on GPU 5 (GPU-")
@@ -147,7 +147,9 @@ def test_G2_critical_xid_replaces_within_a_second(fake_library: Path, nvml: Fake
 
 
 def test_G2_gpu_lost_replaces_within_a_second(fake_library: Path, nvml: FakeNvml) -> None:
-    detail, _, elapsed, status = monitor(fake_library, lambda: nvml.lose_gpu(2), sample_seconds=5.0)
+    detail, _, elapsed, status = monitor(
+        fake_library, lambda: nvml.lose_gpu(2), gpu_sample_seconds=5.0
+    )
     assert elapsed < 1.0
     assert detail.startswith("gpu_lost")
     assert status["findings"][-1]["rule"] == "gpu_lost"
@@ -158,7 +160,7 @@ def test_G2_a_lost_gpu_fails_its_handle_lookup_once(fake_library: Path, nvml: Fa
     sample still shows as one failed handle lookup, not as every call on the old handle."""
 
     async def lost_sample() -> dict[str, Any]:
-        gpu = GpuSettings(sample_seconds=0.05, library=str(fake_library))
+        gpu = GpuSettings(gpu_sample_seconds=0.05, nvml_library=str(fake_library))
         warden = Warden(QUIET, "http://127.0.0.1:9", gpu)
         got: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
@@ -195,14 +197,16 @@ def test_G2_fatal_readings_replace_within_a_sample_period(
     fake_library: Path, nvml: FakeNvml, rule: str, fault: dict[str, Any]
 ) -> None:
     detail, _, elapsed, _ = monitor(
-        fake_library, lambda: nvml.set_gpu(6, **fault), sample_seconds=1.0
+        fake_library, lambda: nvml.set_gpu(6, **fault), gpu_sample_seconds=1.0
     )
     assert detail.startswith(f"{rule} on GPU 6")
     assert elapsed < 1.0 + 1.0
 
 
 def test_G2_the_gpu_count_dropping_replaces(fake_library: Path, nvml: FakeNvml) -> None:
-    detail, _, elapsed, _ = monitor(fake_library, lambda: nvml.set_gpu_count(7), sample_seconds=1.0)
+    detail, _, elapsed, _ = monitor(
+        fake_library, lambda: nvml.set_gpu_count(7), gpu_sample_seconds=1.0
+    )
     # A GPU dropped from the list is also lost to a handle held on it: either rule may come first.
     assert detail.startswith(("gpu_count_dropped", "gpu_lost"))
     assert elapsed < 2.0
@@ -212,7 +216,7 @@ def test_G2_reset_required_from_any_call_replaces(fake_library: Path, nvml: Fake
     detail, _, _, _ = monitor(
         fake_library,
         lambda: nvml.set_return("nvmlDeviceGetPowerUsage", 16, gpu=1),
-        sample_seconds=1.0,
+        gpu_sample_seconds=1.0,
     )
     assert detail == "reset_required on GPU 1 (GPU-00000000-0000-4000-8000-000000000001): " + (
         "nvmlDeviceGetPowerUsage: GPU requires reset"
@@ -221,7 +225,7 @@ def test_G2_reset_required_from_any_call_replaces(fake_library: Path, nvml: Fake
 
 def test_G2_an_event_wait_failing_replaces(fake_library: Path, nvml: FakeNvml) -> None:
     detail, _, elapsed, _ = monitor(
-        fake_library, lambda: nvml.set_return("nvmlEventSetWait", 999), sample_seconds=5.0
+        fake_library, lambda: nvml.set_return("nvmlEventSetWait", 999), gpu_sample_seconds=5.0
     )
     assert detail.startswith("event_wait_failed: nvmlEventSetWait_v2:")
     assert elapsed < 1.0
@@ -233,8 +237,8 @@ def test_G2_a_hung_nvml_call_is_fatal_at_the_watchdog_deadline(
     detail, _, elapsed, _ = monitor(
         fake_library,
         lambda: nvml.hang("nvmlDeviceGetTemperature", 60),
-        sample_seconds=0.2,
-        watchdog_seconds=1.5,
+        gpu_sample_seconds=0.2,
+        nvml_watchdog_seconds=1.5,
     )
     assert detail == (
         "nvml_hung: nvmlDeviceGetTemperature did not return within 1.5s (on the sampler thread)"
@@ -248,7 +252,7 @@ def test_G3_warnings_do_not_replace(fake_library: Path, nvml: FakeNvml) -> None:
         warden = Warden(
             QUIET,
             "http://127.0.0.1:9",
-            GpuSettings(library=str(fake_library), sample_seconds=0.1),
+            GpuSettings(nvml_library=str(fake_library), gpu_sample_seconds=0.1),
         )
         findings: list[GpuFinding] = []
         samples_after_all_found = 0
@@ -271,7 +275,7 @@ def test_G3_warnings_do_not_replace(fake_library: Path, nvml: FakeNvml) -> None:
         nvml.inject_xid(2, 63)
         nvml.inject_xid(3, 13)  # an application error: ignored
         await asyncio.wait_for(done.wait(), 10)
-        assert warden.replacement is None
+        assert warden.verdict is None
         await warden.stop()
         return findings
 
@@ -290,8 +294,8 @@ def test_G3_a_sustained_warning_with_promotion_replaces(fake_library: Path, nvml
     detail, findings, elapsed, _ = monitor(
         fake_library,
         lambda: nvml.set_gpu(4, temperature=97),
-        sample_seconds=0.2,
-        promote_warnings={"temperature": 1.0},
+        gpu_sample_seconds=0.2,
+        gpu_promote_warnings={"temperature": 1.0},
     )
     assert detail.startswith("temperature on GPU 4")
     assert "sustained for" in detail
@@ -303,14 +307,14 @@ def test_G_no_nvml_library_turns_monitoring_off_and_checks_still_run(tmp_path: P
     missing = tmp_path / "libnvidia-ml.so.1"
 
     async def scenario() -> tuple[GpuMonitoring, dict[str, Any]]:
-        warden = Warden(QUIET, "http://127.0.0.1:9", GpuSettings(library=str(missing)))
+        warden = Warden(QUIET, "http://127.0.0.1:9", GpuSettings(nvml_library=str(missing)))
         got: asyncio.Future[GpuMonitoring] = asyncio.get_running_loop().create_future()
         warden.on_gpu(lambda e: got.set_result(e) if isinstance(e, GpuMonitoring) else None)
         await warden.start()
         state = await asyncio.wait_for(got, 10)
         outcome = await warden.check("gateway")
         assert outcome.error == "connection refused", "health checks still run"
-        status = warden.core.gpu_status()
+        status = warden.gpu_status()
         assert status is not None
         await warden.stop()
         return state, status
@@ -323,27 +327,57 @@ def test_G_no_nvml_library_turns_monitoring_off_and_checks_still_run(tmp_path: P
 
 def test_G_bad_gpu_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="gpu_sample_seconds must be a finite number > 0"):
-        GpuSettings(sample_seconds=0)
-    with pytest.raises(ValueError, match="unknown GPU setting"):
+        GpuSettings(gpu_sample_seconds=0)
+    with pytest.raises(ValueError, match=r"unknown setting .sample_period.; known settings: gpu_"):
         GpuSettings(sample_period=1)
-    with pytest.raises(ValueError, match="promote_warnings must be keyed by"):
-        GpuSettings(promote_warnings={"fans": 3})
+    with pytest.raises(ValueError, match="gpu_promote_warnings must be keyed by"):
+        GpuSettings(gpu_promote_warnings={"fans": 3})
 
 
 def test_G2_stop_does_not_wait_for_a_thread_stuck_in_the_driver(
     fake_library: Path, nvml: FakeNvml
 ) -> None:
     async def scenario() -> tuple[bool, float]:
-        gpu = GpuSettings(library=str(fake_library), sample_seconds=0.1, watchdog_seconds=0.5)
+        gpu = GpuSettings(
+            nvml_library=str(fake_library), gpu_sample_seconds=0.1, nvml_watchdog_seconds=0.5
+        )
         warden = Warden(QUIET, "http://127.0.0.1:9", gpu)
         await warden.start()
         nvml.hang("nvmlDeviceGetTemperature", 60)
-        verdict = await asyncio.wait_for(warden.replaced(), 10)
+        verdict = await asyncio.wait_for(warden.decided(), 10)
         assert verdict.detail.startswith("nvml_hung")
         began = time.monotonic()
-        joined = await asyncio.to_thread(warden.core.stop, 5.0)
+        joined = await warden.stop(5.0)
         return joined, time.monotonic() - began
 
     joined, waited = asyncio.run(scenario())
     assert joined is False, "the stuck sampler is reported as left behind"
     assert waited < 1.0, f"stop waited {waited:.2f}s for a thread stuck in the driver"
+
+
+def test_G1_a_sample_has_exactly_the_fields_the_stub_declares(
+    fake_library: Path, nvml: FakeNvml
+) -> None:
+    """G1 (issue 10): a GpuSamples event from the fake driver, read through the core, holds
+    the keys of the stub's `GpuSample` TypedDict, nested ones too."""
+    from test_seam import stub_fields
+
+    async def scenario() -> dict[str, Any]:
+        warden = Warden(QUIET, "http://127.0.0.1:9", GpuSettings(nvml_library=str(fake_library)))
+        got: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def listen(event: GpuSamples | GpuFinding | GpuMonitoring) -> None:
+            if isinstance(event, GpuSamples) and not got.done():
+                got.set_result(dict(event.samples[0]))
+
+        warden.on_gpu(listen)
+        await warden.start()
+        sample = await asyncio.wait_for(got, 10)
+        await warden.stop()
+        return sample
+
+    sample = asyncio.run(scenario())
+    assert set(sample) == set(stub_fields("GpuSample"))
+    assert set(sample["ecc"]) == set(stub_fields("EccCounts"))
+    assert set(sample["retired_pages"]) == set(stub_fields("RetiredPages"))
+    assert set(sample["remapped_rows"]) == set(stub_fields("RemappedRows"))

@@ -176,3 +176,65 @@ def test_G3_warnings_keep_the_runner_and_a_sustained_one_promoted_replaces(
     assert rw.wait_exit() == GPU_FAULT
     assert time.monotonic() - injected >= 1.5
     assert "power_brake on GPU 1" in rw.log() and "sustained for" in rw.log()
+
+
+def _reasons(document: Any) -> set[str]:
+    """Every value of a `reason` key anywhere in a JSON document."""
+    found: set[str] = set()
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if key == "reason" and value is not None:
+                found.add(value)
+            found |= _reasons(value)
+    elif isinstance(document, list):
+        for item in document:
+            found |= _reasons(item)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("first", "reason"),
+    [
+        ("sigterm", "shutdown"),
+        ("app_503", "app_503"),
+        ("gpu_fault", "gpu_fault"),
+    ],
+)
+def test_D4_status_shows_one_reason_everywhere_equal_to_the_exit_code(
+    runwarden: Callable[..., Runwarden],
+    app_server: AppServer,
+    fake_library: str,
+    tmp_path: Path,
+    first: str,
+    reason: str,
+) -> None:
+    """D4 (issue 10): whatever comes first, a signal, a 503 or a GPU fault, and whatever
+    follows it (the others), `/status` shows one reason all through the document, with the
+    exit code the process then exits with. The core owns the verdict; nothing keeps a copy."""
+    import signal as signals
+
+    nvml = FakeNvml(tmp_path / "gpus.json")
+    nvml.reset(gpus=2)
+    rw = serve_with_gpus(runwarden, app_server, fake_library, nvml)
+    slow = hold_drain_open(rw, seconds=3.0)
+    causes = {
+        "sigterm": lambda: rw.proc.send_signal(signals.SIGTERM),
+        "app_503": lambda: httpx.get(f"{rw.url}/predict", params={"status": "503"}),
+        "gpu_fault": lambda: nvml.inject_xid(0, 79),
+    }
+    causes.pop(first)()
+    status: Any = poll(lambda: (s := rw.status())["reason"] and s)
+    for cause in causes.values():  # the later ones change nothing
+        cause()
+    # Each later cause has been heard: the fault found, the signal logged.
+    if "gpu_fault" in causes:
+        poll(lambda: any(f["rule"] == "critical_xid" for f in rw.status()["gpu"]["findings"]))
+    if "sigterm" in causes:
+        poll(lambda: "received SIGTERM while draining" in rw.log())
+    status = rw.status()
+    assert _reasons(status) == {reason}, status
+    expected = exit_codes.CLEAN if reason == "shutdown" else exit_codes.BY_REASON[reason]
+    assert status["exit_code"] == expected
+    assert status["state"] == ("stopping" if reason == "shutdown" else "replacing")
+    assert rw.wait_exit() == expected
+    slow.join()

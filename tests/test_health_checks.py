@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 import runwarden
 from conftest import AppServer, free_port
-from runwarden import CheckOutcome, HealthCheck, Replace, Warden
+from runwarden import CheckOutcome, HealthCheck, Verdict, Warden
 
 T = TypeVar("T")
 
@@ -81,10 +81,10 @@ def test_H3_checks_run_every_period_the_first_one_period_after_start(app_server:
 def test_H4_threshold_failures_replace_and_the_reason_says_why(app_server: AppServer) -> None:
     app_server.set_health("fail500")
 
-    async def scenario() -> tuple[Replace, list[CheckOutcome]]:
+    async def scenario() -> tuple[Verdict, list[CheckOutcome]]:
         warden = await started(app_server.url)
-        verdict = await warden.replaced()
-        history = warden.core.history()
+        verdict = await warden.decided()
+        history = warden.history()
         await warden.stop()
         return verdict, history
 
@@ -102,11 +102,11 @@ def test_H1_H4_failures_inside_the_start_period_are_recorded_not_counted(
 ) -> None:
     app_server.set_health("fail500")
 
-    async def scenario() -> tuple[Replace, list[CheckOutcome]]:
+    async def scenario() -> tuple[Verdict, list[CheckOutcome]]:
         # start_period 0 but a startup timeout of 0.7 s: H1 raises the start period to it.
         warden = await started(app_server.url, startup_timeout_seconds=0.7)
-        verdict = await warden.replaced()
-        history = warden.core.history()
+        verdict = await warden.decided()
+        history = warden.history()
         await warden.stop()
         return verdict, history
 
@@ -128,7 +128,7 @@ def test_H4_a_pass_between_failures_resets_the_count(app_server: AppServer) -> N
         seen += await collect(warden, 1)
         app_server.set_health("fail500")
         seen += await collect(warden, 2)
-        assert warden.replacement is None, "two failures after a pass do not replace"
+        assert warden.verdict is None, "two failures after a pass do not replace"
         await warden.stop()
         return seen
 
@@ -140,10 +140,10 @@ def test_H4_a_pass_between_failures_resets_the_count(app_server: AppServer) -> N
 def test_H4_a_hung_check_times_out_and_counts(app_server: AppServer) -> None:
     app_server.set_health("hang")
 
-    async def scenario() -> tuple[Replace, list[CheckOutcome]]:
+    async def scenario() -> tuple[Verdict, list[CheckOutcome]]:
         warden = await started(app_server.url)
-        verdict = await warden.replaced()
-        history = warden.core.history()
+        verdict = await warden.decided()
+        history = warden.history()
         await warden.stop()
         return verdict, history
 
@@ -161,10 +161,10 @@ def test_H4_a_hung_check_times_out_and_counts(app_server: AppServer) -> None:
 def test_H4_connection_refused_counts_as_failure() -> None:
     url = f"http://127.0.0.1:{free_port()}"
 
-    async def scenario() -> tuple[Replace, list[CheckOutcome]]:
+    async def scenario() -> tuple[Verdict, list[CheckOutcome]]:
         warden = await started(url)
-        verdict = await warden.replaced()
-        return verdict, warden.core.history()
+        verdict = await warden.decided()
+        return verdict, warden.history()
 
     verdict, history = run(scenario)
     assert verdict.reason == "health_check"
@@ -172,11 +172,11 @@ def test_H4_connection_refused_counts_as_failure() -> None:
 
 
 def test_H4_the_app_process_gone_is_noticed(app_server: AppServer) -> None:
-    async def scenario() -> Replace:
+    async def scenario() -> Verdict:
         warden = await started(app_server.url)
         await collect(warden, 1)
         app_server.kill()
-        return await warden.replaced()
+        return await warden.decided()
 
     verdict = run(scenario)
     assert verdict.reason == "health_check"
@@ -186,11 +186,11 @@ def test_H4_the_app_process_gone_is_noticed(app_server: AppServer) -> None:
 def test_H2_age_counts_from_the_supervised_apps_start(app_server: AppServer) -> None:
     app_server.set_health("fail500")
 
-    async def scenario() -> Replace:
+    async def scenario() -> Verdict:
         warden = await started(app_server.url, start_period_seconds=1)
         await asyncio.sleep(0.5)
-        warden.core.app_started()
-        return await warden.replaced()
+        warden.app_started()
+        return await warden.decided()
 
     verdict = run(scenario)
     # Start period 1 s from the app's start (0.5 s in), then three counted failures.
@@ -203,7 +203,7 @@ def test_H5_without_call_regularly_checks_run_only_on_request(app_server: AppSer
         warden = await started(app_server.url, call_regularly=False)
         # Until the first pass, startup probes open readiness.
         await collect(warden, 1)
-        assert warden.ready
+        assert warden.snapshot()["ready"]
         before = int(app_server.state()["health_calls"])  # type: ignore[call-overload]
         await asyncio.sleep(0.7)
         idle_calls = int(app_server.state()["health_calls"]) - before  # type: ignore[call-overload]
@@ -236,14 +236,14 @@ def test_H5_triggers_are_rate_limited(app_server: AppServer) -> None:
 def test_H6_manual_check_replaces_on_first_failure_ignoring_start_period(
     app_server: AppServer,
 ) -> None:
-    async def scenario() -> Replace:
+    async def scenario() -> Verdict:
         warden = await started(
             app_server.url, start_period_seconds=600, failure_threshold=10, period_seconds=60
         )
         app_server.set_health("fail503")
         began = time.monotonic()
         warden.manual_check()
-        verdict = await warden.replaced()
+        verdict = await warden.decided()
         assert time.monotonic() - began < 0.3
         return verdict
 
@@ -256,7 +256,7 @@ def test_H8_history_is_bounded(app_server: AppServer) -> None:
     async def scenario() -> list[CheckOutcome]:
         warden = await started(app_server.url, history_size=3, period_seconds=0.05)
         await collect(warden, 6)
-        return warden.core.history()
+        return warden.history()
 
     history = run(scenario)
     assert len(history) == 3
@@ -268,13 +268,13 @@ def test_H9_allow_on_busy_excuses_failures_while_bytes_move(app_server: AppServe
 
     async def scenario() -> list[CheckOutcome]:
         warden = await started(app_server.url, allow_on_busy=True)
-        warden.core.request_started()
+        warden.request_started()
         seen: list[CheckOutcome] = []
         warden.on_outcome(seen.append)
         while len(seen) < 4:
-            warden.core.request_progress()
+            warden.request_progress()
             await asyncio.sleep(0.02)
-        assert warden.replacement is None
+        assert warden.verdict is None
         return seen
 
     outcomes = run(scenario)
@@ -282,11 +282,11 @@ def test_H9_allow_on_busy_excuses_failures_while_bytes_move(app_server: AppServe
 
 
 def test_H9_stalled_requests_replace(app_server: AppServer) -> None:
-    async def scenario() -> Replace:
+    async def scenario() -> Verdict:
         warden = await started(app_server.url, stall_seconds=0.4, period_seconds=60)
-        warden.core.request_started()
+        warden.request_started()
         began = time.monotonic()
-        verdict = await warden.replaced()
+        verdict = await warden.decided()
         assert time.monotonic() - began == pytest.approx(0.4, abs=0.1)
         return verdict
 
@@ -304,7 +304,7 @@ def test_a_hanging_check_never_blocks_the_event_loop(app_server: AppServer) -> N
         hung: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
         def watch_app() -> None:
-            running = warden.core.state()["running_check"]
+            running = warden.snapshot()["running_check"]
             if isinstance(running, int) and app_server.state()["health_calls"]:
                 hung.set_result(running)
             else:
@@ -318,7 +318,7 @@ def test_a_hanging_check_never_blocks_the_event_loop(app_server: AppServer) -> N
             began = time.perf_counter()
             await asyncio.sleep(0.002)
             lags.append(time.perf_counter() - began - 0.002)
-        assert warden.core.state()["running_check"] == check_id, "the same check still hangs"
+        assert warden.snapshot()["running_check"] == check_id, "the same check still hangs"
         stop_began = time.monotonic()
         await warden.stop()
         assert time.monotonic() - stop_began < 1.0, "stop does not wait for the hung probe"
@@ -334,7 +334,7 @@ def test_H7_bad_settings_raise_a_clear_error() -> None:
         "failure_threshold": (dict(failure_threshold=0), "failure_threshold must be"),
         "timeout": (dict(timeout_seconds=-1), "timeout_seconds must be a finite number > 0"),
         "not a number": (dict(period_seconds="15"), "period_seconds must be a number"),
-        "unknown": (dict(retries=3), 'unknown health-check setting "retries"'),
+        "unknown": (dict(retries=3), 'unknown setting "retries"'),
         "bool": (dict(failure_threshold=True), "failure_threshold must be an integer"),
         "path": (dict(health_path="health"), "health_path must be a path starting with '/'"),
         "method": (dict(health_method="PUT"), "health_method must be GET or POST"),

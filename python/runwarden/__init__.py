@@ -12,8 +12,8 @@ from runwarden._core import (
     GpuSamples,
     GpuSettings,
     HealthCheck,
-    Replace,
     SettingsError,
+    Verdict,
     __version__,
 )
 from runwarden.warden import Warden
@@ -26,8 +26,8 @@ __all__ = [
     "GpuSamples",
     "GpuSettings",
     "HealthCheck",
-    "Replace",
     "SettingsError",
+    "Verdict",
     "Warden",
     "__version__",
 ]

@@ -6,22 +6,57 @@ them holds the GIL. Python hears about state changes through `Core.event_fd()`,
 a socket the asyncio loop watches, and `Core.drain_events()`.
 """
 
-from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, final
 
 Trigger = Literal["regular", "gateway", "extra", "manual", "startup"]
 Counted = Literal[
     "pass", "counted", "start_period", "busy", "manual", "not_ready", "after_replace", "local"
 ]
-Reason = Literal["health_check", "manual_check", "app_503", "gpu_fault", "stalled", "app_exited"]
+# The names of REASONS below; tests/test_seam.py checks the two agree.
+Reason = Literal[
+    "shutdown", "health_check", "manual_check", "app_503", "gpu_fault", "stalled", "app_exited"
+]
+State = Literal["starting", "ready", "replacing", "stopping", "stopped"]
+
+__all__ = [
+    "GPU_RULES",
+    "PROMOTABLE_WARNINGS",
+    "REASONS",
+    "SETTINGS",
+    "CheckOutcome",
+    "Core",
+    "GpuFinding",
+    "GpuMonitoring",
+    "GpuSamples",
+    "GpuSettings",
+    "HealthCheck",
+    "SettingsError",
+    "Verdict",
+    "__version__",
+]
 
 __version__: str
+
+SETTINGS: list[dict[str, Any]]
+"""Every setting of the core, declared once in `rust/settings.rs`: name, group ("health" or
+"gpu"), kind, expected, default, help, and min/strict/choices where they apply."""
+REASONS: list[tuple[Reason, int, str]]
+"""Why a runner drains: (reason, exit code, meaning), a clean stop first (D4)."""
+GPU_RULES: list[tuple[str, Literal["warning", "fatal"], str]]
+"""Every rule a GPU finding can name: (rule, severity, when) (G2, G3)."""
+PROMOTABLE_WARNINGS: list[str]
+"""The warnings `gpu_promote_warnings` can make fatal once sustained (G3)."""
 
 class SettingsError(ValueError):
     """A setting is invalid; the message names it, says what is allowed and what was given."""
 
+    setting: str | None
+    """The setting's name, as data."""
+
+@final
 class HealthCheck:
-    """The health-check settings of SPEC H, validated (H7). Immutable."""
+    """The health-check settings of SPEC H, validated (H7). Immutable. The defaults here are
+    copies of `SETTINGS`'; tests/test_settings.py checks they agree."""
 
     start_period_seconds: int
     timeout_seconds: float
@@ -35,8 +70,8 @@ class HealthCheck:
     stall_seconds: float | None
     trigger_interval_seconds: float
     history_size: int
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         start_period_seconds: int = 30,
         timeout_seconds: float = 5.0,
@@ -50,12 +85,13 @@ class HealthCheck:
         stall_seconds: float | None = None,
         trigger_interval_seconds: float = 1.0,
         history_size: int = 100,
-    ) -> None: ...
+    ) -> HealthCheck: ...
     @property
     def effective_start_period_seconds(self) -> float:
         """H1: max(start_period_seconds, startup_timeout_seconds)."""
     def to_dict(self) -> dict[str, object]: ...
 
+@final
 class CheckOutcome:
     """One finished health check (H8), as the scheduler judged it."""
 
@@ -68,46 +104,106 @@ class CheckOutcome:
     age_seconds: float
     counted: Counted
     consecutive_failures: int
+    made_ready: bool
+    """This pass made the runner ready (its first)."""
     def to_dict(self) -> dict[str, object]: ...
 
-class Replace:
-    """The runner must be replaced: drain and exit with the reason's code. Sent once."""
+@final
+class Verdict:
+    """Why the runner drains: a clean stop or a replacement (D1, D4). The first wins; sent
+    once."""
 
     reason: Reason
     detail: str
     age_seconds: float
+    exit_code: int
+    replacing: bool
+    """Every reason but `shutdown` replaces the runner."""
     def to_dict(self) -> dict[str, object]: ...
 
+@final
 class GpuSettings:
-    """GPU monitoring settings (SPEC G), validated. Immutable."""
+    """GPU monitoring settings (SPEC G), validated. Immutable. Defaults copied from `SETTINGS`
+    (checked by tests/test_settings.py)."""
 
-    sample_seconds: float
-    watchdog_seconds: float
-    library: str
-    def __init__(
-        self,
+    gpu_sample_seconds: float
+    nvml_watchdog_seconds: float
+    nvml_library: str | None
+    gpu_temperature_warning_celsius: int
+    gpu_fatal_xids: list[int]
+    gpu_warning_xids: list[int]
+    gpu_ignored_xids: list[int]
+    gpu_retired_pages_fatal: int
+    gpu_remapped_rows_fatal: int
+    gpu_promote_warnings: dict[str, float]
+    def __new__(
+        cls,
         *,
-        sample_seconds: float = 5.0,
-        watchdog_seconds: float = 10.0,
-        library: str | None = None,
-        temperature_warning_celsius: int = 85,
-        fatal_xids: Iterable[int] = ...,
-        warning_xids: Iterable[int] = ...,
-        ignored_xids: Iterable[int] = ...,
-        retired_pages_fatal: int = 63,
-        remapped_rows_fatal: int = 512,
-        promote_warnings: dict[str, float] | None = None,
-    ) -> None: ...
+        gpu_sample_seconds: float = 5.0,
+        nvml_watchdog_seconds: float = 10.0,
+        nvml_library: str | None = None,
+        gpu_temperature_warning_celsius: int = 85,
+        gpu_fatal_xids: list[int] = [48, 64, 74, 79, 95, 119, 120, 140],
+        gpu_warning_xids: list[int] = [38, 54, 56, 57, 58, 61, 62, 63, 92, 94, 121, 150],
+        gpu_ignored_xids: list[int] = [13, 31, 43, 45, 68],
+        gpu_retired_pages_fatal: int = 63,
+        gpu_remapped_rows_fatal: int = 512,
+        gpu_promote_warnings: dict[str, float] = {},
+    ) -> GpuSettings: ...
     def to_dict(self) -> dict[str, object]: ...
 
+class EccCounts(TypedDict):
+    volatile_corrected: int | None
+    volatile_uncorrected: int | None
+    aggregate_corrected: int | None
+    aggregate_uncorrected: int | None
+
+class RetiredPages(TypedDict):
+    single_bit: int
+    double_bit: int
+    pending: bool
+
+class RemappedRows(TypedDict):
+    correctable: int
+    uncorrectable: int
+    pending: bool
+    failure: bool
+
+class ReadError(TypedDict):
+    call: str
+    error: str
+
+class GpuSample(TypedDict):
+    """One GPU in one sample (G1), as `rust/gpu_bindings.rs` builds it; tests/test_seam.py
+    checks the keys agree."""
+
+    index: int
+    uuid: str | None
+    name: str | None
+    temperature_c: int | None
+    sm_clock_mhz: int | None
+    memory_clock_mhz: int | None
+    throttle_reasons: int | None
+    power_mw: int | None
+    gpu_utilization: int | None
+    memory_utilization: int | None
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    ecc: EccCounts
+    retired_pages: RetiredPages | None
+    remapped_rows: RemappedRows | None
+    errors: list[ReadError]
+
+@final
 class GpuSamples:
     """One sample of every GPU (G1, G4): a dict per GPU, and what the sample cost."""
 
-    samples: list[dict[str, Any]]
+    samples: list[GpuSample]
     cost_seconds: float
 
+@final
 class GpuFinding:
-    """A GPU warning or fault (G2, G3). A fatal one is followed by Replace(gpu_fault)."""
+    """A GPU warning or fault (G2, G3). A fatal one is followed by Verdict(gpu_fault)."""
 
     gpu: int | None
     uuid: str | None
@@ -118,20 +214,20 @@ class GpuFinding:
     age_seconds: float
     def to_dict(self) -> dict[str, object]: ...
 
+@final
 class GpuMonitoring:
     """GPU monitoring started, or is off and why. Sent once."""
 
     enabled: bool
     detail: str
 
-Event = CheckOutcome | Replace | GpuSamples | GpuFinding | GpuMonitoring
+Event = CheckOutcome | Verdict | GpuSamples | GpuFinding | GpuMonitoring
 
+@final
 class Core:
     """The scheduler and its threads. Create, `start()`, feed it traffic, read events, `stop()`."""
 
-    def __init__(
-        self, health: HealthCheck, app_url: str, gpu: GpuSettings | None = None
-    ) -> None: ...
+    def __new__(cls, health: HealthCheck, app_url: str, gpu: GpuSettings | None = None) -> Core: ...
     def start(self) -> None:
         """Start the threads (GPU monitoring's too, if asked for); runner age (H2) counts
         from now."""
@@ -144,16 +240,26 @@ class Core:
         shared, a new one is started), or, when rate-limited, the latest outcome itself."""
     def manual_check(self) -> None:
         """H6: run a check as soon as possible; its failure replaces the runner at once."""
-    def report_response(self, status: int) -> None:
-        """An app response's status: 503 replaces (R1); 500/502/504 ask for an extra check (R4)."""
-    def replace(self, reason: Reason, detail: str) -> bool:
-        """Replace for a reason found outside the core (app_exited). False if already replacing."""
+    def report_response(self, status: int) -> Verdict | None:
+        """An app response's status: 503 replaces (R1); 500/502/504 ask for an extra check
+        (R4). The verdict after it, if the runner drains, in this same call."""
+    def replace(self, reason: Reason, detail: str) -> Verdict | None:
+        """Replace for a reason found outside the core (app_exited). The verdict after it:
+        this one, or the one that came first."""
+    def shutdown(self, detail: str) -> Verdict | None:
+        """A clean stop (a signal, D4): drain, exit 0, unless another verdict came first."""
+    def verdict(self) -> Verdict | None:
+        """Why the runner drains; None while it does not."""
+    def finish(self) -> int | None:
+        """The drain is over: the runner is stopped; its exit code (None: nothing drained)."""
     def request_started(self) -> None:
-        """H9 accounting: a proxied request entered (counts as progress)."""
+        """A proxied request entered (the one in-flight count; H9 progress)."""
     def request_progress(self) -> None:
         """H9 accounting: a byte moved to or from the app."""
-    def request_finished(self) -> None:
-        """H9 accounting: a proxied request left."""
+    def request_finished(self) -> int:
+        """A proxied request left; how many are still in flight."""
+    def in_flight(self) -> int:
+        """Proxied requests in flight."""
     def client_wait_started(self) -> None:
         """H9 accounting: a request is blocked on its client (a body not sent yet, a client
         not reading), not on the app; it does not count toward a stall meanwhile."""
@@ -165,7 +271,9 @@ class Core:
         """Take every waiting event (never blocks); clears the fd's readiness."""
     def history(self) -> list[CheckOutcome]:
         """The bounded check history (H8), oldest first."""
-    def state(self) -> dict[str, object]:
-        """A snapshot: age, ready, replacing reason, consecutive failures, settings."""
+    def state(self) -> dict[str, Any]:
+        """A snapshot of the runner's life: state, ready, reason, detail, exit_code,
+        draining_since_age_seconds, age_seconds, consecutive_failures, running_check,
+        health_url."""
     def gpu_status(self) -> dict[str, Any] | None:
         """GPU monitoring for /status: enabled, detail, samples, findings; None if not asked."""

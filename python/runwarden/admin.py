@@ -21,28 +21,23 @@ TEXT = b"text/plain; charset=utf-8"
 Answer = tuple[int, bytes, bytes]  # status, content type, body
 
 
-def runner_state(runner: Runner) -> str:
-    """starting (no check passed yet), ready, replacing, or stopping (clean stop)."""
-    if runner.drain.replacing:
-        return "replacing"
-    if runner.drain.reason is not None:
-        return "stopping"
-    return "ready" if runner.warden.ready else "starting"
-
-
 def status(runner: Runner) -> dict[str, object]:
-    """Everything an operator asks first: state and why, age, settings, recent checks."""
-    drain = runner.drain
+    """Everything an operator asks first, from one snapshot of the core: the runner's state
+    and why (the same reason and exit code everywhere in the document), age, settings (each
+    once, under its option's name), recent checks, GPUs."""
+    warden = runner.warden
+    life = warden.snapshot()
     supervisor = runner.supervisor
+    since = life.pop("draining_since_age_seconds")
     return {
-        "state": runner_state(runner),
-        "reason": drain.reason,
-        "detail": drain.detail or None,
+        "state": life.pop("state"),
+        "ready": life.pop("ready"),
+        "reason": life.pop("reason"),
+        "detail": life.pop("detail"),
+        "exit_code": life.pop("exit_code"),
         "uptime_seconds": round(time.monotonic() - runner.started_at, 3),
-        "draining_for_seconds": (
-            round(time.monotonic() - drain.started_at, 3) if drain.started_at else None
-        ),
-        "in_flight": drain.in_flight,
+        "draining_for_seconds": (None if since is None else round(life["age_seconds"] - since, 3)),
+        "in_flight": warden.in_flight(),
         "connections": runner.connections(),
         "app": {
             "url": runner.settings.app_url,
@@ -51,9 +46,9 @@ def status(runner: Runner) -> dict[str, object]:
             "pid": supervisor.pid if supervisor else None,
             "returncode": supervisor.returncode if supervisor else None,
         },
-        "core": runner.warden.core.state(),
+        "health": life,  # age, consecutive failures, the running check, the health URL
         "settings": runner.settings.to_dict(),
-        "checks": [outcome.to_dict() for outcome in runner.warden.core.history()],
+        "checks": [outcome.to_dict() for outcome in warden.history()],
         "gpu": runner.gpu_status(),
     }
 
@@ -91,17 +86,17 @@ class Admin:
         request.respond(code, headers, body)
 
     def livez(self) -> Answer:
-        drain = self.runner.drain
-        if drain.replacing:
-            return 503, TEXT, f"replacing: {drain.reason}\n".encode()
+        verdict = self.runner.warden.verdict
+        if verdict is not None and verdict.replacing:
+            return 503, TEXT, f"replacing: {verdict.reason}\n".encode()
         return 200, TEXT, b"ok\n"
 
     def readyz(self) -> Answer:
-        state = runner_state(self.runner)
-        if state == "ready":
+        life = self.runner.warden.snapshot()
+        if life["ready"]:
             return 200, TEXT, b"ready\n"
-        reason = self.runner.drain.reason or "no health check has passed yet"
-        return 503, TEXT, f"{state}: {reason}\n".encode()
+        reason = life["reason"] or "no health check has passed yet"
+        return 503, TEXT, f"{life['state']}: {reason}\n".encode()
 
     def status(self) -> Answer:
         return 200, b"application/json", json.dumps(status(self.runner)).encode()

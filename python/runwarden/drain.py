@@ -1,19 +1,17 @@
-"""Draining (SPEC D1, D2, D6): once a runner is being replaced or stopped, it takes no new
-work and lets the work it has finish, for at most `drain_timeout_seconds`.
+"""Draining (SPEC D1, D2, D6): what it takes besides the verdict, which the core owns.
 
-`Drain` is the small piece of state the proxy consults on every request (one attribute
-read) and the runner awaits: why we drain, and how many proxied requests are in flight.
+Once the runner drains, refused requests get the same answer, built once here from the
+verdict; and the runner waits here for the last request in flight to leave (the count is
+the core's, `Warden.in_flight`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 
-SHUTDOWN = "shutdown"
-"""The drain reason of a clean stop (SIGTERM/SIGINT); not a replacement."""
+from runwarden._core import Verdict
 
 REASON_HEADER = b"x-runwarden-draining"
 """Names why a request was refused while draining (a replace reason, or `shutdown`)."""
@@ -23,37 +21,19 @@ RETRY_AFTER_SECONDS = 1
 
 
 class Drain:
-    """Whether and why the runner drains, and the proxied requests still in flight."""
+    """The drain's answers, and a wait for the last request in flight."""
 
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self.detail = ""
-        self.started_at: float | None = None
-        self.in_flight = 0
-        self.started = asyncio.Event()
+    def __init__(self, in_flight: Callable[[], int]) -> None:
+        self._in_flight = in_flight
         self._idle: asyncio.Future[None] | None = None  # only while the runner waits
-        self._listeners: list[Callable[[], None]] = []
         # Built once per drain, sent to every refused request.
         self.refusal_body = b""
         self.timeout_body = b""
         self.refusal_headers: list[tuple[bytes, bytes]] = []
 
-    @property
-    def replacing(self) -> bool:
-        """Draining because the runner must be replaced (not a clean stop)."""
-        return self.reason is not None and self.reason != SHUTDOWN
-
-    def on_begin(self, listener: Callable[[], None]) -> None:
-        """Call `listener` when the drain begins, in the same loop turn."""
-        self._listeners.append(listener)
-
-    def begin(self, reason: str, detail: str) -> bool:
-        """Start draining (D1): from now on new requests are refused. The first reason wins."""
-        if self.reason is not None:
-            return False
-        self.reason = reason
-        self.detail = detail
-        self.started_at = time.monotonic()
+    def begin(self, verdict: Verdict) -> None:
+        """D1: build the answer every refused request gets from now on."""
+        reason, detail = verdict.reason, verdict.detail
         self.refusal_body = json.dumps(
             {"error": "runner is draining", "reason": reason, "detail": detail}
         ).encode()
@@ -70,24 +50,15 @@ class Drain:
             (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
             (REASON_HEADER, reason.encode("ascii", "replace")),
         ]
-        self.started.set()
-        for listener in self._listeners:
-            listener()
-        return True
 
-    def enter(self) -> None:
-        """A proxied request started."""
-        self.in_flight += 1
-
-    def leave(self) -> None:
-        """A proxied request ended (completed, failed or cancelled)."""
-        self.in_flight -= 1
-        if self.in_flight == 0 and self._idle is not None and not self._idle.done():
+    def left(self, remaining: int) -> None:
+        """A proxied request left; `remaining` are still in flight."""
+        if remaining == 0 and self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
     async def wait_idle(self, timeout: float) -> bool:
         """D2: wait until no proxied request is in flight; False if `timeout` came first."""
-        if self.in_flight == 0:
+        if self._in_flight() == 0:
             return True
         self._idle = asyncio.get_running_loop().create_future()
         try:

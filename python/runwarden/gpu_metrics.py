@@ -4,7 +4,7 @@ dashboard made for it works: `DCGM_FI_DEV_GPU_TEMP{gpu="0",UUID="GPU-…"}` and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -15,26 +15,26 @@ LABELS = ["gpu", "UUID", "device", "modelName"]
 MIB = 1 << 20
 
 
-def _ecc(name: str) -> Callable[[dict[str, Any]], float | None]:
+def _ecc(name: str) -> Callable[[Mapping[str, Any]], float | None]:
     return lambda s: s["ecc"][name]
 
 
-def _nested(table: str, key: str) -> Callable[[dict[str, Any]], float | None]:
-    def read(s: dict[str, Any]) -> float | None:
+def _nested(table: str, key: str) -> Callable[[Mapping[str, Any]], float | None]:
+    def read(s: Mapping[str, Any]) -> float | None:
         values = s[table]
         return None if values is None else float(values[key])
 
     return read
 
 
-def _free_mib(s: dict[str, Any]) -> float | None:
+def _free_mib(s: Mapping[str, Any]) -> float | None:
     if s["memory_total_bytes"] is None or s["memory_used_bytes"] is None:
         return None
     return float((s["memory_total_bytes"] - s["memory_used_bytes"]) // MIB)
 
 
 # (name, help, how to read it from a sample dict; None: the GPU does not report it)
-GAUGES: list[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = [
+GAUGES: list[tuple[str, str, Callable[[Mapping[str, Any]], float | None]]] = [
     ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", lambda s: s["temperature_c"]),
     ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", lambda s: s["sm_clock_mhz"]),
     ("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).", lambda s: s["memory_clock_mhz"]),
@@ -158,7 +158,7 @@ class GpuMetrics:
         else:
             self.enabled.set(1 if event.enabled else 0)
 
-    def _labels_of(self, sample: dict[str, Any]) -> tuple[str, str, str, str]:
+    def _labels_of(self, sample: Mapping[str, Any]) -> tuple[str, str, str, str]:
         index = int(sample["index"])
         labels = (str(index), sample["uuid"] or "", f"nvidia{index}", sample["name"] or "")
         self._labels[index] = labels

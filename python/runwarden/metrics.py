@@ -7,17 +7,18 @@ state read it when scraped, so the proxy's hot path only bumps one cached counte
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric, StateSetMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from runwarden._core import CheckOutcome
 from runwarden.gpu_metrics import GpuMetrics
+from runwarden.warden import Warden
 
-STATES = ["starting", "ready", "replacing", "stopping"]
+STATES = ["starting", "ready", "replacing", "stopping", "stopped"]
 
 
 class Metrics:
@@ -52,19 +53,13 @@ class Metrics:
             "1 while draining (replacement or clean stop), else 0",
             registry=self.registry,
         )
-        self.state = Enum(
-            "runwarden_state",
-            "The runner's state",
-            states=STATES,
-            registry=self.registry,
-        )
-        self.state.state("starting")
         self.gpu = GpuMetrics(self.registry)
 
-    def watch(self, in_flight: Callable[[], float], draining: Callable[[], float]) -> None:
-        """Read these gauges from live state when scraped."""
-        self.in_flight.set_function(in_flight)
-        self.draining.set_function(draining)
+    def watch(self, warden: Warden) -> None:
+        """Read the runner's state from the core when scraped: no copy of it here."""
+        self.in_flight.set_function(warden.in_flight)
+        self.draining.set_function(lambda: 0.0 if warden.verdict is None else 1.0)
+        self.registry.register(_State(warden))
 
     def record_check(self, outcome: CheckOutcome) -> None:
         self.checks.labels("pass" if outcome.passed else "fail", outcome.counted).inc()
@@ -99,3 +94,16 @@ class _RequestCounts(Collector):
         for (status, source), count in sorted(self.counts.items()):
             family.add_metric([str(status), source], count)
         yield family
+
+
+class _State(Collector):
+    """runwarden_state, read from the core's snapshot when scraped."""
+
+    def __init__(self, warden: Warden) -> None:
+        self.warden = warden
+
+    def collect(self) -> Iterator[Metric]:
+        current = self.warden.snapshot()["state"]
+        yield StateSetMetricFamily(
+            "runwarden_state", "The runner's state", {s: s == current for s in STATES}
+        )

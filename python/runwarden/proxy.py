@@ -136,29 +136,28 @@ class Proxy:
         self.check_header = check_header.lower().encode("latin-1")
         self._request_dropped = REQUEST_DROPPED | {self.check_header}
         self._date = _DateHeader()
-        # H9's traffic accounting feeds only allow_on_busy and stall_seconds: with both off
-        # (the default) the hot path makes none of these calls into the core.
-        core = warden.core
+        # The in-flight count is the core's (one counter); the rest of H9's accounting feeds
+        # only allow_on_busy and stall_seconds: with both off (the default) the hot path
+        # makes none of those calls.
+        self._started = warden.request_started
+        self._finished = warden.request_finished
         h9 = warden.health.allow_on_busy or warden.health.stall_seconds is not None
-        self._started = core.request_started if h9 else _nothing
-        self._finished = core.request_finished if h9 else _nothing
-        self._progress = core.request_progress if h9 else _nothing
-        self._client_wait_started = core.client_wait_started if h9 else _nothing
-        self._client_wait_finished = core.client_wait_finished if h9 else _nothing
+        self._progress = warden.request_progress if h9 else _nothing
+        self._client_wait_started = warden.client_wait_started if h9 else _nothing
+        self._client_wait_finished = warden.client_wait_finished if h9 else _nothing
         self._unreachable_log = _RateLimitedLog(10.0)
 
     def __call__(self, request: Request) -> Coroutine[Any, Any, None] | None:
         """In the loop turn the request's head arrives: refuse it while draining, or answer a
         check trigger, or send its head to the app now on a pooled connection. The rest of
         the exchange is the coroutine returned (`server.py` runs it as a task)."""
-        drain = self.drain
-        if drain.reason is not None:  # D1: never reaches the app
+        if self.warden.verdict is not None:  # D1: never reaches the app
+            drain = self.drain
             self._answer(request, 503, drain.refusal_body, drain.refusal_headers)
             return None
         headers, triggered = self._request_headers(request)
         if triggered:  # H5: answered here, not forwarded
             return self._answer_check(request)
-        drain.enter()
         self._started()
         request.on_done = self._left
         body = self._request_body(request) if request.has_body else None
@@ -183,8 +182,7 @@ class Proxy:
         request.carry_on(self._forward(request, headers, None, exchange))
 
     def _left(self) -> None:
-        self._finished()
-        self.drain.leave()
+        self.drain.left(self._finished())
 
     def _request_headers(self, request: Request) -> tuple[Headers, bool]:
         """S2/S4: the client's headers, byte for byte, less hop-by-hop ones, those named in
@@ -279,10 +277,10 @@ class Proxy:
             request.finish()
 
     def _judge(self, status: int) -> None:
-        if status == 503:  # R1: forwarded unchanged, and the runner is replaced
-            self.drain.begin("app_503", "the app answered 503")
-            self.warden.report_response(status)
-        elif status in EXTRA_CHECK_STATUSES:  # R4
+        # R1: a 503 is forwarded unchanged, and the runner is replaced: the core's verdict
+        # comes back in this call, so the drain starts before the 503 is sent (D1). R4:
+        # 500/502/504 ask for one extra check.
+        if status == 503 or status in EXTRA_CHECK_STATUSES:
             self.warden.report_response(status)
 
     async def _respond(self, response: UpstreamResponse, request: Request) -> None:

@@ -14,9 +14,9 @@ from collections.abc import Coroutine
 from typing import Any
 
 from runwarden import exit_codes
-from runwarden._core import CheckOutcome
+from runwarden._core import CheckOutcome, Verdict
 from runwarden.admin import Admin
-from runwarden.drain import SHUTDOWN, Drain
+from runwarden.drain import Drain
 from runwarden.metrics import Metrics
 from runwarden.proxy import Proxy, TrustedSources
 from runwarden.server import LINGER_SECONDS, Limits, Server, fd_limit, max_proxy_connections
@@ -39,7 +39,7 @@ class Runner:
         self.settings = settings
         self.started_at = time.monotonic()
         self.warden = Warden(settings.health, settings.app_url, settings.gpu)
-        self.drain = Drain()
+        self.drain = Drain(self.warden.in_flight)
         self.metrics = Metrics()
         self.supervisor = (
             Supervisor(settings.app_command, settings.app_stop_timeout_seconds)
@@ -50,11 +50,10 @@ class Runner:
         self._signals = 0
         self._tasks: list[asyncio.Task[object]] = []
         self._exit_line: str | None = None
-        self._was_ready = False
 
     def gpu_status(self) -> dict[str, object]:
         """/status's GPU section (G4): the latest sample and the fault history."""
-        status = self.warden.core.gpu_status()
+        status = self.warden.gpu_status()
         if status is None:
             return {"enabled": False, "detail": "GPU monitoring is off (--no-gpu-monitoring)"}
         return status
@@ -87,14 +86,12 @@ class Runner:
             max_connections=ADMIN_CONNECTIONS,
         )
         self.admin_server = Server(Admin(self), admin_limits)
-        self.drain.on_begin(self.proxy_server.drain)
-        self.metrics.watch(
-            lambda: float(self.drain.in_flight), lambda: 1.0 if self.drain.reason else 0.0
-        )
+        self.metrics.watch(self.warden)
         self.warden.on_outcome(self._on_outcome)
         self.warden.on_gpu(self.metrics.gpu.record)
-        # D1: the verdict (H4, H6, H9, R1, G2) starts the drain in the loop turn it arrives.
-        self.warden.on_replace(lambda verdict: self.drain.begin(verdict.reason, verdict.detail))
+        # D1: the verdict (H4, H6, H9, R1, G2, a signal) starts the drain in the loop turn
+        # it arrives.
+        self.warden.on_verdict(self._on_verdict)
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
@@ -134,7 +131,7 @@ class Runner:
                     exit_codes.STARTUP_FAILED, " ".join(settings.app_command), exc,
                 )  # fmt: skip
                 return exit_codes.STARTUP_FAILED
-            self.warden.core.app_started()
+            self.warden.app_started()
             self._spawn(self._watch_app(self.supervisor))
         for server, host, port in (
             (self.proxy_server, settings.host, settings.port),
@@ -156,17 +153,19 @@ class Runner:
         )  # fmt: skip
         return None
 
+    def _on_verdict(self, verdict: Verdict) -> None:
+        self.drain.begin(verdict)
+        self.proxy_server.drain()
+
     async def _serve_until_drained(self) -> int:
         drain = self.drain
-        await drain.started.wait()
-        reason = drain.reason
-        assert reason is not None
+        verdict = await self.warden.decided()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_timeout_seconds
-        self.metrics.state.state("replacing" if drain.replacing else "stopping")
-        (log.warning if drain.replacing else log.info)(
+        (log.warning if verdict.replacing else log.info)(
             "draining (%s: %s): refusing new requests, %d in flight may finish within %.1f s",
-            reason, drain.detail, drain.in_flight, self.settings.drain_timeout_seconds,
+            verdict.reason, verdict.detail, self.warden.in_flight(),
+            self.settings.drain_timeout_seconds,
         )  # fmt: skip
         idle = asyncio.ensure_future(drain.wait_idle(self.settings.drain_timeout_seconds))
         hurry = asyncio.ensure_future(self._hurry.wait())
@@ -180,8 +179,9 @@ class Runner:
         left = await self.proxy_server.close(max(deadline, loop.time() + LINGER_SECONDS))
         if left:
             log.warning("closed %d client connection(s) still open at the drain's end", left)
-        code = exit_codes.for_reason(None if reason == SHUTDOWN else reason)
-        self._exit_line = f"exiting with code {code} ({reason}): {drain.detail}"
+        code = self.warden.finish()
+        assert code == verdict.exit_code
+        self._exit_line = f"exiting with code {code} ({verdict.reason}): {verdict.detail}"
         return code
 
     def _abandon_in_flight(self) -> None:
@@ -207,7 +207,7 @@ class Runner:
             await self.supervisor.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._exit_line is not None:  # D4: the one line that says why
-            clean = self.drain.reason == SHUTDOWN
+            clean = self.warden.verdict is not None and not self.warden.verdict.replacing
             (log.info if clean else log.error)("%s", self._exit_line)
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
@@ -222,17 +222,17 @@ class Runner:
             return
         detail = f"the app {describe_exit(returncode)}"
         log.error("%s (pid %s)", detail, supervisor.pid)
-        if self.warden.replace("app_exited", detail):
-            self.drain.begin("app_exited", detail)
+        self.warden.replace("app_exited", detail)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         """The first stop signal drains (a replacement already draining goes on); the second
         stops waiting for in-flight requests."""
         self._signals += 1
         if self._signals == 1:
-            if not self.drain.begin(SHUTDOWN, f"received {sig.name}"):
+            verdict = self.warden.shutdown(f"received {sig.name}")
+            if verdict is not None and verdict.replacing:
                 log.info("received %s while draining (%s): the drain goes on", sig.name,
-                         self.drain.reason)  # fmt: skip
+                         verdict.reason)  # fmt: skip
             return
         log.warning("received %s again: not waiting for in-flight requests", sig.name)
         self._hurry.set()
@@ -240,9 +240,7 @@ class Runner:
     def _on_outcome(self, outcome: CheckOutcome) -> None:
         self.metrics.record_check(outcome)
         if outcome.passed:
-            if not self._was_ready and self.drain.reason is None:
-                self._was_ready = True
-                self.metrics.state.state("ready")
+            if outcome.made_ready:
                 log.info("the app passed its first health check: ready")
             return
         # Failures that count towards a replacement are warnings; the rest (start period,

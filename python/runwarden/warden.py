@@ -1,10 +1,14 @@
-"""The asyncio face of the Rust core: awaitable checks and a replacement verdict.
+"""The asyncio face of the Rust core, and its only one: awaitable checks, the runner's
+verdict, the traffic count, and snapshots for `/status`.
 
-The core's threads never touch the GIL. They queue events and make a socket
-readable; `loop.add_reader` wakes us, and one non-blocking `drain_events()` takes
-them. This is simpler than completing futures from Rust through
-`call_soon_threadsafe` (which would make Rust threads take the GIL) and needs no
-polling loop.
+The core owns the runner's life (starting → ready → draining → stopped, `rust/lifecycle.rs`):
+readiness, the verdict and the exit code live there and nowhere else. `verdict` here is a
+read-only mirror the proxy reads on every request: it is set in the same call that made the
+core decide (a 503, a signal, the app's exit) or from the core's event, whichever comes
+first, and then never changes.
+
+The core's threads never touch the GIL. They queue events and make a socket readable;
+`loop.add_reader` wakes us, and one non-blocking `drain_events()` takes them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from runwarden._core import (
     CheckOutcome,
@@ -22,7 +26,7 @@ from runwarden._core import (
     GpuSamples,
     GpuSettings,
     HealthCheck,
-    Replace,
+    Verdict,
 )
 
 if TYPE_CHECKING:
@@ -32,7 +36,7 @@ log = logging.getLogger("runwarden")
 T = TypeVar("T")
 
 OutcomeListener = Callable[[CheckOutcome], None]
-ReplaceListener = Callable[[Replace], object]
+VerdictListener = Callable[[Verdict], object]
 GpuEvent = GpuSamples | GpuFinding | GpuMonitoring
 GpuListener = Callable[[GpuEvent], None]
 
@@ -43,29 +47,37 @@ class Warden:
 
     def __init__(self, health: HealthCheck, app_url: str, gpu: GpuSettings | None = None) -> None:
         self.health = health
-        self.core = Core(health, app_url, gpu)
+        self._core = core = Core(health, app_url, gpu)
+        self.verdict: Verdict | None = None
+        """Why the runner drains (the core's, mirrored); None while it does not."""
         self._waiting: dict[int, list[asyncio.Future[CheckOutcome]]] = {}
         self._listeners: list[OutcomeListener] = []
         self._gpu_listeners: list[GpuListener] = []
-        self._replace_listeners: list[ReplaceListener] = []
+        self._verdict_listeners: list[VerdictListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._replaced: asyncio.Future[Replace] | None = None
-        self.ready = False
+        self._decided: asyncio.Future[Verdict] | None = None
+        # The traffic count the proxy keeps, on its hot path: the core's methods themselves.
+        self.request_started = core.request_started
+        self.request_finished = core.request_finished
+        self.request_progress = core.request_progress
+        self.client_wait_started = core.client_wait_started
+        self.client_wait_finished = core.client_wait_finished
+        self.in_flight = core.in_flight
 
     async def start(self) -> None:
         """Start the core's threads and listen for its events on the running loop."""
         self._loop = asyncio.get_running_loop()
-        self._replaced = self._loop.create_future()
-        self._loop.add_reader(self.core.event_fd(), self._on_events)
-        self.core.start()
+        self._decided = self._loop.create_future()
+        self._loop.add_reader(self._core.event_fd(), self._on_events)
+        self._core.start()
 
     async def stop(self, timeout_seconds: float = 2.0) -> bool:
         """Stop the core's threads, waiting at most `timeout_seconds` for them; False if one
         had to be left behind (a thread stuck in the NVML driver)."""
         if self._loop is not None:
-            self._loop.remove_reader(self.core.event_fd())
+            self._loop.remove_reader(self._core.event_fd())
         # Joining is bounded and releases the GIL, but keep it off the loop anyway.
-        joined = await asyncio.to_thread(self.core.stop, timeout_seconds)
+        joined = await asyncio.to_thread(self._core.stop, timeout_seconds)
         for futures in self._waiting.values():
             for fut in futures:
                 if not fut.done():
@@ -73,15 +85,17 @@ class Warden:
         self._waiting.clear()
         return joined
 
+    # -- listening
+
     def on_outcome(self, listener: OutcomeListener) -> Callable[[], None]:
         """Call `listener` with every finished check (metrics, logs); returns an unsubscribe."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def on_replace(self, listener: ReplaceListener) -> None:
-        """Call `listener` with the replacement verdict in the same loop turn it arrives,
-        before any other event of its batch: the drain must start before anything else."""
-        self._replace_listeners.append(listener)
+    def on_verdict(self, listener: VerdictListener) -> None:
+        """Call `listener` with the verdict in the same loop turn it is known, before any
+        other event of its batch: the drain must start before anything else (D1)."""
+        self._verdict_listeners.append(listener)
 
     def on_gpu(self, listener: GpuListener) -> Callable[[], None]:
         """Call `listener` with every GPU sample, finding and monitoring state; returns an
@@ -89,9 +103,20 @@ class Warden:
         self._gpu_listeners.append(listener)
         return lambda: self._gpu_listeners.remove(listener)
 
+    async def decided(self) -> Verdict:
+        """Wait for the verdict."""
+        assert self._decided is not None, "Warden.start() first"
+        return await asyncio.shield(self._decided)
+
+    # -- asking the core
+
+    def app_started(self) -> None:
+        """The supervised app started: the runner's age counts from now (H2)."""
+        self._core.app_started()
+
     async def check(self, trigger: Literal["gateway", "extra"] = "gateway") -> CheckOutcome:
         """Run a check now, or share the running one; rate-limited triggers get the latest."""
-        answer = self.core.request_check(trigger)
+        answer = self._core.request_check(trigger)
         if isinstance(answer, CheckOutcome):
             return answer
         assert self._loop is not None, "Warden.start() first"
@@ -99,49 +124,68 @@ class Warden:
         self._waiting.setdefault(answer, []).append(fut)
         return await fut
 
-    async def replaced(self) -> Replace:
-        """Wait for the replacement verdict (sent at most once)."""
-        assert self._replaced is not None, "Warden.start() first"
-        return await asyncio.shield(self._replaced)
-
-    @property
-    def replacement(self) -> Replace | None:
-        if self._replaced is not None and self._replaced.done():
-            return self._replaced.result()
-        return None
-
     def manual_check(self) -> None:
-        self.core.manual_check()
+        self._core.manual_check()
 
-    def report_response(self, status: int) -> None:
-        self.core.report_response(status)
+    def report_response(self, status: int) -> Verdict | None:
+        """R1/R4; the verdict, now, if the runner drains."""
+        return self._mirror(self._core.report_response(status))
 
-    def replace(self, reason: Reason, detail: str) -> bool:
-        return self.core.replace(reason, detail)
+    def replace(self, reason: Reason, detail: str) -> Verdict | None:
+        """Replace for a reason found outside the core; the verdict that holds after it."""
+        return self._mirror(self._core.replace(reason, detail))
+
+    def shutdown(self, detail: str) -> Verdict | None:
+        """A clean stop (D4); the verdict that holds after it (an earlier replacement's, if
+        one came first)."""
+        return self._mirror(self._core.shutdown(detail))
+
+    def finish(self) -> int | None:
+        """The drain is over: the runner is stopped. Its exit code (D4)."""
+        return self._core.finish()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The runner's life for `/status` and `/readyz`: state, ready, reason, detail,
+        exit code, age, failures; one read of the core."""
+        return self._core.state()
+
+    def history(self) -> list[CheckOutcome]:
+        return self._core.history()
+
+    def gpu_status(self) -> dict[str, Any] | None:
+        return self._core.gpu_status()
+
+    # -- events
+
+    def _mirror(self, verdict: Verdict | None) -> Verdict | None:
+        if verdict is not None and self.verdict is None:
+            self.verdict = verdict
+            (log.warning if verdict.replacing else log.info)(
+                "%s: %s (%s)",
+                "replacing the runner" if verdict.replacing else "stopping",
+                verdict.reason,
+                verdict.detail,
+            )
+            if self._decided is not None and not self._decided.done():
+                self._decided.set_result(verdict)
+            _notify(self._verdict_listeners, verdict)
+        return self.verdict
 
     def _on_events(self) -> None:
-        events = self.core.drain_events()
+        events = self._core.drain_events()
         # The verdict first: a request arriving in this turn must already be refused.
         for event in events:
-            if isinstance(event, Replace):
-                self._on_replace(event)
+            if isinstance(event, Verdict):
+                self._mirror(event)
         for event in events:
             if isinstance(event, CheckOutcome):
-                if event.passed:
-                    self.ready = True
                 for fut in self._waiting.pop(event.id, ()):
                     if not fut.done():
                         fut.set_result(event)
                 _notify(self._listeners, event)
-            elif not isinstance(event, Replace):
+            elif not isinstance(event, Verdict):
                 self._log_gpu(event)
                 _notify(self._gpu_listeners, event)
-
-    def _on_replace(self, event: Replace) -> None:
-        log.warning("replacing the runner: %s (%s)", event.reason, event.detail)
-        if self._replaced is not None and not self._replaced.done():
-            self._replaced.set_result(event)
-        _notify(self._replace_listeners, event)
 
     @staticmethod
     def _log_gpu(event: GpuEvent) -> None:

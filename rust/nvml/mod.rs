@@ -10,62 +10,22 @@ pub mod xid;
 use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nvml_wrapper::Nvml;
 
-use crate::error::{bad_setting, CoreError, Result};
+use crate::error::{CoreError, Result};
 use crate::events::EventQueue;
-use crate::policy::{Finding, Policy, PolicySettings, Severity};
+use crate::policy::{Finding, Policy, Severity};
+pub use crate::settings::GpuSettings;
 use crate::verdict::{Event, Reason};
+use crate::worker::{lock, Worker};
 use sample::GpuSample;
 use watchdog::{Sighting, Watch};
 
-/// The library loaded when no path is set: the driver's, found by the dynamic loader.
-pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 /// Findings kept for `/status`.
 const FINDINGS_KEPT: usize = 100;
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct GpuSettings {
-    pub sample_seconds: f64,
-    pub watchdog_seconds: f64,
-    pub library: Option<String>,
-    pub policy: PolicySettings,
-}
-
-impl Default for GpuSettings {
-    fn default() -> Self {
-        GpuSettings {
-            sample_seconds: 5.0,
-            watchdog_seconds: 10.0,
-            library: None,
-            policy: PolicySettings::default(),
-        }
-    }
-}
-
-impl GpuSettings {
-    pub fn validate(mut self) -> Result<Self> {
-        for (name, value) in [
-            ("gpu_sample_seconds", self.sample_seconds),
-            ("nvml_watchdog_seconds", self.watchdog_seconds),
-        ] {
-            if !(value.is_finite() && value > 0.0) {
-                return Err(bad_setting(name, "a finite number > 0", value));
-            }
-        }
-        self.policy = self.policy.validate()?;
-        Ok(self)
-    }
-
-    pub fn library(&self) -> &str {
-        self.library.as_deref().unwrap_or(DEFAULT_LIBRARY)
-    }
-}
 
 /// A finding with the monitor's clock time.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,16 +67,6 @@ struct Shared {
     stuck: Mutex<Option<&'static str>>,
 }
 
-struct Worker {
-    name: &'static str,
-    handle: JoinHandle<()>,
-    done: Receiver<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Shared {
     fn now(&self) -> Duration {
         self.base.elapsed()
@@ -149,19 +99,8 @@ impl Shared {
         body: impl FnOnce(Arc<Shared>) + Send + 'static,
     ) {
         let shared = Arc::clone(self);
-        let (done_tx, done_rx) = mpsc::channel();
-        let spawned = thread::Builder::new()
-            .name(format!("runwarden-gpu-{name}"))
-            .spawn(move || {
-                body(shared);
-                let _ = done_tx.send(());
-            });
-        match spawned {
-            Ok(handle) => lock(&self.threads).push(Worker {
-                name,
-                handle,
-                done: done_rx,
-            }),
+        match Worker::spawn(name, move || body(shared)) {
+            Ok(worker) => lock(&self.threads).push(worker),
             Err(error) => self.set_enabled(false, format!("could not start {name}: {error}")),
         }
     }
@@ -177,6 +116,7 @@ impl Shared {
 
     /// Record, tell Python, and replace the runner on a fatal finding.
     fn report(&self, finding: Finding) {
+        debug_assert!(crate::policy::known_rule(finding.rule), "{}", finding.rule);
         let found = Found {
             finding,
             age: self.now(),
@@ -244,7 +184,7 @@ impl Shared {
         self.spawn("events", move |shared| {
             shared.run_events(&events_nvml, count)
         });
-        let period = Duration::from_secs_f64(self.settings.sample_seconds);
+        let period = Duration::from_secs_f64(self.settings.gpu_sample_seconds);
         loop {
             let began = Instant::now();
             self.sample_all(&nvml, &mut gpus, &watch);
@@ -342,7 +282,7 @@ impl Shared {
     }
 
     fn run_watchdog(self: &Arc<Self>) {
-        let limit = Duration::from_secs_f64(self.settings.watchdog_seconds);
+        let limit = Duration::from_secs_f64(self.settings.nvml_watchdog_seconds);
         // A verdict comes at most one tick late; SPEC allows half a second.
         let tick = (limit / 20).clamp(Duration::from_millis(10), Duration::from_millis(500));
         // One sighting per watch; watches are only ever added, so indices line up.
@@ -369,7 +309,7 @@ impl Shared {
                     severity: Severity::Fatal,
                     detail: format!(
                         "{call} did not return within {}s (on the {thread} thread)",
-                        crate::scheduler::trim_float(self.settings.watchdog_seconds)
+                        crate::scheduler::trim_float(self.settings.nvml_watchdog_seconds)
                     ),
                     xid: None,
                 });
@@ -400,7 +340,7 @@ impl GpuMonitor {
         let settings = settings.validate()?;
         Ok(GpuMonitor {
             shared: Arc::new(Shared {
-                policy: Mutex::new(Policy::new(settings.policy.clone())),
+                policy: Mutex::new(Policy::new(settings.clone())),
                 settings,
                 base: Instant::now(),
                 state: Mutex::new(MonitorState::default()),
@@ -457,13 +397,7 @@ impl GpuMonitor {
                     all = false;
                     continue;
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
-                match worker.done.recv_timeout(left) {
-                    Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        all &= worker.handle.join().is_ok()
-                    }
-                    Err(mpsc::RecvTimeoutError::Timeout) => all = false,
-                }
+                all &= worker.join_within(deadline.saturating_duration_since(Instant::now()));
             }
         }
     }

@@ -1,0 +1,354 @@
+//! How the core declares a setting: once, with its name, type, bounds, default and help
+//! (SPEC H7, C). The `settings!` macro turns one declaration per field into the struct, its
+//! `Default`, its `SPECS` table (exported to Python, which builds the command line, the
+//! environment names and `/status` from it) and a checked `set` by name.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::error::{CoreError, Result};
+
+/// What a setting holds and which values it accepts; anything else stops start-up (H7).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// A whole number, at least `min`.
+    Int {
+        min: i64,
+    },
+    /// A finite number above `min` (`strict`) or at least `min`.
+    Number {
+        min: f64,
+        strict: bool,
+    },
+    /// A number as `Number`, or None: off.
+    OptionalNumber {
+        min: f64,
+        strict: bool,
+    },
+    Bool,
+    /// A URL path: starts with '/', no whitespace.
+    Path,
+    /// One of these words, case-insensitive.
+    Choice(&'static [&'static str]),
+    /// Text, or None: the default the help names.
+    OptionalText,
+    /// A set of XID numbers.
+    Xids,
+    /// Warning rule → seconds sustained (`temperature=60,power_brake=30`).
+    Promotions,
+}
+
+/// A setting's value, as it crosses to Python and back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    None,
+    Int(i64),
+    Number(f64),
+    Bool(bool),
+    Text(String),
+    Xids(BTreeSet<u64>),
+    Promotions(BTreeMap<String, f64>),
+}
+
+/// One declared setting.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+impl Kind {
+    /// The name of the kind, as Python's settings table reads it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Int { .. } => "int",
+            Kind::Number { .. } => "number",
+            Kind::OptionalNumber { .. } => "optional_number",
+            Kind::Bool => "bool",
+            Kind::Path => "path",
+            Kind::Choice(_) => "choice",
+            Kind::OptionalText => "optional_text",
+            Kind::Xids => "xids",
+            Kind::Promotions => "promotions",
+        }
+    }
+
+    /// The Python type a value must have, as a type error says it.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Kind::Int { .. } => "an integer",
+            Kind::Number { .. } => "a number",
+            Kind::OptionalNumber { .. } => "a number or None",
+            Kind::Bool => "True or False",
+            Kind::Path | Kind::Choice(_) => "a string",
+            Kind::OptionalText => "a string or None",
+            Kind::Xids => "a list of XID numbers",
+            Kind::Promotions => "a dict of warning name to seconds",
+        }
+    }
+
+    /// What is allowed, as an error message and the help say it.
+    pub fn expected(self) -> String {
+        let bound = |min: f64, strict: bool| {
+            let min = crate::scheduler::trim_float(min);
+            format!("a finite number {} {min}", if strict { ">" } else { ">=" })
+        };
+        match self {
+            Kind::Int { min } => format!("an integer >= {min}"),
+            Kind::Number { min, strict } => bound(min, strict),
+            Kind::OptionalNumber { min, strict } => format!("{} or off", bound(min, strict)),
+            Kind::Bool => "true or false".to_owned(),
+            Kind::Path => "a path starting with '/' and without spaces".to_owned(),
+            Kind::Choice(words) => words.join(" or "),
+            Kind::OptionalText => "text".to_owned(),
+            Kind::Xids => "XID numbers >= 0".to_owned(),
+            Kind::Promotions => "warning names with seconds >= 0".to_owned(),
+        }
+    }
+
+    /// The value if this kind allows it (its type and its bounds); an error naming the
+    /// setting otherwise.
+    pub fn check(self, name: &'static str, value: Value) -> Result<Value> {
+        let wrong = |got: String| CoreError::Setting {
+            name,
+            expected: self.expected(),
+            got,
+        };
+        let number_ok = |n: f64, min: f64, strict: bool| {
+            n.is_finite() && if strict { n > min } else { n >= min }
+        };
+        match (self, value) {
+            (Kind::Int { min }, Value::Int(n)) if n >= min => Ok(Value::Int(n)),
+            (Kind::Number { min, strict }, Value::Number(n))
+            | (Kind::OptionalNumber { min, strict }, Value::Number(n))
+                if number_ok(n, min, strict) =>
+            {
+                Ok(Value::Number(n))
+            }
+            (Kind::OptionalNumber { .. } | Kind::OptionalText, Value::None) => Ok(Value::None),
+            (Kind::Bool, Value::Bool(b)) => Ok(Value::Bool(b)),
+            (Kind::Path, Value::Text(t))
+                if t.starts_with('/') && !t.contains(char::is_whitespace) =>
+            {
+                Ok(Value::Text(t))
+            }
+            (Kind::Choice(words), Value::Text(t)) => words
+                .iter()
+                .find(|w| w.eq_ignore_ascii_case(&t))
+                .map(|w| Value::Text((*w).to_owned()))
+                .ok_or_else(|| wrong(format!("{t:?}"))),
+            (Kind::OptionalText, Value::Text(t)) => Ok(Value::Text(t)),
+            (Kind::Xids, Value::Xids(x)) => Ok(Value::Xids(x)),
+            (Kind::Promotions, Value::Promotions(p))
+                if p.values().all(|s| number_ok(*s, 0.0, false)) =>
+            {
+                Ok(Value::Promotions(p))
+            }
+            (_, value) => Err(wrong(value.shown())),
+        }
+    }
+}
+
+impl Value {
+    /// The value as an error message shows what was given.
+    pub fn shown(&self) -> String {
+        match self {
+            Value::None => "None".to_owned(),
+            Value::Int(n) => n.to_string(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Text(t) => format!("{t:?}"),
+            Value::Xids(x) => format!("{x:?}"),
+            Value::Promotions(p) => format!("{p:?}"),
+        }
+    }
+}
+
+/// A field's Rust type and its `Value`. `from_value` sees only values its kind checked.
+pub trait Setting: Sized {
+    fn to_value(&self) -> Value;
+    fn from_value(value: Value) -> Option<Self>;
+}
+
+macro_rules! int_setting {
+    ($($t:ty),*) => {$(
+        impl Setting for $t {
+            fn to_value(&self) -> Value {
+                Value::Int(i64::try_from(*self).unwrap_or(i64::MAX))
+            }
+            fn from_value(value: Value) -> Option<Self> {
+                match value {
+                    Value::Int(n) => <$t>::try_from(n).ok(),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+int_setting!(u32, u64, usize);
+
+impl Setting for f64 {
+    fn to_value(&self) -> Value {
+        Value::Number(*self)
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::Number(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl Setting for Option<f64> {
+    fn to_value(&self) -> Value {
+        self.map_or(Value::None, Value::Number)
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::None => Some(None),
+            Value::Number(n) => Some(Some(n)),
+            _ => None,
+        }
+    }
+}
+
+impl Setting for bool {
+    fn to_value(&self) -> Value {
+        Value::Bool(*self)
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+impl Setting for String {
+    fn to_value(&self) -> Value {
+        Value::Text(self.clone())
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl Setting for Option<String> {
+    fn to_value(&self) -> Value {
+        self.clone().map_or(Value::None, Value::Text)
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::None => Some(None),
+            Value::Text(t) => Some(Some(t)),
+            _ => None,
+        }
+    }
+}
+
+impl Setting for BTreeSet<u64> {
+    fn to_value(&self) -> Value {
+        Value::Xids(self.clone())
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::Xids(x) => Some(x),
+            _ => None,
+        }
+    }
+}
+
+impl Setting for BTreeMap<String, f64> {
+    fn to_value(&self) -> Value {
+        Value::Promotions(self.clone())
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::Promotions(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Declare a settings struct: each field once, with its type, default, kind and help (its
+/// doc comment).
+macro_rules! settings {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                #[doc = $help:literal]
+                $field:ident : $ty:ty = $default:expr, $kind:expr;
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name {
+            $( #[doc = $help] pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default, )* }
+            }
+        }
+
+        impl $name {
+            /// Every setting of this struct, in declaration order.
+            pub const SPECS: &'static [$crate::setting::Spec] = &[
+                $( $crate::setting::Spec {
+                    name: stringify!($field),
+                    kind: $kind,
+                    help: $help.trim_ascii(),
+                }, )*
+            ];
+
+            /// Set one setting by name, checked against its kind; the error names it.
+            pub fn set(&mut self, name: &str, value: $crate::setting::Value) -> $crate::error::Result<()> {
+                use $crate::setting::Setting as _;
+                match name {
+                    $( stringify!($field) => {
+                        let checked = ($kind).check(stringify!($field), value)?;
+                        self.$field = <$ty>::from_value(checked.clone()).ok_or_else(|| {
+                            $crate::error::bad_setting(
+                                stringify!($field),
+                                "a value its type holds",
+                                checked.shown(),
+                            )
+                        })?;
+                        Ok(())
+                    } )*
+                    _ => Err($crate::setting::unknown(name, Self::SPECS)),
+                }
+            }
+
+            /// Every setting's value, in declaration order.
+            pub fn values(&self) -> Vec<(&'static str, $crate::setting::Value)> {
+                use $crate::setting::Setting as _;
+                vec![ $( (stringify!($field), self.$field.to_value()), )* ]
+            }
+
+            /// Each setting against its own kind (the cross-setting rules are the struct's).
+            pub fn check_each(&self) -> $crate::error::Result<()> {
+                for (spec, (_, value)) in Self::SPECS.iter().zip(self.values()) {
+                    spec.kind.check(spec.name, value)?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use settings;
+
+/// The error for a name no setting has.
+pub fn unknown(name: &str, specs: &[Spec]) -> CoreError {
+    let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+    CoreError::Unknown {
+        name: name.to_owned(),
+        known: known.join(", "),
+    }
+}
