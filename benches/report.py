@@ -81,7 +81,7 @@ def interference_table(r: dict[str, Any]) -> list[str]:
 
 
 def evaluate(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
-    """(what, target, figure, met) for every target of issue 5."""
+    """(what, target, figure, met) for every benchmark target."""
     out: list[tuple[str, str, str, bool | None]] = []
     if "interference" in results:
         i = results["interference"]["interference"]

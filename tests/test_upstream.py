@@ -1,5 +1,5 @@
 """The proxy's upstream client (runwarden.upstream) against a scripted app on loopback: the
-HTTP/1.1 cases a general client library used to handle for it (SPEC S1-S4, R3)."""
+HTTP/1.1 cases a general client library handles, and the framing rule (SPEC S1-S5, R3)."""
 
 from __future__ import annotations
 

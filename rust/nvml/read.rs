@@ -124,7 +124,7 @@ impl<'nvml> Gpu<'nvml> {
 
     /// One sample, through the kept handle. If any call fails, the sample is read again
     /// from a fresh lookup, exactly as without a kept handle: a lost GPU fails the lookup,
-    /// and is reported by that one call as before, not by every call the handle failed.
+    /// and is reported by that one call, not by every call the handle failed.
     pub fn read(&mut self, nvml: &'nvml Nvml, watch: &Watch) -> GpuSample {
         if let Some(device) = &self.device {
             let sample = self.read_with(nvml, device, Reader::new(watch));
