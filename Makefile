@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: dev install-test fake-nvml test test-rust test-python lint format docs bench bench-smoke
+.PHONY: dev install-test fake-nvml test test-rust test-python lint format docs wheel bench bench-smoke
 
 dev:  ## build the extension in place (editable install) with the test extra
 	$(PYTHON) -m pip install -e '.[test]'
@@ -29,6 +29,18 @@ lint:
 	ruff format --check python tests $(wildcard benches)
 	mypy python/
 	$(PYTHON) -m mypy.stubtest runwarden._core --allowlist python/runwarden/_core.stubtest-allowlist
+
+# zig (the `ziglang` package) links against glibc 2.17: one wheel for every manylinux2014 host.
+ZIG_DIR = $$($(PYTHON) -c "import os, ziglang; print(os.path.dirname(ziglang.__file__))")
+FAKE_NVML = python/runwarden/testing/fake_nvml/libnvidia-ml.so.1
+
+wheel:  ## a manylinux2014 abi3 wheel in dist/, carrying the fault kit's fake NVML driver
+	$(PYTHON) -c "import ziglang, maturin" 2>/dev/null || $(PYTHON) -m pip install -q "ziglang>=0.13" "maturin>=1.9,<2"
+	PYTHON=$(PYTHON) CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER=$(CURDIR)/rust/fake-nvml/zig-cc \
+		cargo build -p fake-nvml --release --target x86_64-unknown-linux-gnu
+	mkdir -p $(dir $(FAKE_NVML))
+	cp target/x86_64-unknown-linux-gnu/release/libnvidia_ml.so $(FAKE_NVML)
+	PATH="$(ZIG_DIR):$$PATH" $(PYTHON) -m maturin build --release --zig --compatibility manylinux2014 --out dist
 
 docs:  ## regenerate docs/settings.md from the settings table (a test checks it is current)
 	$(PYTHON) -m runwarden.settings > docs/settings.md

@@ -26,7 +26,12 @@ class PynvmlSampler:
         pynvml.nvmlInit()
         self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(GPUS)]
         self.ids = [
-            (pynvml.nvmlDeviceGetUUID(h), pynvml.nvmlDeviceGetName(h)) for h in self.handles
+            (
+                pynvml.nvmlDeviceGetUUID(h),
+                pynvml.nvmlDeviceGetName(h),
+                pynvml.nvmlDeviceGetPciInfo_v3(h).busId,
+            )
+            for h in self.handles
         ]
         self.last_uncorrected = [0] * GPUS
         self.costs: list[float] = []

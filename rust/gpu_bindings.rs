@@ -45,7 +45,9 @@ pub fn sample_dict<'py>(py: Python<'py>, s: &GpuSample) -> PyResult<Bound<'py, P
     d.set_item("index", s.index)?;
     d.set_item("uuid", s.uuid.as_deref())?;
     d.set_item("name", s.name.as_deref())?;
+    d.set_item("pci_bus_id", s.pci_bus_id.as_deref())?;
     d.set_item("temperature_c", s.temperature_c)?;
+    d.set_item("memory_temperature_c", s.memory_temperature_c)?;
     d.set_item("sm_clock_mhz", s.sm_clock_mhz)?;
     d.set_item("memory_clock_mhz", s.memory_clock_mhz)?;
     d.set_item("throttle_reasons", s.throttle_reasons)?;
@@ -54,6 +56,8 @@ pub fn sample_dict<'py>(py: Python<'py>, s: &GpuSample) -> PyResult<Bound<'py, P
     d.set_item("memory_utilization", s.memory_utilization)?;
     d.set_item("memory_used_bytes", s.memory_used_bytes)?;
     d.set_item("memory_total_bytes", s.memory_total_bytes)?;
+    d.set_item("energy_mj", s.energy_mj)?;
+    d.set_item("pcie_replays", s.pcie_replays)?;
     let ecc = PyDict::new(py);
     ecc.set_item("volatile_corrected", s.ecc.volatile_corrected)?;
     ecc.set_item("volatile_uncorrected", s.ecc.volatile_uncorrected)?;
@@ -206,5 +210,23 @@ pub fn state_dict<'py>(py: Python<'py>, state: &MonitorState) -> PyResult<Bound<
         warnings.append(w)?;
     }
     d.set_item("active_warnings", warnings)?;
+    let watched = PyList::empty(py);
+    for gpu in &state.watched {
+        let w = PyDict::new(py);
+        w.set_item("index", gpu.index)?;
+        w.set_item("uuid", gpu.uuid.as_deref())?;
+        w.set_item("selected_by", &gpu.selector)?;
+        w.set_item("events", &gpu.events)?;
+        watched.append(w)?;
+    }
+    d.set_item("watched", watched)?;
+    let missing = PyList::empty(py);
+    for (selector, why) in &state.missing {
+        let m = PyDict::new(py);
+        m.set_item("selector", selector)?;
+        m.set_item("why", why)?;
+        missing.append(m)?;
+    }
+    d.set_item("missing", missing)?;
     Ok(d)
 }

@@ -26,7 +26,7 @@ impl Severity {
 
 /// Every rule a finding can name, with its severity and when it is found (G2, G3): the one
 /// list, exported to Python for `/status`, the metrics and the docs.
-pub const RULES: [(&str, Severity, &str); 20] = [
+pub const RULES: [(&str, Severity, &str); 22] = [
     (
         "gpu_lost",
         Severity::Fatal,
@@ -56,7 +56,17 @@ pub const RULES: [(&str, Severity, &str); 20] = [
     (
         "gpu_count_dropped",
         Severity::Fatal,
-        "fewer GPUs visible than at start",
+        "fewer of the watched GPUs visible than at start",
+    ),
+    (
+        "nvml_unavailable",
+        Severity::Fatal,
+        "with --gpu-required: NVML cannot be loaded or started (G6)",
+    ),
+    (
+        "gpu_missing",
+        Severity::Fatal,
+        "with --gpu-required: a GPU asked for is not there (G6)",
     ),
     (
         "event_wait_failed",
@@ -210,7 +220,7 @@ impl Policy {
             uuid: None,
             rule: "gpu_count_dropped",
             severity: Severity::Fatal,
-            detail: format!("{count} GPU(s) visible, {start} at start"),
+            detail: format!("{count} watched GPU(s) visible, {start} at start"),
             xid: None,
         })
     }

@@ -169,7 +169,7 @@ fn g2_the_gpu_count_dropping_below_the_start_is_fatal() {
     let f = p.judge_count(7).unwrap();
     assert_eq!(
         (f.rule, f.detail.as_str()),
-        ("gpu_count_dropped", "7 GPU(s) visible, 8 at start")
+        ("gpu_count_dropped", "7 watched GPU(s) visible, 8 at start")
     );
 }
 

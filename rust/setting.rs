@@ -35,6 +35,8 @@ pub enum Kind {
     Xids,
     /// Warning rule → seconds sustained (`temperature=60,power_brake=30`).
     Promotions,
+    /// GPUs to watch: indices, `GPU-…` UUIDs or `MIG-…` UUIDs; None: every GPU.
+    GpuSelectors,
 }
 
 /// A setting's value, as it crosses to Python and back.
@@ -47,6 +49,7 @@ pub enum Value {
     Text(String),
     Xids(BTreeSet<u64>),
     Promotions(BTreeMap<String, f64>),
+    Texts(Vec<String>),
 }
 
 /// One declared setting.
@@ -70,6 +73,7 @@ impl Kind {
             Kind::OptionalText => "optional_text",
             Kind::Xids => "xids",
             Kind::Promotions => "promotions",
+            Kind::GpuSelectors => "gpus",
         }
     }
 
@@ -84,6 +88,7 @@ impl Kind {
             Kind::OptionalText => "a string or None",
             Kind::Xids => "a list of XID numbers",
             Kind::Promotions => "a dict of warning name to seconds",
+            Kind::GpuSelectors => "a list of GPU indices or UUIDs, or None",
         }
     }
 
@@ -103,6 +108,7 @@ impl Kind {
             Kind::OptionalText => "text".to_owned(),
             Kind::Xids => "XID numbers >= 0".to_owned(),
             Kind::Promotions => "warning names with seconds >= 0".to_owned(),
+            Kind::GpuSelectors => "GPU indices, GPU-… or MIG-… UUIDs, or all".to_owned(),
         }
     }
 
@@ -125,7 +131,19 @@ impl Kind {
             {
                 Ok(Value::Number(n))
             }
-            (Kind::OptionalNumber { .. } | Kind::OptionalText, Value::None) => Ok(Value::None),
+            (
+                Kind::OptionalNumber { .. } | Kind::OptionalText | Kind::GpuSelectors,
+                Value::None,
+            ) => Ok(Value::None),
+            (Kind::GpuSelectors, Value::Texts(items))
+                if items.iter().all(|s| {
+                    s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty()
+                        || s.starts_with("GPU-")
+                        || s.starts_with("MIG-")
+                }) =>
+            {
+                Ok(Value::Texts(items))
+            }
             (Kind::Bool, Value::Bool(b)) => Ok(Value::Bool(b)),
             (Kind::Path, Value::Text(t))
                 if t.starts_with('/') && !t.contains(char::is_whitespace) =>
@@ -160,6 +178,7 @@ impl Value {
             Value::Text(t) => format!("{t:?}"),
             Value::Xids(x) => format!("{x:?}"),
             Value::Promotions(p) => format!("{p:?}"),
+            Value::Texts(t) => format!("{t:?}"),
         }
     }
 }
@@ -244,6 +263,19 @@ impl Setting for Option<String> {
         match value {
             Value::None => Some(None),
             Value::Text(t) => Some(Some(t)),
+            _ => None,
+        }
+    }
+}
+
+impl Setting for Option<Vec<String>> {
+    fn to_value(&self) -> Value {
+        self.clone().map_or(Value::None, Value::Texts)
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::None => Some(None),
+            Value::Texts(t) => Some(Some(t)),
             _ => None,
         }
     }

@@ -82,6 +82,18 @@ pub fn from_py(spec: &Spec, value: &Bound<'_, PyAny>) -> PyResult<Value> {
             }
             Value::Xids(xids)
         }
+        Kind::GpuSelectors if value.is_none() => Value::None,
+        Kind::GpuSelectors => {
+            let mut items = Vec::new();
+            for item in value.try_iter().map_err(|_| bad())? {
+                let item = item?;
+                if !item.is_instance_of::<PyString>() {
+                    return Err(bad());
+                }
+                items.push(item.extract()?);
+            }
+            Value::Texts(items)
+        }
         Kind::Promotions => {
             let dict = value.cast::<PyDict>().map_err(|_| bad())?;
             let mut promote = BTreeMap::new();
@@ -106,6 +118,7 @@ pub fn to_py_value<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, P
         Value::Text(t) => PyString::new(py, t).into_any(),
         Value::Xids(x) => PyList::new(py, x)?.into_any(),
         Value::Promotions(p) => p.clone().into_pyobject(py)?.into_any(),
+        Value::Texts(t) => PyList::new(py, t)?.into_any(),
     })
 }
 

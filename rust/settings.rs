@@ -82,6 +82,10 @@ settings! {
 settings! {
     /// GPU monitoring settings (SPEC G): each declared once, named as its option.
     pub struct GpuSettings {
+        /// the GPUs to watch: indices, GPU-… or MIG-… UUIDs (a MIG device means its GPU), or all; unset: the supervised app's CUDA_VISIBLE_DEVICES, else NVIDIA_VISIBLE_DEVICES, else runwarden's CUDA_VISIBLE_DEVICES, else all (G5)
+        gpus: Option<Vec<String>> = None, Kind::GpuSelectors;
+        /// NVML that cannot load or start, or fewer GPUs than asked for, stop start-up with gpu_fault's code (G6)
+        gpu_required: bool = false, Kind::Bool;
         /// seconds between NVML samples of every GPU
         gpu_sample_seconds: f64 = 5.0, POSITIVE;
         /// an NVML call that does not return within this is a GPU fault (G2)
@@ -94,8 +98,8 @@ settings! {
         gpu_fatal_xids: BTreeSet<u64> = [48, 64, 74, 79, 95, 119, 120, 140].into(), Kind::Xids;
         /// XIDs that warn (G3): ECC recording (63, 92, 94), power (54), micro-controller (61, 62), firmware (38), display and memory interface (56-58), C2C link (121), power/thermal (150)
         gpu_warning_xids: BTreeSet<u64> = [38, 54, 56, 57, 58, 61, 62, 63, 92, 94, 121, 150].into(), Kind::Xids;
-        /// XIDs ignored: application errors
-        gpu_ignored_xids: BTreeSet<u64> = [13, 31, 43, 45, 68].into(), Kind::Xids;
+        /// XIDs ignored: application errors (109: a context-switch timeout)
+        gpu_ignored_xids: BTreeSet<u64> = [13, 31, 43, 45, 68, 109].into(), Kind::Xids;
         /// retired pages that replace the runner (G2)
         gpu_retired_pages_fatal: u64 = 63, Kind::Int { min: 1 };
         /// uncorrectable remapped rows that replace the runner (G2)

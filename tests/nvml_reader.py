@@ -16,7 +16,13 @@ if __name__ == "__main__":
     try:
         handles = [n.nvmlDeviceGetHandleByIndex(i) for i in range(n.nvmlDeviceGetCount())]
         samples = [
-            read_sample(h, i, n.nvmlDeviceGetUUID(h), n.nvmlDeviceGetName(h))
+            read_sample(
+                h,
+                i,
+                n.nvmlDeviceGetUUID(h),
+                n.nvmlDeviceGetName(h),
+                n.nvmlDeviceGetPciInfo_v3(h).busId,
+            )
             for i, h in enumerate(handles)
         ]
         print(json.dumps(samples))

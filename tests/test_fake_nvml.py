@@ -63,6 +63,9 @@ def sample(i):
         "pci_bus_id": pci.busId,
         "pci": [pci.domain, pci.bus, pci.device, pci.busIdLegacy],
         "temperature": n.nvmlDeviceGetTemperature(d, n.NVML_TEMPERATURE_GPU),
+        "memory_temperature": n.nvmlDeviceGetFieldValues(d, [82])[0].value.uiVal,  # memory temp
+        "energy_mj": n.nvmlDeviceGetTotalEnergyConsumption(d),
+        "pcie_replay": n.nvmlDeviceGetPcieReplayCounter(d),
         "graphics_clock": n.nvmlDeviceGetClockInfo(d, n.NVML_CLOCK_GRAPHICS),
         "sm_clock": n.nvmlDeviceGetClockInfo(d, n.NVML_CLOCK_SM),
         "mem_clock": n.nvmlDeviceGetClockInfo(d, n.NVML_CLOCK_MEM),
@@ -215,6 +218,9 @@ def expected_sample(gpu: Gpu, index: int) -> dict[str, Any]:
         "pci_bus_id": gpu["pci_bus_id"],
         "pci": [int(domain, 16), int(bus, 16), int(device, 16), gpu["pci_bus_id"][4:]],
         "temperature": gpu["temperature"],
+        "memory_temperature": gpu["memory_temperature"],
+        "energy_mj": gpu["energy_mj"],
+        "pcie_replay": gpu["pcie_replay"],
         "graphics_clock": gpu["graphics_clock"],
         "sm_clock": gpu["sm_clock"],
         "mem_clock": gpu["mem_clock"],
@@ -246,6 +252,10 @@ def unusual_state() -> State:
                 "uuid": f"GPU-{i}1234567-89ab-cdef-0123-456789abcdef",
                 "pci_bus_id": f"00000000:{0x40 + i:02X}:00.0",
                 "temperature": 61 + i,
+                "memory_temperature": 71 + i,
+                "energy_mj": 9_876_543_210 + i,
+                "pcie_replay": 5 + i,
+                "mig_uuids": [f"MIG-{i}abc"],
                 "sm_clock": 1410 + i,
                 "mem_clock": 1593 + i,
                 "graphics_clock": 1400 + i,
@@ -320,6 +330,11 @@ def test_every_field_reads_as_written(nvml: FakeNvml, start: Any) -> None:
     assert proc.value("addr(n.nvmlDeviceGetHandleByIndex(1)) == addr(h[1])")
     assert proc.error("n.nvmlDeviceGetHandleByIndex(3)") == "NVMLError_InvalidArgument"
     assert proc.error("n.nvmlDeviceGetHandleByUUID('GPU-nope')") == "NVMLError_NotFound"
+    # A MIG device's UUID leads to its GPU, as on a MIG-enabled H100.
+    mig = "n.nvmlDeviceGetHandleByUUID('MIG-1abc')"
+    is_mig = f"n.nvmlDeviceIsMigDeviceHandle({mig})"
+    assert proc.value(f"int(getattr({is_mig}, 'value', {is_mig}))") == 1
+    assert proc.value(f"addr(n.nvmlDeviceGetDeviceHandleFromMigDeviceHandle({mig})) == addr(h[1])")
 
 
 def test_state_changes_are_read_at_run_time(nvml: FakeNvml, start: Any) -> None:

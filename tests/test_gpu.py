@@ -87,6 +87,9 @@ def test_G1_sampler_reads_what_nvidia_ml_py_reads(fake_library: Path, nvml: Fake
         nvml.set_gpu(
             i,
             temperature=temp,
+            memory_temperature=temp + 7,
+            energy_mj=123_456_789 + i,
+            pcie_replay=2 * i,
             sm_clock=1400 + i,
             mem_clock=2600 + i,
             throttle_reasons=0x4 | (i << 3),
@@ -328,7 +331,9 @@ def test_G_no_nvml_library_turns_monitoring_off_and_checks_still_run(tmp_path: P
 def test_G_bad_gpu_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="gpu_sample_seconds must be a finite number > 0"):
         GpuSettings(gpu_sample_seconds=0)
-    with pytest.raises(ValueError, match=r"unknown setting .sample_period.; known settings: gpu_"):
+    with pytest.raises(
+        ValueError, match=r"unknown setting .sample_period.; known settings: gpus, "
+    ):
         GpuSettings(sample_period=1)
     with pytest.raises(ValueError, match="gpu_promote_warnings must be keyed by"):
         GpuSettings(gpu_promote_warnings={"fans": 3})

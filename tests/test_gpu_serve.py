@@ -162,8 +162,9 @@ def test_G3_warnings_keep_the_runner_and_a_sustained_one_promoted_replaces(
     assert httpx.get(f"{rw.url}/predict").status_code == 200
     metrics = httpx.get(f"{rw.admin_url}/metrics").text
     assert re.search(
-        r'^DCGM_FI_DEV_GPU_TEMP\{UUID="GPU-[0-9a-f-]+",device="nvidia0",gpu="0",'
-        r'modelName="[^"]+"\} 96\.0$',
+        r'^DCGM_FI_DEV_GPU_TEMP\{gpu="0",UUID="GPU-[0-9a-f-]+",pci_bus_id="00000000:18:00.0",'
+        r'device="nvidia0",modelName="[^"]+",Hostname="[^"]+",'
+        r'DCGM_FI_DRIVER_VERSION="550.54.15"\} 96$',
         metrics,
         re.MULTILINE,
     ), metrics

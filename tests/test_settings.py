@@ -35,6 +35,7 @@ OTHER_SIDECAR = {
     "drain_timeout_seconds": ("12", 12.0),
     "app_stop_timeout_seconds": ("4", 4.0),
     "gpu_monitoring": ("false", False),
+    "gpu_metrics": ("runwarden", "runwarden"),
     "log_level": ("debug", "DEBUG"),
 }
 
@@ -59,6 +60,8 @@ def _other(spec: Spec) -> tuple[str, Any]:
         return "/healthz", "/healthz"
     if spec.name == "stall_seconds":
         return "7.5", 7.5
+    if spec.name == "gpus":
+        return "0,GPU-1", ["0", "GPU-1"]
     if spec.name == "nvml_library":
         return "/opt/nvml/libnvidia-ml.so.1", "/opt/nvml/libnvidia-ml.so.1"
     raise AssertionError(f"no other value for {spec.name}: add one to this test")

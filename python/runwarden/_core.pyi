@@ -126,6 +126,8 @@ class GpuSettings:
     """GPU monitoring settings (SPEC G), validated. Immutable. Defaults copied from `SETTINGS`
     (checked by tests/test_settings.py)."""
 
+    gpus: list[str] | None
+    gpu_required: bool
     gpu_sample_seconds: float
     nvml_watchdog_seconds: float
     nvml_library: str | None
@@ -139,13 +141,15 @@ class GpuSettings:
     def __new__(
         cls,
         *,
+        gpus: list[str] | None = None,
+        gpu_required: bool = False,
         gpu_sample_seconds: float = 5.0,
         nvml_watchdog_seconds: float = 10.0,
         nvml_library: str | None = None,
         gpu_temperature_warning_celsius: int = 85,
         gpu_fatal_xids: list[int] = [48, 64, 74, 79, 95, 119, 120, 140],
         gpu_warning_xids: list[int] = [38, 54, 56, 57, 58, 61, 62, 63, 92, 94, 121, 150],
-        gpu_ignored_xids: list[int] = [13, 31, 43, 45, 68],
+        gpu_ignored_xids: list[int] = [13, 31, 43, 45, 68, 109],
         gpu_retired_pages_fatal: int = 63,
         gpu_remapped_rows_fatal: int = 512,
         gpu_promote_warnings: dict[str, float] = {},
@@ -180,7 +184,9 @@ class GpuSample(TypedDict):
     index: int
     uuid: str | None
     name: str | None
+    pci_bus_id: str | None
     temperature_c: int | None
+    memory_temperature_c: int | None
     sm_clock_mhz: int | None
     memory_clock_mhz: int | None
     throttle_reasons: int | None
@@ -189,6 +195,8 @@ class GpuSample(TypedDict):
     memory_utilization: int | None
     memory_used_bytes: int | None
     memory_total_bytes: int | None
+    energy_mj: int | None
+    pcie_replays: int | None
     ecc: EccCounts
     retired_pages: RetiredPages | None
     remapped_rows: RemappedRows | None

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
-from runwarden import exit_codes
+from runwarden import __version__, exit_codes
 from runwarden.settings import ConfigError, Settings, add_options, resolve
 
 log = logging.getLogger("runwarden")
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"runwarden {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
         help="proxy to an app, health-check it, drain and exit when it breaks",
@@ -76,7 +77,12 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     if "--" in argv:
         split = argv.index("--")
         argv, app_command = argv[:split], argv[split + 1 :]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command is None:  # options but no command, such as `runwarden -v`
+        parser.error("a command is needed: serve or demo")
+    if unknown:  # said with the command's own usage, not the top level's
+        _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "serve":
         return resolve(args, env, app_command)
     if app_command:
@@ -86,6 +92,13 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     args.app_url = f"http://127.0.0.1:{args.app_port}"
     command = [sys.executable, "-m", "runwarden.demo", "--port", str(args.app_port)]
     return resolve(args, env, command)
+
+
+def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]  # type: ignore[no-any-return]
+    return parser
 
 
 def _print_demo_urls(settings: Settings) -> None:
@@ -119,6 +132,9 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 def run_cli(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     env = os.environ if env is None else env
+    if not argv:  # `runwarden` alone: what it can do, not a bare error
+        build_parser().print_help()
+        return exit_codes.BAD_CONFIG
     try:
         settings = parse(argv, env)
     except ConfigError as exc:

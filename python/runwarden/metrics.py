@@ -15,7 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from runwarden._core import CheckOutcome
-from runwarden.gpu_metrics import GpuMetrics
+from runwarden.gpu_metrics import GpuMetrics, Mode
 from runwarden.warden import Warden
 
 STATES = ["starting", "ready", "replacing", "stopping", "stopped"]
@@ -26,7 +26,7 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, gpu_mode: Mode = "dcgm") -> None:
         self.registry = CollectorRegistry()
         self.checks = Counter(
             "runwarden_checks",
@@ -53,12 +53,13 @@ class Metrics:
             "1 while draining (replacement or clean stop), else 0",
             registry=self.registry,
         )
-        self.gpu = GpuMetrics(self.registry)
+        self.gpu = GpuMetrics(self.registry, gpu_mode)
 
     def watch(self, warden: Warden) -> None:
         """Read the runner's state from the core when scraped: no copy of it here."""
         self.in_flight.set_function(warden.in_flight)
         self.draining.set_function(lambda: 0.0 if warden.verdict is None else 1.0)
+        self.gpu._driver_version = lambda: (warden.gpu_status() or {}).get("driver_version")
         self.registry.register(_State(warden))
 
     def record_check(self, outcome: CheckOutcome) -> None:
@@ -76,7 +77,7 @@ class Metrics:
         self.record_request(status, "runwarden")
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.gpu.render()
 
 
 class _RequestCounts(Collector):

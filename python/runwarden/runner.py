@@ -7,6 +7,7 @@ Named "runner" because "app" is the model server in the SPEC's words.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -40,7 +41,7 @@ class Runner:
         self.started_at = time.monotonic()
         self.warden = Warden(settings.health, settings.app_url, settings.gpu)
         self.drain = Drain(self.warden.in_flight)
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.gpu_metrics)
         self.supervisor = (
             Supervisor(settings.app_command, settings.app_stop_timeout_seconds)
             if settings.app_command
@@ -56,7 +57,7 @@ class Runner:
         status = self.warden.gpu_status()
         if status is None:
             return {"enabled": False, "detail": "GPU monitoring is off (--no-gpu-monitoring)"}
-        return status
+        return {**status, "selected_by": self.settings.gpu_selection}
 
     async def run(self) -> int:
         settings = self.settings
@@ -122,6 +123,10 @@ class Runner:
     async def _start(self, limits: Limits) -> int | None:
         """Start the app and both ports; an exit code if one of them could not start."""
         settings = self.settings
+        if settings.gpu is not None:
+            code = await self._gpu_gate(settings.gpu.nvml_watchdog_seconds)
+            if code is not None:
+                return code
         if self.supervisor is not None:
             try:
                 await self.supervisor.start()
@@ -152,6 +157,21 @@ class Runner:
             settings.admin_host, settings.admin_port, limits.max_connections,
         )  # fmt: skip
         return None
+
+    async def _gpu_gate(self, watchdog_seconds: float) -> int | None:
+        """G6: before the app starts, GPU monitoring has loaded NVML, chosen its GPUs and taken
+        one sample. A GPU already in a fatal state, or (with --gpu-required) NVML missing or a
+        GPU not found, stops start-up here with gpu_fault's code: not after the app has spent
+        minutes loading weights. A hung NVML call is a fault at the watchdog's deadline."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.warden.gpu_started(), watchdog_seconds + 2)
+        verdict = self.warden.verdict
+        if verdict is None:
+            return None
+        code = self.warden.finish()
+        line = f"exiting with code {code} ({verdict.reason}): {verdict.detail}"
+        self._exit_line = f"{line}; the app was not started"
+        return code
 
     def _on_verdict(self, verdict: Verdict) -> None:
         self.drain.begin(verdict)

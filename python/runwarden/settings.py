@@ -105,6 +105,16 @@ def _promotions(text: str) -> dict[str, float]:
     return out
 
 
+def _choice(words: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        lowered = text.strip().lower()
+        if lowered not in words:
+            raise argparse.ArgumentTypeError(f"must be {' or '.join(words)}, got {text!r}")
+        return lowered
+
+    return parse
+
+
 def _port(text: str) -> int:
     value = _int(text)
     if not 1 <= value <= 65535:
@@ -194,6 +204,58 @@ def _log_level(text: str) -> str:
     return level
 
 
+ALL_GPUS = "all"
+
+
+def _gpus(text: str) -> list[str] | str:
+    """'0,2' or 'GPU-…,MIG-…' -> a list; 'all' -> 'all' (every GPU, said explicitly)."""
+    if text.strip().lower() == ALL_GPUS:
+        return ALL_GPUS
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def watched_gpus(
+    app_command: Sequence[str], env: Mapping[str, str]
+) -> tuple[list[str] | None, str]:
+    """G5, when `--gpus` is unset: the GPUs the runner uses, and where that came from. The
+    supervised app's CUDA_VISIBLE_DEVICES (from an `env VAR=…` prefix of its command, else
+    inherited from runwarden), else NVIDIA_VISIBLE_DEVICES (a container runtime's), else
+    runwarden's own CUDA_VISIBLE_DEVICES, else every GPU."""
+    own = env.get("CUDA_VISIBLE_DEVICES")
+    if app_command:
+        prefixed = _env_prefix(app_command).get("CUDA_VISIBLE_DEVICES")
+        if prefixed is not None:
+            return _gpu_list(prefixed), "CUDA_VISIBLE_DEVICES of the app's command"
+        if own is not None:
+            return _gpu_list(own), "CUDA_VISIBLE_DEVICES, which the app inherits"
+    nvidia = env.get("NVIDIA_VISIBLE_DEVICES")
+    if nvidia is not None and nvidia.strip().lower() not in ("all", "", "void", "none"):
+        return _gpu_list(nvidia), "NVIDIA_VISIBLE_DEVICES"
+    if own is not None:
+        return _gpu_list(own), "CUDA_VISIBLE_DEVICES"
+    return None, "every GPU (no --gpus, CUDA_VISIBLE_DEVICES or NVIDIA_VISIBLE_DEVICES)"
+
+
+def _gpu_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _env_prefix(command: Sequence[str]) -> dict[str, str]:
+    """The assignments of `env [-i] NAME=VALUE ... PROGRAM`, the way a command sets an
+    environment without a shell."""
+    if not command or command[0].rsplit("/", 1)[-1] != "env":
+        return {}
+    out = {}
+    for arg in command[1:]:
+        if arg.startswith("-"):
+            continue
+        name, sep, value = arg.partition("=")
+        if not sep:
+            break
+        out[name] = value
+    return out
+
+
 # The core's kinds, read from text; the core checks the bounds.
 CORE_PARSERS: dict[str, Callable[[str], Any]] = {
     "int": _int,
@@ -205,6 +267,7 @@ CORE_PARSERS: dict[str, Callable[[str], Any]] = {
     "optional_text": _optional_text,
     "xids": _xids,
     "promotions": _promotions,
+    "gpus": _gpus,
 }
 
 
@@ -257,6 +320,7 @@ def _core_spec(row: Mapping[str, Any]) -> Spec:
     shown = {
         "stall_seconds": "off",
         "nvml_library": "libnvidia-ml.so.1, found by the dynamic loader",
+        "gpus": "from the environment, else all",
     }.get(row["name"])
     return Spec(
         name=row["name"],
@@ -297,6 +361,9 @@ SIDECAR: tuple[Spec, ...] = (
     Spec("app_stop_timeout_seconds", _at_least(0, False), 10.0,
          "SIGTERM to SIGKILL delay for the supervised app (D3)"),
     Spec("gpu_monitoring", _bool, True, "watch the GPUs through NVML (off without a driver)"),
+    Spec("gpu_metrics", _choice(("dcgm", "runwarden", "off")), "dcgm",
+         "GPU series in /metrics: named as dcgm-exporter names them, as runwarden_gpu_*, or "
+         "none (for a node whose dcgm-exporter is scraped already)"),
     Spec("log_level", _log_level, "INFO", "log level: debug, info, warning or error"),
 )  # fmt: skip
 
@@ -315,12 +382,15 @@ class Settings:
         health: HealthCheck,
         gpu: GpuSettings | None,
         app_command: tuple[str, ...] = (),
+        gpu_selection: str = "",
     ) -> None:
         self._values = dict(values)
         self.health = health
         self.gpu = gpu
         """None when GPU monitoring is off."""
         self.app_command = app_command
+        self.gpu_selection = gpu_selection
+        """Where the GPUs to watch came from (G5): `--gpus`, or which variable."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -377,12 +447,19 @@ def resolve(
         if value is None:
             value = overrides.get(spec.name, spec.default)
         values[spec.name] = value
+    if values["gpus"] is None:
+        values["gpus"], selection = watched_gpus(app_command, env)
+    elif values["gpus"] == ALL_GPUS:
+        values["gpus"], selection = None, "--gpus all"
+    else:
+        selection = "--gpus"
     try:
         health = HealthCheck(**{s.name: values[s.name] for s in HEALTH})
         gpu = GpuSettings(**{s.name: values[s.name] for s in GPU})
     except SettingsError as exc:
         raise _named(exc) from None
-    return Settings(values, health, gpu if values["gpu_monitoring"] else None, tuple(app_command))
+    on = values["gpu_monitoring"]
+    return Settings(values, health, gpu if on else None, tuple(app_command), selection)
 
 
 def _named(exc: SettingsError) -> ConfigError:

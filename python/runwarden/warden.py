@@ -56,6 +56,7 @@ class Warden:
         self._verdict_listeners: list[VerdictListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._decided: asyncio.Future[Verdict] | None = None
+        self._gpu_up: asyncio.Future[None] | None = None
         # The traffic count the proxy keeps, on its hot path: the core's methods themselves.
         self.request_started = core.request_started
         self.request_finished = core.request_finished
@@ -68,6 +69,7 @@ class Warden:
         """Start the core's threads and listen for its events on the running loop."""
         self._loop = asyncio.get_running_loop()
         self._decided = self._loop.create_future()
+        self._gpu_up = self._loop.create_future()
         self._loop.add_reader(self._core.event_fd(), self._on_events)
         self._core.start()
 
@@ -102,6 +104,12 @@ class Warden:
         unsubscribe."""
         self._gpu_listeners.append(listener)
         return lambda: self._gpu_listeners.remove(listener)
+
+    async def gpu_started(self) -> None:
+        """Wait until GPU monitoring has taken its first sample, or is off, or the runner
+        drains (a fault found on the way, G6)."""
+        assert self._gpu_up is not None, "Warden.start() first"
+        await asyncio.shield(self._gpu_up)
 
     async def decided(self) -> Verdict:
         """Wait for the verdict."""
@@ -168,6 +176,7 @@ class Warden:
             )
             if self._decided is not None and not self._decided.done():
                 self._decided.set_result(verdict)
+            self._gpu_settled()
             _notify(self._verdict_listeners, verdict)
         return self.verdict
 
@@ -184,8 +193,16 @@ class Warden:
                         fut.set_result(event)
                 _notify(self._listeners, event)
             elif not isinstance(event, Verdict):
+                if isinstance(event, GpuSamples) or (
+                    isinstance(event, GpuMonitoring) and not event.enabled
+                ):
+                    self._gpu_settled()
                 self._log_gpu(event)
                 _notify(self._gpu_listeners, event)
+
+    def _gpu_settled(self) -> None:
+        if self._gpu_up is not None and not self._gpu_up.done():
+            self._gpu_up.set_result(None)
 
     @staticmethod
     def _log_gpu(event: GpuEvent) -> None:

@@ -4,6 +4,7 @@
 
 pub mod read;
 pub mod sample;
+pub mod select;
 pub mod watchdog;
 pub mod xid;
 
@@ -46,6 +47,20 @@ pub struct MonitorState {
     pub sample_cost: Option<Duration>,
     pub findings: VecDeque<Found>,
     pub active_warnings: Vec<(u32, &'static str, Duration)>,
+    /// The GPUs watched (G5), with the selector that chose each and its XID/ECC events.
+    pub watched: Vec<WatchedGpu>,
+    /// Selectors that matched no GPU, each with why.
+    pub missing: Vec<(String, String)>,
+}
+
+/// One watched GPU, for `/status`.
+#[derive(Debug, Clone, Default)]
+pub struct WatchedGpu {
+    pub index: u32,
+    pub uuid: Option<String>,
+    pub selector: String,
+    /// Which events are watched on it: "xid, double-bit ecc", "none: …", or "pending".
+    pub events: String,
 }
 
 /// Replace the runner; false if it already is being replaced.
@@ -145,49 +160,75 @@ impl Shared {
         let nvml = match init {
             Ok(nvml) => Arc::new(nvml),
             Err(error) => {
-                self.set_enabled(
-                    false,
-                    format!("GPU monitoring is off: could not load NVML from {library}: {error}"),
-                );
-                return;
+                return self.unavailable(format!("could not load NVML from {library}: {error}"))
             }
         };
         let count = match watch.call("nvmlDeviceGetCount_v2", || nvml.device_count()) {
             Ok(count) => count,
-            Err(error) => {
-                self.set_enabled(
-                    false,
-                    format!("GPU monitoring is off: nvmlDeviceGetCount: {error}"),
-                );
-                return;
-            }
+            Err(error) => return self.unavailable(format!("nvmlDeviceGetCount: {error}")),
         };
         let driver = watch
             .call("nvmlSystemGetDriverVersion", || nvml.sys_driver_version())
             .ok();
-        let mut gpus: Vec<read::Gpu<'_>> = (0..count)
-            .map(|i| read::Gpu::find(&nvml, i, &watch))
+        let selection = select::resolve(&nvml, count, self.settings.gpus.as_deref(), &watch);
+        let mut gpus: Vec<read::Gpu<'_>> = selection
+            .chosen
+            .iter()
+            .map(|c| read::Gpu::find(&nvml, c.index, &watch))
             .collect();
+        let indices: Vec<u32> = selection.chosen.iter().map(|c| c.index).collect();
         {
             let mut state = lock(&self.state);
             state.driver_version.clone_from(&driver);
             state.gpu_count = Some(count);
+            state.missing.clone_from(&selection.missing);
+            state.watched = selection
+                .chosen
+                .iter()
+                .map(|c| WatchedGpu {
+                    index: c.index,
+                    uuid: c.uuid.clone(),
+                    selector: c.selector.clone(),
+                    events: "pending".into(),
+                })
+                .collect();
         }
+        let missing = describe_missing(&selection.missing);
+        if !missing.is_empty() && self.settings.gpu_required {
+            // G6: fewer GPUs than asked for, with --gpu-required: stop before the app starts.
+            self.report(Finding {
+                gpu: None,
+                uuid: None,
+                rule: "gpu_missing",
+                severity: Severity::Fatal,
+                detail: missing.clone(),
+                xid: None,
+            });
+        }
+        let shown: Vec<String> = indices.iter().map(u32::to_string).collect();
         self.set_enabled(
             true,
             format!(
-                "watching {count} GPU(s) through {library} (driver {})",
-                driver.as_deref().unwrap_or("unknown")
+                "watching {} of {count} GPU(s) [{}] through {library} (driver {}){}",
+                indices.len(),
+                shown.join(", "),
+                driver.as_deref().unwrap_or("unknown"),
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; not found: {missing}")
+                },
             ),
         );
         let events_nvml = Arc::clone(&nvml);
+        let watched = indices.clone();
         self.spawn("events", move |shared| {
-            shared.run_events(&events_nvml, count)
+            shared.run_events(&events_nvml, &watched)
         });
         let period = Duration::from_secs_f64(self.settings.gpu_sample_seconds);
         loop {
             let began = Instant::now();
-            self.sample_all(&nvml, &mut gpus, &watch);
+            self.sample_all(&nvml, &mut gpus, count, &watch);
             let spent = began.elapsed();
             if !self.pause(period.saturating_sub(spent)) {
                 return;
@@ -195,9 +236,32 @@ impl Shared {
         }
     }
 
-    fn sample_all<'nvml>(&self, nvml: &'nvml Nvml, gpus: &mut [read::Gpu<'nvml>], watch: &Watch) {
+    /// No NVML: monitoring is off, said once; with --gpu-required, a fault (G6).
+    fn unavailable(&self, why: String) {
+        if self.settings.gpu_required {
+            self.report(Finding {
+                gpu: None,
+                uuid: None,
+                rule: "nvml_unavailable",
+                severity: Severity::Fatal,
+                detail: why.clone(),
+                xid: None,
+            });
+        }
+        self.set_enabled(false, format!("GPU monitoring is off: {why}"));
+    }
+
+    fn sample_all<'nvml>(
+        &self,
+        nvml: &'nvml Nvml,
+        gpus: &mut [read::Gpu<'nvml>],
+        node_count: u32,
+        watch: &Watch,
+    ) {
         let began = Instant::now();
-        let count = watch.call("nvmlDeviceGetCount_v2", || nvml.device_count());
+        let count = watch
+            .call("nvmlDeviceGetCount_v2", || nvml.device_count())
+            .map(|now| visible(nvml, gpus, node_count, now, watch));
         let samples: Vec<GpuSample> = gpus.iter_mut().map(|gpu| gpu.read(nvml, watch)).collect();
         let cost = began.elapsed();
         let now = self.now();
@@ -219,9 +283,6 @@ impl Shared {
             state.active_warnings = policy.active_warnings();
             state.samples.clone_from(&samples);
             state.sample_cost = Some(cost);
-            if let Ok(n) = count {
-                state.gpu_count = Some(n);
-            }
             findings
         };
         self.events.push(Event::GpuSamples { samples, cost });
@@ -230,10 +291,19 @@ impl Shared {
         }
     }
 
-    fn run_events(self: &Arc<Self>, nvml: &Nvml, count: u32) {
+    fn run_events(self: &Arc<Self>, nvml: &Nvml, watched: &[u32]) {
         let watch = self.watch("events");
-        let set = match xid::register(nvml, count, &watch) {
-            Ok(set) => set,
+        let registered = xid::register(nvml, watched, &watch);
+        if let Ok((_, each)) = &registered {
+            let mut state = lock(&self.state);
+            for gpu in &mut state.watched {
+                if let Some((_, events)) = each.iter().find(|(index, _)| *index == gpu.index) {
+                    gpu.events.clone_from(events);
+                }
+            }
+        }
+        let set = match registered {
+            Ok((set, _)) => set,
             Err(error) => {
                 self.report(Finding {
                     gpu: None,
@@ -318,6 +388,31 @@ impl Shared {
             }
         }
     }
+}
+
+/// "GPU-1234 (no GPU has this UUID); 7 (index 7, but NVML sees 4 GPU(s))".
+fn describe_missing(missing: &[(String, String)]) -> String {
+    let parts: Vec<String> = missing
+        .iter()
+        .map(|(s, why)| format!("{s} ({why})"))
+        .collect();
+    parts.join("; ")
+}
+
+/// How many watched GPUs NVML still sees (G2 `gpu_count_dropped`, over the watched set):
+/// all of them while the node's count holds; once it drops, those still found by UUID.
+fn visible(nvml: &Nvml, gpus: &[read::Gpu<'_>], node_count: u32, now: u32, watch: &Watch) -> u32 {
+    if now >= node_count {
+        return gpus.len() as u32;
+    }
+    let found = gpus.iter().filter(|gpu| {
+        gpu.uuid().is_none_or(|uuid| {
+            watch
+                .call("nvmlDeviceGetHandleByUUID", || nvml.device_by_uuid(uuid))
+                .is_ok()
+        })
+    });
+    found.count() as u32
 }
 
 fn describe(f: &Finding) -> String {

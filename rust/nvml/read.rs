@@ -9,7 +9,9 @@ use std::sync::Arc;
 use nvml_wrapper::enum_wrappers::device::{
     Clock, EccCounter, MemoryError, RetirementCause, TemperatureSensor,
 };
+use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::{Device, Nvml};
 
 use super::sample::{GpuSample, NvmlFailure, ReadError, RemappedRows, RetiredPages};
@@ -100,6 +102,7 @@ pub struct Gpu<'nvml> {
     index: u32,
     uuid: Option<Arc<str>>,
     name: Option<Arc<str>>,
+    pci_bus_id: Option<Arc<str>>,
     device: Option<Device<'nvml>>,
 }
 
@@ -114,12 +117,24 @@ impl<'nvml> Gpu<'nvml> {
         };
         let uuid = read_str("nvmlDeviceGetUUID", Device::uuid);
         let name = read_str("nvmlDeviceGetName", Device::name);
+        let pci_bus_id = read_str("nvmlDeviceGetPciInfo_v3", |d| {
+            d.pci_info().map(|p| p.bus_id)
+        });
         Gpu {
             index,
             uuid,
             name,
+            pci_bus_id,
             device,
         }
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn uuid(&self) -> Option<&str> {
+        self.uuid.as_deref()
     }
 
     /// One sample, through the kept handle. If any call fails, the sample is read again
@@ -149,6 +164,7 @@ impl<'nvml> Gpu<'nvml> {
             index: self.index,
             uuid: self.uuid.clone(),
             name: self.name.clone(),
+            pci_bus_id: self.pci_bus_id.clone(),
             ..Default::default()
         }
     }
@@ -159,6 +175,7 @@ impl<'nvml> Gpu<'nvml> {
         sample.temperature_c = r.read("nvmlDeviceGetTemperature", || {
             device.temperature(TemperatureSensor::Gpu)
         });
+        sample.memory_temperature_c = memory_temperature(device, r);
         sample.sm_clock_mhz = r.read("nvmlDeviceGetClockInfo", || device.clock_info(Clock::SM));
         sample.memory_clock_mhz = r.read("nvmlDeviceGetClockInfo", || {
             device.clock_info(Clock::Memory)
@@ -179,6 +196,12 @@ impl<'nvml> Gpu<'nvml> {
             sample.memory_used_bytes = Some(memory.used);
             sample.memory_total_bytes = Some(memory.total);
         }
+        sample.energy_mj = r.read("nvmlDeviceGetTotalEnergyConsumption", || {
+            device.total_energy_consumption()
+        });
+        sample.pcie_replays = r.read("nvmlDeviceGetPcieReplayCounter", || {
+            device.pcie_replay_counter()
+        });
         let ecc = |r: &mut Reader<'_>, error: MemoryError, counter: EccCounter| {
             r.read("nvmlDeviceGetTotalEccErrors", || {
                 device.total_ecc_errors(error, counter)
@@ -192,6 +215,22 @@ impl<'nvml> Gpu<'nvml> {
         sample.remapped_rows = remapped_rows(nvml, device, r);
         sample.errors = reader.errors;
         sample
+    }
+}
+
+/// `NVML_FI_DEV_MEMORY_TEMP`, dcgm-exporter's `DCGM_FI_DEV_MEMORY_TEMP`; HBM GPUs report it.
+const FI_DEV_MEMORY_TEMP: u32 = 82;
+
+/// The memory's temperature, through `nvmlDeviceGetFieldValues` (no other call reads it).
+fn memory_temperature(device: &Device<'_>, r: &mut Reader<'_>) -> Option<u32> {
+    let values = r.read("nvmlDeviceGetFieldValues", || {
+        device.field_values_for(&[FieldId(FI_DEV_MEMORY_TEMP)])
+    })?;
+    match values.into_iter().next()?.ok()?.value.ok()? {
+        SampleValue::U32(t) => Some(t),
+        SampleValue::U64(t) => u32::try_from(t).ok(),
+        SampleValue::I64(t) => u32::try_from(t).ok(),
+        _ => None,
     }
 }
 

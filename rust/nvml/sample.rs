@@ -58,7 +58,10 @@ pub struct GpuSample {
     /// Shared with the sampler's own copy: a sample clones no strings.
     pub uuid: Option<Arc<str>>,
     pub name: Option<Arc<str>>,
+    /// "00000000:18:00.0": dcgm-exporter's `pci_bus_id` label.
+    pub pci_bus_id: Option<Arc<str>>,
     pub temperature_c: Option<u32>,
+    pub memory_temperature_c: Option<u32>,
     pub sm_clock_mhz: Option<u32>,
     pub memory_clock_mhz: Option<u32>,
     pub throttle_reasons: Option<u64>,
@@ -67,6 +70,9 @@ pub struct GpuSample {
     pub memory_utilization: Option<u32>,
     pub memory_used_bytes: Option<u64>,
     pub memory_total_bytes: Option<u64>,
+    /// Millijoules since the driver loaded.
+    pub energy_mj: Option<u64>,
+    pub pcie_replays: Option<u32>,
     pub ecc: EccCounts,
     pub retired_pages: Option<RetiredPages>,
     pub remapped_rows: Option<RemappedRows>,

@@ -29,40 +29,68 @@ pub enum Heard {
     Failed(NvmlFailure),
 }
 
-/// Register every GPU for the events we act on. Errors say which GPU refused.
-pub fn register<'n>(nvml: &'n Nvml, count: u32, watch: &Watch) -> Result<EventSet<'n>, String> {
-    let wanted = EventTypes::CRITICAL_XID_ERROR | EventTypes::DOUBLE_BIT_ECC_ERROR;
-    let mut set = watch
+/// Register each watched GPU for the events we act on. The set, and what each GPU watches
+/// ("xid, double-bit ecc", or "none: why"); only a set that cannot be made is an error.
+pub fn register<'n>(
+    nvml: &'n Nvml,
+    watched: &[u32],
+    watch: &Watch,
+) -> Result<(EventSet<'n>, Vec<(u32, String)>), String> {
+    let set = watch
         .call("nvmlEventSetCreate", || nvml.create_event_set())
         .map_err(|e| format!("nvmlEventSetCreate: {e}"))?;
-    for index in 0..count {
-        let device = watch
-            .call("nvmlDeviceGetHandleByIndex_v2", || {
+    let each = watched
+        .iter()
+        .map(|&index| {
+            let status = match watch.call("nvmlDeviceGetHandleByIndex_v2", || {
                 nvml.device_by_index(index)
-            })
-            .map_err(|e| format!("GPU {index}: {e}"))?;
-        let supported = match watch.call("nvmlDeviceGetSupportedEventTypes", || {
-            device.supported_event_types()
-        }) {
-            Ok(types) => types,
-            Err(NvmlError::NotSupported) => continue,
-            Err(e) => {
-                return Err(format!(
-                    "GPU {index}: nvmlDeviceGetSupportedEventTypes: {e}"
-                ))
-            }
-        };
-        let types = supported & wanted;
-        if types.is_empty() {
-            continue;
-        }
-        set = watch
-            .call("nvmlDeviceRegisterEvents", || {
-                device.register_events(types, set)
-            })
-            .map_err(|e| format!("GPU {index}: nvmlDeviceRegisterEvents: {}", e.error))?;
+            }) {
+                Err(e) => format!("none: nvmlDeviceGetHandleByIndex: {e}"),
+                Ok(device) => register_one(nvml, &device, &set, watch),
+            };
+            (index, status)
+        })
+        .collect();
+    Ok((set, each))
+}
+
+/// One GPU into the set, through the raw call: nvml-wrapper frees the whole set when one
+/// GPU refuses, and one GPU must not take the others' events with it.
+fn register_one(
+    nvml: &Nvml,
+    device: &nvml_wrapper::Device<'_>,
+    set: &EventSet<'_>,
+    watch: &Watch,
+) -> String {
+    let wanted = EventTypes::CRITICAL_XID_ERROR | EventTypes::DOUBLE_BIT_ECC_ERROR;
+    let supported = match watch.call("nvmlDeviceGetSupportedEventTypes", || {
+        device.supported_event_types()
+    }) {
+        Ok(types) => types & wanted,
+        Err(NvmlError::NotSupported) => EventTypes::empty(),
+        Err(e) => return format!("none: nvmlDeviceGetSupportedEventTypes: {e}"),
+    };
+    if supported.is_empty() {
+        return "none: the GPU reports neither XID nor double-bit ECC events".to_owned();
     }
-    Ok(set)
+    let Ok(register) = nvml.lib().nvmlDeviceRegisterEvents.as_ref() else {
+        return "none: the driver has no nvmlDeviceRegisterEvents".to_owned();
+    };
+    // SAFETY: a live device handle and a live event set, as nvml.h asks.
+    let code = watch.call("nvmlDeviceRegisterEvents", || unsafe {
+        register(device.handle(), supported.bits(), set.handle())
+    });
+    if code != 0 {
+        return format!("none: nvmlDeviceRegisterEvents answered NVML error {code}");
+    }
+    let mut names = Vec::new();
+    if supported.contains(EventTypes::CRITICAL_XID_ERROR) {
+        names.push("xid");
+    }
+    if supported.contains(EventTypes::DOUBLE_BIT_ECC_ERROR) {
+        names.push("double-bit ecc");
+    }
+    names.join(", ")
 }
 
 /// Wait once for an event.

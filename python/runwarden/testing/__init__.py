@@ -14,7 +14,8 @@ file; `fake_nvml_dir()` builds the library and returns the directory to put on
 The state file, every key optional (the fake's defaults are `default_state()`'s values):
 
     {"driver_version": "550.54.15", "nvml_version": null, "cuda_driver_version": 12040,
-     "gpus": [{"name", "uuid", "pci_bus_id", "temperature" (C),
+     "gpus": [{"name", "uuid", "pci_bus_id", "temperature", "memory_temperature" (C),
+               "energy_mj" (since boot), "pcie_replay", "mig_uuids" (MIG devices' UUIDs),
                "sm_clock", "mem_clock", "graphics_clock", "video_clock" (MHz),
                "throttle_reasons" (bits), "power_mw", "gpu_util", "memory_util" (%),
                "memory": {"total", "reserved", "used", "free"} (bytes),
@@ -154,6 +155,10 @@ class Gpu(TypedDict, total=False):
     uuid: str
     pci_bus_id: str
     temperature: int
+    memory_temperature: int
+    energy_mj: int
+    pcie_replay: int
+    mig_uuids: list[str]
     sm_clock: int
     mem_clock: int
     graphics_clock: int
@@ -201,6 +206,10 @@ def default_gpu(index: int) -> Gpu:
         "uuid": f"GPU-00000000-0000-4000-8000-{index:012x}",
         "pci_bus_id": f"00000000:{0x18 + index:02X}:00.0",
         "temperature": 40,
+        "memory_temperature": 45,
+        "energy_mj": 1_000_000,
+        "pcie_replay": 0,
+        "mig_uuids": [],
         "sm_clock": 1980,
         "mem_clock": 2619,
         "graphics_clock": 1980,
@@ -385,16 +394,14 @@ def _bump_generation(path: Path) -> None:
         os.close(fd)
 
 
-def _source_root() -> Path:
+PACKAGED = Path(__file__).resolve().parent / "fake_nvml"
+"""Where a wheel built by `make wheel` carries the fake (`runwarden/testing/fake_nvml/`)."""
+
+
+def _source_root() -> Path | None:
     # python/runwarden/testing/__init__.py -> the checkout's root, three levels above python/.
     root = Path(__file__).resolve().parents[3]
-    if not (root / "rust" / "fake-nvml" / "Cargo.toml").is_file():
-        raise FakeNvmlError(
-            "the fake NVML driver is built from the source tree, and runwarden is installed "
-            f"from a wheel here ({Path(__file__).parent}); run from a source checkout "
-            "(`make dev`), or build it there with `make fake-nvml`"
-        )
-    return root
+    return root if (root / "rust" / "fake-nvml" / "Cargo.toml").is_file() else None
 
 
 def _newest_source(crate: Path) -> int:
@@ -403,9 +410,20 @@ def _newest_source(crate: Path) -> int:
 
 
 def fake_nvml_dir() -> Path:
-    """The directory holding the fake `libnvidia-ml.so.1`, building it first (`cargo build
-    -p fake-nvml --release`) when it is missing or older than its sources."""
+    """The directory holding the fake `libnvidia-ml.so.1`. In a source checkout it is built
+    (`cargo build -p fake-nvml --release`) when missing or older than its sources; an
+    installed wheel carries it, built for glibc 2.17 and later (no Rust needed)."""
     root = _source_root()
+    if root is None or shutil.which("cargo") is None:
+        if (PACKAGED / LIBRARY_NAME).is_file():
+            return PACKAGED
+        if root is None:
+            raise FakeNvmlError(
+                f"this runwarden ({Path(__file__).parent}) carries no fake NVML driver: it "
+                "was installed from a source build; install a wheel made by `make wheel`, or "
+                "run from a source checkout with Rust (`make dev`)"
+            )
+    assert root is not None
     target = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
     target = target if target.is_absolute() else root / target
     built = target / "release" / "libnvidia_ml.so"

@@ -10,8 +10,9 @@ from typing import Any
 import pynvml as n  # type: ignore[import-untyped]
 
 
-def read_sample(handle: Any, index: int, uuid: str, name: str) -> dict[str, Any]:
-    """Every G1 field of one GPU; `uuid` and `name` never change, so the caller reads them once."""
+def read_sample(handle: Any, index: int, uuid: str, name: str, pci_bus_id: str) -> dict[str, Any]:
+    """Every G1 field of one GPU; `uuid`, `name` and `pci_bus_id` never change, so the caller
+    reads them once."""
     h = handle
     util = n.nvmlDeviceGetUtilizationRates(h)
     memory = n.nvmlDeviceGetMemoryInfo(h, version=n.nvmlMemory_v2)
@@ -27,11 +28,14 @@ def read_sample(handle: Any, index: int, uuid: str, name: str) -> dict[str, Any]
         n.NVML_MEMORY_ERROR_TYPE_CORRECTED,
         n.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
     )
+    (memory_temp,) = n.nvmlDeviceGetFieldValues(h, [n.NVML_FI_DEV_MEMORY_TEMP])
     return {
         "index": index,
         "uuid": uuid,
         "name": name,
+        "pci_bus_id": pci_bus_id,
         "temperature_c": n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU),
+        "memory_temperature_c": memory_temp.value.uiVal if memory_temp.nvmlReturn == 0 else None,
         "sm_clock_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
         "memory_clock_mhz": n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),
         "throttle_reasons": n.nvmlDeviceGetCurrentClocksThrottleReasons(h),
@@ -40,6 +44,8 @@ def read_sample(handle: Any, index: int, uuid: str, name: str) -> dict[str, Any]
         "memory_utilization": util.memory,
         "memory_used_bytes": memory.used,
         "memory_total_bytes": memory.total,
+        "energy_mj": n.nvmlDeviceGetTotalEnergyConsumption(h),
+        "pcie_replays": n.nvmlDeviceGetPcieReplayCounter(h),
         "ecc": {
             "volatile_corrected": ecc(corrected, n.NVML_VOLATILE_ECC),
             "volatile_uncorrected": ecc(uncorrected, n.NVML_VOLATILE_ECC),

@@ -5,9 +5,9 @@ use std::ffi::{c_char, c_uint, c_ulonglong, CStr};
 
 use crate::codes::{
     Ret, ERROR_ARGUMENT_VERSION_MISMATCH, ERROR_INSUFFICIENT_SIZE, ERROR_INVALID_ARGUMENT,
-    ERROR_NOT_FOUND,
+    ERROR_NOT_FOUND, ERROR_NOT_SUPPORTED,
 };
-use crate::guard::{check_gpu, enter, enter_device, handle, Device};
+use crate::guard::{check_gpu, enter, enter_device, handle, mig_handle, mig_parent_of, Device};
 use crate::state::{Gpu, State};
 use crate::{answer, put, put_str};
 
@@ -105,12 +105,45 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
             return Err(ERROR_INVALID_ARGUMENT);
         }
         let wanted = CStr::from_ptr(uuid).to_bytes();
+        if let Some(parent) = (0..state.gpus.len()).find(|&i| {
+            state.gpus[i]
+                .mig_uuids
+                .iter()
+                .any(|m| m.as_bytes() == wanted)
+        }) {
+            check_gpu(&state, name, parent)?;
+            return put(device, mig_handle(parent));
+        }
         let index = (0..state.gpus.len())
             .find(|&i| state.gpus[i].uuid(i).as_bytes() == wanted)
             .ok_or(ERROR_NOT_FOUND)?;
         check_gpu(&state, name, index)?;
         put(device, handle(index))
     }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
+    mig: Device,
+    device: *mut Device,
+) -> Ret {
+    let name = "nvmlDeviceGetDeviceHandleFromMigDeviceHandle";
+    answer(enter(name, None).and_then(|state| {
+        let parent = mig_parent_of(mig).ok_or(ERROR_INVALID_ARGUMENT)?;
+        if parent >= state.gpus.len() {
+            return Err(ERROR_INVALID_ARGUMENT);
+        }
+        check_gpu(&state, name, parent)?;
+        put(device, handle(parent))
+    }))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(device: Device, is_mig: *mut c_uint) -> Ret {
+    answer(
+        enter("nvmlDeviceIsMigDeviceHandle", None)
+            .and_then(|_| put(is_mig, c_uint::from(mig_parent_of(device).is_some()))),
+    )
 }
 
 // ---- identity ----
@@ -236,6 +269,67 @@ pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
         device,
         |gpu, _, _| put(reasons, gpu.throttle_reasons),
     )
+}
+
+/// `nvmlFieldValue_t`.
+#[repr(C)]
+pub struct FieldValue {
+    field_id: c_uint,
+    scope_id: c_uint,
+    timestamp: i64,
+    latency_usec: i64,
+    value_type: c_uint,
+    nvml_return: Ret,
+    value: u64,
+}
+
+/// `NVML_FI_DEV_MEMORY_TEMP`: the only field the fake knows; others answer NOT_SUPPORTED.
+const FI_DEV_MEMORY_TEMP: c_uint = 82;
+/// `NVML_VALUE_TYPE_UNSIGNED_INT`.
+const VALUE_TYPE_UNSIGNED_INT: c_uint = 1;
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
+    device: Device,
+    count: i32,
+    values: *mut FieldValue,
+) -> Ret {
+    with_gpu("nvmlDeviceGetFieldValues", device, |gpu, _, _| {
+        if values.is_null() || count < 0 {
+            return Err(ERROR_INVALID_ARGUMENT);
+        }
+        // SAFETY: the caller passes `count` values, as nvml.h requires.
+        let values = unsafe { std::slice::from_raw_parts_mut(values, count as usize) };
+        for value in values {
+            if value.field_id == FI_DEV_MEMORY_TEMP {
+                value.value_type = VALUE_TYPE_UNSIGNED_INT;
+                value.value = u64::from(gpu.memory_temperature);
+                value.nvml_return = 0;
+            } else {
+                value.nvml_return = ERROR_NOT_SUPPORTED;
+            }
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
+    device: Device,
+    energy: *mut c_ulonglong,
+) -> Ret {
+    with_gpu(
+        "nvmlDeviceGetTotalEnergyConsumption",
+        device,
+        |gpu, _, _| put(energy, gpu.energy_mj),
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetPcieReplayCounter(device: Device, value: *mut c_uint) -> Ret {
+    with_gpu("nvmlDeviceGetPcieReplayCounter", device, |gpu, _, _| {
+        put(value, gpu.pcie_replay)
+    })
 }
 
 #[no_mangle]

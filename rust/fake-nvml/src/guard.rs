@@ -56,6 +56,31 @@ pub fn handle(index: usize) -> Device {
     std::ptr::from_ref(&DEVICES[index]).cast_mut()
 }
 
+/// One MIG device handle per GPU, the table beside `DEVICES`: the fake answers only the
+/// calls that lead from a MIG device to its GPU.
+static MIG_DEVICES: [DeviceSlot; MAX_GPUS] = {
+    let mut slots = [DeviceSlot { index: 0 }; MAX_GPUS];
+    let mut i = 0;
+    while i < MAX_GPUS {
+        slots[i].index = i as u32;
+        i += 1;
+    }
+    slots
+};
+
+pub fn mig_handle(parent: usize) -> Device {
+    std::ptr::from_ref(&MIG_DEVICES[parent]).cast_mut()
+}
+
+/// The GPU a MIG device handle belongs to, or `None` for anything else.
+pub fn mig_parent_of(device: Device) -> Option<usize> {
+    let base = MIG_DEVICES.as_ptr() as usize;
+    let offset = (device as usize).checked_sub(base)?;
+    let size = std::mem::size_of::<DeviceSlot>();
+    let index = offset / size;
+    (offset % size == 0 && index < MAX_GPUS).then(|| MIG_DEVICES[index].index as usize)
+}
+
 /// The GPU index a handle stands for, or `None` for anything we did not hand out.
 pub fn index_of(device: Device) -> Option<usize> {
     let base = DEVICES.as_ptr() as usize;

@@ -57,6 +57,15 @@ pub struct Gpu {
     pub pci_bus_id: Option<String>,
     /// Degrees C.
     pub temperature: u32,
+    /// Degrees C, the memory's (`NVML_FI_DEV_MEMORY_TEMP` through `nvmlDeviceGetFieldValues`).
+    pub memory_temperature: u32,
+    /// Millijoules since the driver loaded (`nvmlDeviceGetTotalEnergyConsumption`).
+    pub energy_mj: u64,
+    /// PCIe replays (`nvmlDeviceGetPcieReplayCounter`).
+    pub pcie_replay: u32,
+    /// UUIDs of this GPU's MIG devices: `nvmlDeviceGetHandleByUUID` finds them, and
+    /// `nvmlDeviceGetDeviceHandleFromMigDeviceHandle` leads back to this GPU.
+    pub mig_uuids: Vec<String>,
     /// MHz, as `nvmlDeviceGetClockInfo` reports them. `graphics_clock` `None` = `sm_clock`.
     pub sm_clock: u32,
     pub mem_clock: u32,
@@ -89,6 +98,10 @@ impl Default for Gpu {
             uuid: None,
             pci_bus_id: None,
             temperature: 40,
+            memory_temperature: 45,
+            energy_mj: 1_000_000,
+            pcie_replay: 0,
+            mig_uuids: Vec::new(),
             sm_clock: 1980,
             mem_clock: 2619,
             graphics_clock: None,
