@@ -123,7 +123,7 @@ def one(scenario: Scenario, app: str, tmp: Path, limit: float) -> dict[str, Any]
     http(f"{app}/control/health?mode=pass")
     args = runwarden_serve(
         "--app-url", app, "--host", "127.0.0.1", "--port", str(port),
-        "--admin-port", str(admin_port), "--start-period-seconds", "0",
+        "--admin-host", "127.0.0.1", "--admin-port", str(admin_port), "--start-period-seconds", "0",
         "--period-seconds", str(PERIOD), "--log-level", "warning",
         "--nvml-library", str(fake_nvml_library()), *scenario.options,
     )  # fmt: skip

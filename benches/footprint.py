@@ -27,7 +27,8 @@ def run(profile: Profile, tmp: Path) -> dict[str, Any]:
     env = write_gpus(tmp / "idle-gpus.json")
     args = runwarden_serve(
         "--app-url", f"http://127.0.0.1:{app_port}", "--host", "127.0.0.1",
-        "--port", str(port), "--admin-port", str(admin_port), "--log-level", "warning",
+        "--port", str(port), "--admin-host", "127.0.0.1",
+        "--admin-port", str(admin_port), "--log-level", "warning",
         "--gpu-sample-seconds", "1", "--nvml-library", str(fake_nvml_library()),
     )  # fmt: skip
     with (

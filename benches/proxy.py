@@ -54,7 +54,8 @@ def runwarden(app_port: int, tmp: Path, client: str | None = None) -> Iterator[t
     args = [
         PYTHON, "-m", *module, "serve",
         "--app-url", f"http://127.0.0.1:{app_port}", "--host", "127.0.0.1",
-        "--port", str(port), "--admin-port", str(admin), "--log-level", "warning",
+        "--port", str(port), "--admin-host", "127.0.0.1",
+        "--admin-port", str(admin), "--log-level", "warning",
         "--nvml-library", str(fake_nvml_library()),
     ]  # fmt: skip
     with running(args, port=port, env=env, log_to=tmp / f"runwarden-{name}.log") as proc:

@@ -179,7 +179,8 @@ def _targets(profile: Profile, tmp: Path, header_timeout: float) -> Iterator[dic
         port, admin = free_port(), free_port()
         args = [
             PYTHON, "-m", "runwarden", "serve", "--app-url", f"http://127.0.0.1:{app_port}",
-            "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin),
+            "--host", "127.0.0.1", "--port", str(port), "--admin-host", "127.0.0.1",
+            "--admin-port", str(admin),
             "--log-level", "warning", "--no-gpu-monitoring",
             "--header-timeout-seconds", str(header_timeout),
         ]  # fmt: skip

@@ -164,6 +164,14 @@ impl Checker {
         self.shared.wake.notify_all();
     }
 
+    /// K2: the replaced app was restarted beside a runwarden that stays up: back to
+    /// starting. False if no replacement was draining (nothing changes).
+    pub fn restart(&self) -> bool {
+        let restarted = self.shared.lock().restart(self.shared.now());
+        self.shared.wake.notify_all();
+        restarted
+    }
+
     /// Stop the clock thread and join it within `timeout`. Probe threads are not joined:
     /// each ends by its own deadline. Returns false if the thread had to be left behind.
     pub fn stop(&self, timeout: Duration) -> bool {

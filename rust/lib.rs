@@ -144,6 +144,10 @@ impl PyCore {
         self.checker.restart_clock()
     }
 
+    fn restart(&self) -> bool {
+        self.checker.restart()
+    }
+
     #[pyo3(signature = (timeout_seconds = 2.0))]
     fn stop(&self, py: Python<'_>, timeout_seconds: f64) -> PyResult<bool> {
         if !(timeout_seconds.is_finite() && timeout_seconds >= 0.0) {

@@ -77,6 +77,17 @@ impl Lifecycle {
         Some(verdict)
     }
 
+    /// K2: a replacement drained and the app was restarted beside a runwarden that stays
+    /// up: back to starting. False (and nothing changes) unless a replacement is draining.
+    pub fn restart(&mut self) -> bool {
+        let replacing = self.verdict.as_ref().is_some_and(|v| v.reason.replaces());
+        if !replacing || self.stopped {
+            return false;
+        }
+        *self = Lifecycle::default();
+        true
+    }
+
     /// The drain is over. The exit code, or None if nothing drained (then there is no
     /// reason to exit).
     pub fn stop(&mut self) -> Option<i32> {
@@ -147,6 +158,23 @@ mod tests {
         assert_eq!(life.stop(), Some(13));
         assert_eq!(life.phase(), Phase::Stopped);
         assert_eq!(life.state(), "stopped");
+    }
+
+    #[test]
+    fn k2_a_draining_replacement_restarts_to_starting_and_a_clean_stop_does_not() {
+        let mut life = Lifecycle::default();
+        assert!(!life.restart(), "nothing to undo");
+        life.passed();
+        life.drain(Reason::App503, "503".into(), Duration::ZERO);
+        assert!(life.restart());
+        assert_eq!(life.phase(), Phase::Starting);
+        assert!(life.verdict().is_none() && !life.has_passed());
+        life.drain(Reason::Shutdown, "SIGTERM".into(), Duration::ZERO);
+        assert!(!life.restart(), "a clean stop stays");
+        let mut stopped = Lifecycle::default();
+        stopped.drain(Reason::HealthCheck, "3 failed".into(), Duration::ZERO);
+        stopped.stop();
+        assert!(!stopped.restart(), "stopped is final");
     }
 
     #[test]

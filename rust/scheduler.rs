@@ -89,10 +89,37 @@ impl Scheduler {
         scheduler
     }
 
-    /// H2: the supervised app started; its age counts from now. H3: first check one period on.
+    /// H2: the supervised app started; its age counts from now. H3, K3: the first check is
+    /// one startup interval on.
     pub fn restart_clock(&mut self, now: Duration) {
         self.origin = now;
-        self.next_regular = Some(now + self.settings.period());
+        self.next_regular = Some(now + self.interval(now));
+    }
+
+    /// H3 and K3: the time from one regular check to the next. Until the first pass, while
+    /// the start period lasts (its failures are not counted), the startup interval, so the
+    /// runner is ready soon after its app; otherwise the period. A replacement never comes
+    /// sooner than with the period alone.
+    fn interval(&self, now: Duration) -> Duration {
+        if !self.life.has_passed() && self.age(now) < self.settings.effective_start_period() {
+            self.settings.startup_interval()
+        } else {
+            self.settings.period()
+        }
+    }
+
+    /// K2: the app was replaced beside a runwarden that stays up (sidecar mode): back to
+    /// starting, with no failure counted and the age from now; the history stays. Only a
+    /// replacement can be undone, and only while it drains: a clean stop cannot.
+    pub fn restart(&mut self, now: Duration) -> bool {
+        if !self.life.restart() {
+            return false;
+        }
+        self.failures = 0;
+        self.running = None; // a probe still out reports to an id no longer running
+        self.queued.clear();
+        self.restart_clock(now);
+        true
     }
 
     pub fn settings(&self) -> &HealthSettings {
@@ -231,7 +258,7 @@ impl Scheduler {
             .iter()
             .any(|t| matches!(t, Trigger::Regular | Trigger::Startup))
         {
-            self.next_regular = Some(now + self.settings.period());
+            self.next_regular = Some(now + self.interval(now));
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -271,6 +298,10 @@ impl Scheduler {
             counted,
             consecutive_failures: self.failures,
         };
+        if outcome.made_ready && self.next_regular.is_some() {
+            // K3 is over: the schedule goes on at the period from this check.
+            self.next_regular = Some(running.started + self.settings.period());
+        }
         let mut actions = Vec::new();
         let replace_reason = match counted {
             Counted::Manual => Some(Reason::ManualCheck),

@@ -7,13 +7,15 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// period 1 s, timeout 0.5 s, threshold 3, start period 0 unless a test says otherwise.
+/// period 1 s, timeout 0.5 s, threshold 3, start period 0 unless a test says otherwise;
+/// the startup interval (K3) equal to the period, so the schedule is the period's.
 fn quick() -> HealthSettings {
     HealthSettings {
         start_period_seconds: 0,
         timeout_seconds: 0.5,
         failure_threshold: 3,
         period_seconds: 1.0,
+        startup_check_seconds: 1.0,
         trigger_interval_seconds: 0.25,
         ..Default::default()
     }
@@ -579,4 +581,79 @@ fn d4_a_clean_stop_is_a_verdict_like_a_replacement_and_the_first_wins() {
     assert_eq!(s.life().state(), "stopped");
     // Checks are no longer scheduled.
     assert_eq!(s.next_deadline(IDLE), None);
+}
+
+#[test]
+fn k3_until_the_first_pass_inside_the_start_period_checks_run_at_the_startup_interval() {
+    let settings = HealthSettings {
+        start_period_seconds: 30,
+        period_seconds: 15.0,
+        startup_check_seconds: 0.5,
+        ..quick()
+    };
+    let mut s = Scheduler::new(settings, ms(0));
+    assert_eq!(s.next_deadline(IDLE), Some(ms(500)));
+    let out = outcomes(&regular_check(&mut s, ms(500), refused()));
+    assert_eq!(out[0].counted, Counted::StartPeriod);
+    assert_eq!(s.next_deadline(IDLE), Some(ms(1000)));
+    let out = outcomes(&regular_check(&mut s, ms(1000), ok(10)));
+    assert!(out[0].made_ready && s.life().ready());
+    // Ready: the period again, from the check that passed.
+    assert_eq!(s.next_deadline(IDLE), Some(ms(16_000)));
+}
+
+#[test]
+fn k3_the_startup_interval_ends_with_the_start_period_so_counting_is_unchanged() {
+    let settings = HealthSettings {
+        start_period_seconds: 2,
+        period_seconds: 15.0,
+        startup_check_seconds: 0.5,
+        ..quick()
+    };
+    let mut s = Scheduler::new(settings, ms(0));
+    for at in [500, 1000, 1500] {
+        let out = outcomes(&regular_check(&mut s, ms(at), refused()));
+        assert_eq!(out[0].counted, Counted::StartPeriod, "at {at}");
+    }
+    let out = outcomes(&regular_check(&mut s, ms(2000), refused()));
+    assert_eq!(out[0].counted, Counted::Counted);
+    // Failures count only at the period: no replacement sooner than without K3.
+    assert_eq!(s.next_deadline(IDLE), Some(ms(17_000)));
+}
+
+#[test]
+fn k3_startup_probes_use_the_startup_interval_when_call_regularly_is_false() {
+    let settings = HealthSettings {
+        call_regularly: false,
+        start_period_seconds: 30,
+        period_seconds: 15.0,
+        startup_check_seconds: 0.5,
+        ..quick()
+    };
+    let mut s = Scheduler::new(settings, ms(0));
+    let out = outcomes(&regular_check(&mut s, ms(500), refused()));
+    assert_eq!(out[0].triggers, vec![Trigger::Startup]);
+    regular_check(&mut s, ms(1000), ok(5));
+    assert!(s.life().ready());
+    assert_eq!(s.next_deadline(IDLE), None);
+}
+
+#[test]
+fn k2_restart_after_a_replacement_starts_over_with_no_failure_counted() {
+    let mut s = Scheduler::new(quick(), ms(0));
+    regular_check(&mut s, ms(1000), ok(5));
+    for at in [2000, 3000, 4000] {
+        regular_check(&mut s, ms(at), status(500));
+    }
+    assert_eq!(s.verdict().unwrap().reason, Reason::HealthCheck);
+    assert!(s.restart(ms(10_000)));
+    assert!(s.verdict().is_none() && !s.life().ready());
+    assert_eq!(s.failures(), 0);
+    assert_eq!(s.age(ms(10_500)), ms(500));
+    assert_eq!(s.history().count(), 4, "the history stays");
+    assert_eq!(s.next_deadline(IDLE), Some(ms(11_000)));
+    let out = outcomes(&regular_check(&mut s, ms(11_000), ok(5)));
+    assert!(out[0].made_ready);
+    s.drain(Reason::Shutdown, "SIGTERM".into(), ms(12_000));
+    assert!(!s.restart(ms(12_000)), "a clean stop is not undone");
 }

@@ -60,8 +60,10 @@ settings! {
         failure_threshold: u32 = 3, Kind::Int { min: 1 };
         /// run checks on a schedule; when false, only on request (H5)
         call_regularly: bool = true, Kind::Bool;
-        /// the schedule's period; the first check runs one period after start (H3)
+        /// the schedule's period (H3); before the first pass, see startup_check_seconds
         period_seconds: f64 = 15.0, POSITIVE;
+        /// until the first check passes, and while the start period lasts, checks run this often instead of every period_seconds, so the runner is ready soon after its app; counting is unchanged (K3)
+        startup_check_seconds: f64 = 0.5, POSITIVE;
         /// the app's startup budget; the start period is raised to it when longer (H1)
         startup_timeout_seconds: f64 = 0.0, NON_NEGATIVE;
         /// the app's health route
@@ -164,6 +166,11 @@ impl HealthSettings {
 
     pub fn period(&self) -> Duration {
         Duration::from_secs_f64(self.period_seconds)
+    }
+
+    /// K3: the interval before the first pass (never longer than the period).
+    pub fn startup_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.startup_check_seconds.min(self.period_seconds))
     }
 
     pub fn stall(&self) -> Option<Duration> {

@@ -170,11 +170,13 @@ def start_runwarden(
     env: dict[str, str] | None = None,
     wait_ready: bool = False,
     max_fds: int | None = None,
+    wrapper: list[str] | None = None,
 ) -> Runwarden:
     port, admin_port = free_port(), free_port()
     # Loopback only, like every server a test starts.
     args = [sys.executable, "-m", "runwarden", command, "--host", "127.0.0.1",
-            "--port", str(port), "--admin-port", str(admin_port)]  # fmt: skip
+            "--port", str(port), "--admin-host", "127.0.0.1",
+            "--admin-port", str(admin_port)]  # fmt: skip
     if command == "serve":
         args += SHORT_SETTINGS
     if app_url is not None:
@@ -182,6 +184,8 @@ def start_runwarden(
     args += list(options)
     if app_command:
         args += ["--", *app_command]
+    if wrapper:  # a command runwarden runs under (setpriv, unshare)
+        args = [*wrapper, *args]
     log_path = tmp_path / f"runwarden-{port}.log"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(

@@ -54,11 +54,11 @@ def test_A_H8_metrics_prometheus_text(app_server: AppServer, runwarden):
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert 'runwarden_checks_total{counted="pass",outcome="pass"}' in text
-    assert "runwarden_check_latency_seconds_bucket" in text
+    assert "runwarden_check_duration_seconds_bucket" in text
     assert 'runwarden_proxied_requests_total{source="app",status="404"} 1.0' in text
     assert "runwarden_requests_in_flight 0.0" in text
     assert "runwarden_draining 0.0" in text
-    assert 'runwarden_state{runwarden_state="ready"} 1.0' in text
+    assert 'runwarden_state{state="ready"} 1.0' in text
 
 
 def test_A_admin_routes_are_not_reachable_through_the_proxy(app_server: AppServer, runwarden):

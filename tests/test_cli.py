@@ -101,7 +101,8 @@ def test_C_defaults_match_the_spec():
     )  # fmt: skip
     assert settings.app_url == "http://127.0.0.1:8000"
     assert (settings.host, settings.port) == ("0.0.0.0", 8080)
-    assert (settings.admin_host, settings.admin_port) == ("127.0.0.1", 8081)
+    # K: probes and scrapes reach the admin port on the pod IP
+    assert (settings.admin_host, settings.admin_port) == ("0.0.0.0", 8081)
     assert settings.check_header == "x-fal-runner-health-check"
     assert (settings.drain_timeout_seconds, settings.app_stop_timeout_seconds) == (30.0, 10.0)
     assert (settings.gpu_sample_seconds, settings.nvml_watchdog_seconds) == (5.0, 10.0)

@@ -205,7 +205,7 @@ def _start_expecting_exit(
     port, admin = free_port(), free_port()
     log_path = Path(str(nvml.path) + ".log")
     args = [sys.executable, "-m", "runwarden", "serve", "--host", "127.0.0.1", "--port",
-            str(port), "--admin-port", str(admin), "--app-url", "http://127.0.0.1:9",
+            str(port), "--admin-host", "127.0.0.1", "--admin-port", str(admin), "--app-url", "http://127.0.0.1:9",
             *SHORT_SETTINGS, *options, "--", *app]  # fmt: skip
     with log_path.open("wb") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,

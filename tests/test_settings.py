@@ -25,7 +25,7 @@ OTHER_SIDECAR = {
     "app_url": ("http://127.0.0.1:9000/v1", "http://127.0.0.1:9000/v1"),
     "host": ("127.0.0.2", "127.0.0.2"),
     "port": ("9090", 9090),
-    "admin_host": ("0.0.0.0", "0.0.0.0"),
+    "admin_host": ("127.0.0.1", "127.0.0.1"),
     "admin_port": ("9091", 9091),
     "check_header": ("X-Check", "x-check"),
     "check_trusted_sources": ("10.0.0.0/8", ["10.0.0.0/8"]),
@@ -37,6 +37,10 @@ OTHER_SIDECAR = {
     "gpu_monitoring": ("false", False),
     "gpu_metrics": ("runwarden", "runwarden"),
     "log_level": ("debug", "DEBUG"),
+    "log_format": ("json", "json"),
+    "access_log": ("true", True),
+    "sidecar": ("true", True),
+    "termination_message_path": ("/tmp/why", "/tmp/why"),
 }
 
 
@@ -177,3 +181,25 @@ def test_C_an_app_url_with_a_path_prefix_is_proxied_and_checked_under_it(
     assert rw.status()["health"]["health_url"] == f"{app_server.url}/echo/health"  # type: ignore[index]
     seen = httpx.get(f"{rw.url}/x/y").json()
     assert seen["path"] == "/echo/x/y"
+
+
+def test_C_kubernetes_service_links_of_a_service_named_runwarden_are_not_options() -> None:
+    """C: a Service named `runwarden` makes the kubelet set RUNWARDEN_PORT=tcp://… and
+    RUNWARDEN_SERVICE_HOST… in every container of its namespace; they are ignored, said
+    once, and never taken for --port or refused as unknown options."""
+    links = {
+        "RUNWARDEN_SERVICE_HOST": "10.0.0.7",
+        "RUNWARDEN_SERVICE_PORT": "8080",
+        "RUNWARDEN_SERVICE_PORT_HTTP": "8080",
+        "RUNWARDEN_PORT": "tcp://10.0.0.7:8080",
+        "RUNWARDEN_PORT_8080_TCP": "tcp://10.0.0.7:8080",
+        "RUNWARDEN_PORT_8080_TCP_PROTO": "tcp",
+        "RUNWARDEN_PORT_8080_TCP_PORT": "8080",
+        "RUNWARDEN_PORT_8080_TCP_ADDR": "10.0.0.7",
+    }
+    settings = parse(["serve"], links)
+    assert settings.port == 8080
+    assert len(settings.notes) == 1 and "RUNWARDEN_PORT," in settings.notes[0]
+    assert parse(["serve"], {**links, "RUNWARDEN_PORT": "9000"}).port == 9000
+    with pytest.raises(ConfigError, match="RUNWARDEN_PORTS"):
+        parse(["serve"], {"RUNWARDEN_PORTS": "1"})

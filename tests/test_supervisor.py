@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import resource
 import signal
 import sys
@@ -86,15 +87,17 @@ def test_D3_clean_stop_stops_the_whole_process_group(runwarden):
     poll(lambda: _gone(family), timeout=10)
 
 
-def test_H2_supervised_app_in_status(runwarden):
-    """H2/A: /status shows the supervised app's command and pid."""
+def test_H2_A_supervised_app_in_status_without_its_arguments(runwarden):
+    """H2/A: /status shows the supervised app's program and pid, and not its arguments (the
+    admin port is open to the pod's network; an argument can be a token)."""
     port = free_port()
-    app = [sys.executable, str(HERE / "app_server.py"), str(port)]
+    app = [sys.executable, str(HERE / "app_server.py"), str(port), "--token=s3cr3t"]
     rw = runwarden(f"http://127.0.0.1:{port}", app_command=app, wait_ready=True)
     status = rw.status()["app"]
-    assert status["supervised"] is True  # type: ignore[index]
-    assert status["command"] == app  # type: ignore[index]
+    assert status["supervised"] is True and status["mode"] == "supervised"  # type: ignore[index]
+    assert (status["program"], status["arguments"]) == (sys.executable, 3)  # type: ignore[index]
     assert _alive(int(status["pid"]))  # type: ignore[index]
+    assert "s3cr3t" not in json.dumps(rw.status())
 
 
 def test_D7_front_door_6_the_app_never_outlives_a_killed_runwarden(runwarden):

@@ -63,6 +63,7 @@ class HealthCheck:
     failure_threshold: int
     call_regularly: bool
     period_seconds: float
+    startup_check_seconds: float
     startup_timeout_seconds: float
     health_path: str
     health_method: Literal["GET", "POST"]
@@ -78,6 +79,7 @@ class HealthCheck:
         failure_threshold: int = 3,
         call_regularly: bool = True,
         period_seconds: float = 15.0,
+        startup_check_seconds: float = 0.5,
         startup_timeout_seconds: float = 0.0,
         health_path: str = "/health",
         health_method: str = "GET",
@@ -241,6 +243,10 @@ class Core:
         from now."""
     def app_started(self) -> None:
         """The supervised app was (re)started: runner age counts from now (H2)."""
+    def restart(self) -> bool:
+        """K2: the replaced app was restarted beside a runwarden that stays up: back to
+        starting, no failure counted, the age from now, the history kept. False (nothing
+        changes) unless a replacement is draining."""
     def stop(self, timeout_seconds: float = 2.0) -> bool:
         """Stop and join the threads within the bound; False if one had to be left behind."""
     def request_check(self, trigger: Literal["gateway", "extra"]) -> int | CheckOutcome:

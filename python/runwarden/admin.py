@@ -1,7 +1,8 @@
 """The admin port (SPEC A): /livez, /readyz, /status, /metrics.
 
-Served by runwarden's own server (`server.py`) on its own address (loopback by default);
-the proxy port never routes here.
+Served by runwarden's own server (`server.py`) on its own address: every address by
+default, as the kubelet's probes and Prometheus' scrapes come to the pod's IP. Nothing here
+changes anything, and nothing here is secret. The proxy port never routes here.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ def status(runner: Runner) -> dict[str, object]:
     once, under its option's name), recent checks, GPUs."""
     warden = runner.warden
     life = warden.snapshot()
-    supervisor = runner.supervisor
     since = life.pop("draining_since_age_seconds")
     return {
         "state": life.pop("state"),
@@ -39,17 +39,28 @@ def status(runner: Runner) -> dict[str, object]:
         "draining_for_seconds": (None if since is None else round(life["age_seconds"] - since, 3)),
         "in_flight": warden.in_flight(),
         "connections": runner.connections(),
-        "app": {
-            "url": runner.settings.app_url,
-            "supervised": supervisor is not None,
-            "command": list(runner.settings.app_command),
-            "pid": supervisor.pid if supervisor else None,
-            "returncode": supervisor.returncode if supervisor else None,
-        },
+        "app": app(runner),
         "health": life,  # age, consecutive failures, the running check, the health URL
         "settings": runner.settings.to_dict(),
         "checks": [outcome.to_dict() for outcome in warden.history()],
         "gpu": runner.gpu_status(),
+    }
+
+
+def app(runner: Runner) -> dict[str, object]:
+    """The app as runwarden knows it. Open to the pod's network, so its command is named by
+    its program only: arguments can hold a token (the start-up log has them)."""
+    settings, supervisor, found = runner.settings, runner.supervisor, runner.app_process
+    command = settings.app_command
+    return {
+        "url": settings.app_url,
+        "mode": "supervised" if supervisor else "sidecar" if settings.sidecar else "external",
+        "supervised": supervisor is not None,
+        "program": command[0] if command else None,
+        "arguments": max(len(command) - 1, 0),
+        "pid": supervisor.pid if supervisor else found.pid if found else None,
+        "returncode": supervisor.returncode if supervisor else None,
+        "replacements": runner.replacements,
     }
 
 

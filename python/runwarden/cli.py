@@ -11,14 +11,13 @@ import sys
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
-from runwarden import __version__, exit_codes
+from runwarden import __version__, exit_codes, logs, termination
 from runwarden.settings import ConfigError, Settings, add_options, resolve
-
-log = logging.getLogger("runwarden")
 
 DEMO_DEFAULTS = {
     # A first look on a developer's machine: reachable from this machine only.
     "host": "127.0.0.1",
+    "admin_host": "127.0.0.1",
     "start_period_seconds": 0,
     "timeout_seconds": 1.0,
     "period_seconds": 2.0,
@@ -121,6 +120,18 @@ Ctrl-C stops it cleanly (exit 0).
     )
 
 
+def _given(argv: Sequence[str], option: str, env: Mapping[str, str]) -> str | None:
+    """An option's text as given, read without the parser (for when parsing failed)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == option and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return env.get("RUNWARDEN_" + option[2:].replace("-", "_").upper())
+
+
 def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
@@ -139,18 +150,24 @@ def run_cli(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = N
         settings = parse(argv, env)
     except ConfigError as exc:
         print(f"runwarden: error: {exc}", file=sys.stderr)
+        # K1: said to the orchestrator too; the path's own setting may be what is bad.
+        path = _given(argv, "--termination-message-path", env)
+        line = f"exiting with code {exit_codes.BAD_CONFIG} (bad_config): {exc}"
+        termination.write(termination.resolve(path), line)
         return exit_codes.BAD_CONFIG
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(settings.log_level, settings.log_format)
+    for note in settings.notes:
+        logging.getLogger("runwarden").warning("%s", note)
     if argv and argv[0] == "demo":
         _print_demo_urls(settings)
 
     from runwarden.runner import Runner  # the heavy imports, once settings are valid
 
-    return _run(Runner(settings).run())
+    runner = Runner(settings)
+    code = _run(runner.run())
+    if runner.exit is not None:
+        termination.write(termination.resolve(settings.termination_message_path), runner.exit.line)
+    return code
 
 
 def main() -> None:

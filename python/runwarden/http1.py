@@ -106,6 +106,7 @@ class Request:
         "method",
         "on_cancel",
         "on_done",
+        "received",
         "running",
         "started",
         "status",
@@ -140,8 +141,11 @@ class Request:
         self.task: asyncio.Task[None] | None = None
         self.running = False
         self._cancelled: str | None = None
-        self.on_done: Callable[[], None] | None = None
-        """Called once when the exchange ends, however it ends (a handler's accounting)."""
+        self.on_done: Callable[[Request], None] | None = None
+        """Called once with the request when the exchange ends, however it ends (a handler's
+        accounting)."""
+        self.received = 0.0
+        """The loop's clock when the head was complete and handed to the handler."""
         self.on_cancel: Callable[[], None] | None = None
         """For a LATER handler without a task: called if the exchange is cancelled."""
         self.started = False
@@ -596,6 +600,7 @@ class Connection(asyncio.Protocol):
     # -- inside
 
     def _dispatch(self, request: Request) -> None:
+        request.received = self.loop.time()
         self.deadline = 0.0
         self._idle = False
         self._active = request
@@ -631,7 +636,7 @@ class Connection(asyncio.Protocol):
         not finish is not taken for a whole one."""
         done, request.on_done = request.on_done, None
         if done is not None:
-            done()
+            done(request)
         if not request.ended and not self.closed and request is self._active:
             # The handler ended without finishing its response (it failed, or was
             # cancelled): the client must not take what it got as a whole answer.

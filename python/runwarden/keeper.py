@@ -10,12 +10,16 @@ channel, and then waits for either end: when the app exits, the keeper exits the
 (so runwarden sees the app's own status); when the channel reads end-of-file, runwarden is
 gone, and the keeper stops the whole group: SIGTERM, then SIGKILL half a second later.
 
-Signals runwarden sends to the group (D3) reach the app; the keeper only waits. It uses the
-standard library alone and is run with `python -I -S`, so it starts in milliseconds.
+Signals runwarden sends to the group (D3) reach the app; the keeper only waits. It is also
+the app's subreaper (K4): a process the app starts and leaves behind (a daemonised helper, a
+double fork) becomes the keeper's child when its parent exits, and the keeper reaps it when it
+exits, so no zombie piles up, even with runwarden as a container's PID 1. It uses the standard
+library alone and is run with `python -I -S`, so it starts in milliseconds.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import select
@@ -25,6 +29,7 @@ import sys
 GRACE_SECONDS = 0.5
 """From SIGTERM to SIGKILL once runwarden is gone: the app outlives it by about this."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def main(argv: list[str]) -> None:
@@ -32,21 +37,44 @@ def main(argv: list[str]) -> None:
     command = argv[argv.index("--") + 1 :]
     for sig in STOP_SIGNALS:  # a handler, not SIG_IGN: exec resets it for the app
         signal.signal(sig, _ignore)
+    _become_subreaper()
+    # An orphan's exit wakes the loop below through this pipe (SIGCHLD's wakeup fd).
+    woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake)
+    signal.signal(signal.SIGCHLD, _ignore)
     pid = _spawn(command, channel, soft_limit)
     if not _tell(channel, b"pid %d\n" % pid):
         _stop_group(pid)
-    try:
-        exited = os.pidfd_open(pid)
-    except (AttributeError, OSError):  # Linux before 5.3: look every 50 ms
-        exited = None
     while True:
-        watched = [channel] if exited is None else [channel, exited]
-        readable, _, _ = select.select(watched, [], [], 0.05 if exited is None else None)
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            _exit_as(status)
+        readable, _, _ = select.select([channel, woken], [], [], 1.0)
+        if woken in readable:
+            while len(os.read(woken, 512)) == 512:
+                pass
+        _reap(pid)
         if channel in readable and not os.read(channel, 64):
             _stop_group(pid)
+
+
+def _become_subreaper() -> None:
+    """Orphans of the app come to the keeper, not to PID 1 (K4); best effort."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reap(app: int) -> None:
+    """Reap every child that exited: orphans the keeper inherited, and the app, whose exit
+    ends the keeper with the same status."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid == app:
+            _exit_as(status)
 
 
 def _spawn(command: list[str], channel: int, soft_limit: int) -> int:

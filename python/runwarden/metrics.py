@@ -2,23 +2,42 @@
 
 Everything lives on a private `CollectorRegistry`, so two runners in one process (tests)
 never share counters and `/metrics` shows only runwarden's own series. Gauges that mirror
-state read it when scraped, so the proxy's hot path only bumps one cached counter.
+state read it when scraped, and what the proxy counts per request is a dict update and a
+bisect into a list, exported when scraped. Names follow Prometheus' conventions (base
+units, `_total` counters, `_duration_seconds`); no `_created` series.
 """
 
 from __future__ import annotations
 
+import platform
+from bisect import bisect_left
 from collections.abc import Iterator
 
+import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric, StateSetMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from runwarden import __version__
 from runwarden._core import CheckOutcome
 from runwarden.gpu_metrics import GpuMetrics, Mode
 from runwarden.warden import Warden
 
+# One `_total` per counter and no `_created` beside it: that series doubles every counter
+# and histogram on a scrape and nobody graphs it.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
 STATES = ["starting", "ready", "replacing", "stopping", "stopped"]
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                   30.0, 60.0, 120.0, 300.0)  # fmt: skip
+"""Seconds, for proxied requests: from a millisecond (a cached answer) to a long
+generation."""
 
 
 class Metrics:
@@ -35,7 +54,7 @@ class Metrics:
             registry=self.registry,
         )
         self.check_latency = Histogram(
-            "runwarden_check_latency_seconds",
+            "runwarden_check_duration_seconds",
             "Health check latency, pass or fail",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
@@ -43,6 +62,15 @@ class Metrics:
         # Counted in a plain dict on the hot path, exported when scraped.
         self._requests: dict[tuple[int, str], int] = {}
         self.registry.register(_RequestCounts(self._requests))
+        self.latency = _Latency()
+        self.registry.register(self.latency)
+        build = Gauge(
+            "runwarden_build_info",
+            "runwarden's version and the Python it runs on (always 1)",
+            ["version", "python"],
+            registry=self.registry,
+        )
+        build.labels(__version__, platform.python_version()).set(1)
         self.in_flight = Gauge(
             "runwarden_requests_in_flight",
             "Proxied requests in flight to the app",
@@ -72,6 +100,10 @@ class Metrics:
         counts = self._requests
         counts[key] = counts.get(key, 0) + 1
 
+    def record_latency(self, seconds: float) -> None:
+        """A proxied request ended after `seconds` (hot path: a bisect and two adds)."""
+        self.latency.observe(seconds)
+
     def record_refusal(self, status: int) -> None:
         """A request the server refused before any handler (S3, S6): runwarden answered."""
         self.record_request(status, "runwarden")
@@ -97,14 +129,53 @@ class _RequestCounts(Collector):
         yield family
 
 
+class _Latency(Collector):
+    """runwarden_proxied_request_duration_seconds: the hot path bisects and adds; the
+    histogram is built when scraped."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        buckets, total = [], 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.counts, strict=True):
+            total += count
+            buckets.append((_le(bound), total))
+        yield HistogramMetricFamily(
+            "runwarden_proxied_request_duration_seconds",
+            "Proxied requests, from their head's arrival to the end of their response (or the "
+            "client leaving)",
+            buckets=buckets,
+            sum_value=self.sum,
+        )
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
 class _State(Collector):
-    """runwarden_state, read from the core's snapshot when scraped."""
+    """runwarden_state and the consecutive failures, read from one core snapshot when
+    scraped."""
 
     def __init__(self, warden: Warden) -> None:
         self.warden = warden
 
     def collect(self) -> Iterator[Metric]:
-        current = self.warden.snapshot()["state"]
-        yield StateSetMetricFamily(
-            "runwarden_state", "The runner's state", {s: s == current for s in STATES}
+        snapshot = self.warden.snapshot()
+        state = GaugeMetricFamily(
+            "runwarden_state", "The runner's state: 1 for the current one", labels=["state"]
+        )
+        for name in STATES:
+            state.add_metric([name], 1.0 if name == snapshot["state"] else 0.0)
+        yield state
+        yield GaugeMetricFamily(
+            "runwarden_check_consecutive_failures",
+            "Counted consecutive failed health checks; failure_threshold of them replace (H4)",
+            value=snapshot["consecutive_failures"],
         )

@@ -26,6 +26,7 @@ from runwarden.upstream import Upstream, UpstreamError, UpstreamResponse
 from runwarden.warden import Warden
 
 log = logging.getLogger("runwarden.proxy")
+access_log = logging.getLogger("runwarden.access")
 
 # RFC 9110 7.6.1 hop-by-hop headers (the server has taken out the framing and Host).
 HOP_BY_HOP = frozenset(
@@ -127,6 +128,7 @@ class Proxy:
         metrics: Metrics,
         check_header: str,
         trusted: TrustedSources,
+        access_log: bool = False,
     ) -> None:
         self.warden = warden
         self.upstream = upstream
@@ -146,6 +148,9 @@ class Proxy:
         self._client_wait_started = warden.client_wait_started if h9 else _nothing
         self._client_wait_finished = warden.client_wait_finished if h9 else _nothing
         self._unreachable_log = _RateLimitedLog(10.0)
+        self._clock = asyncio.get_running_loop().time
+        self._observe = metrics.record_latency
+        self._access = _access_line if access_log else None
 
     def __call__(self, request: Request) -> Coroutine[Any, Any, None] | None:
         """In the loop turn the request's head arrives: refuse it while draining, or answer a
@@ -181,8 +186,12 @@ class Proxy:
         request, headers = exchange.owner
         request.carry_on(self._forward(request, headers, None, exchange))
 
-    def _left(self) -> None:
+    def _left(self, request: Request) -> None:
         self.drain.left(self._finished())
+        seconds = self._clock() - request.received
+        self._observe(seconds)
+        if self._access is not None:
+            self._access(request, seconds)
 
     def _request_headers(self, request: Request) -> tuple[Headers, bool]:
         """S2/S4: the client's headers, byte for byte, less hop-by-hop ones, those named in
@@ -400,6 +409,19 @@ class Proxy:
         if answered:
             self.metrics.record_request(503, "runwarden")
         return answered
+
+
+def _access_line(request: Request, seconds: float) -> None:
+    """One access-log line per proxied request (`--access-log`); the JSON log format makes
+    each part a field."""
+    status = request.status if request.started else 499
+    access_log.info(
+        '%s "%s %s HTTP/%s" %d %.1fms', request.client, request.method,
+        request.target.decode("latin-1"), request.version, status, seconds * 1000,
+        extra={"client": request.client, "method": request.method,
+               "target": request.target.decode("latin-1"), "status": status,
+               "duration_ms": round(seconds * 1000, 3)},
+    )  # fmt: skip
 
 
 def _nothing() -> None:

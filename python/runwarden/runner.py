@@ -1,6 +1,10 @@
 """One runner's life (SPEC D): start the core, the app and the two ports; wait for a
 replacement verdict or a signal; drain; stop the app; exit with the reason's code.
 
+In sidecar mode (K2) the app is another container's: a replacement drains, stops the app's
+process so that container restarts, and starts over, and only a clean stop (or a GPU fault,
+which a new app on the same GPU would not escape) ends runwarden.
+
 Named "runner" because "app" is the model server in the SPEC's words.
 """
 
@@ -12,12 +16,15 @@ import logging
 import signal
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from runwarden import exit_codes
+from runwarden import exit_codes, sidecar
 from runwarden._core import CheckOutcome, Verdict
 from runwarden.admin import Admin
 from runwarden.drain import Drain
+from runwarden.logs import fields
 from runwarden.metrics import Metrics
 from runwarden.proxy import Proxy, TrustedSources
 from runwarden.server import LINGER_SECONDS, Limits, Server, fd_limit, max_proxy_connections
@@ -31,6 +38,20 @@ log = logging.getLogger("runwarden")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 ADMIN_CONNECTIONS = 64
 """The admin port's connection cap: probes and scrapes, not traffic."""
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How runwarden ends (D4): its code, the reason's name, and why, in words."""
+
+    code: int
+    reason: str
+    detail: str
+
+    @property
+    def line(self) -> str:
+        """The one line the log ends with, and the termination message (K1)."""
+        return f"exiting with code {self.code} ({self.reason}): {self.detail}"
 
 
 class Runner:
@@ -50,7 +71,11 @@ class Runner:
         self._hurry = asyncio.Event()
         self._signals = 0
         self._tasks: list[asyncio.Task[object]] = []
-        self._exit_line: str | None = None
+        self.exit: Exit | None = None
+        """Set once runwarden knows how it ends; the log's last line and K1's message."""
+        self.app_process: sidecar.AppProcess | None = None
+        """K2: the app's process in the other container, once found."""
+        self.replacements = 0
 
     def gpu_status(self) -> dict[str, object]:
         """/status's GPU section (G4): the latest sample and the fault history."""
@@ -66,7 +91,7 @@ class Runner:
         upstream = HttpUpstream(settings.app_url)
         self.proxy = proxy = Proxy(
             self.warden, upstream, self.drain, self.metrics, settings.check_header,
-            TrustedSources(settings.check_trusted_sources),
+            TrustedSources(settings.check_trusted_sources), settings.access_log,
         )  # fmt: skip
         safe = max_proxy_connections(fds)
         if settings.max_connections is not None and settings.max_connections > safe:
@@ -131,11 +156,8 @@ class Runner:
             try:
                 await self.supervisor.start()
             except OSError as exc:
-                log.error(
-                    "exiting with code %d: cannot start the app %r: %s",
-                    exit_codes.STARTUP_FAILED, " ".join(settings.app_command), exc,
-                )  # fmt: skip
-                return exit_codes.STARTUP_FAILED
+                command = " ".join(settings.app_command)
+                return self._failed_start(f"cannot start the app {command!r}: {exc}")
             self.warden.app_started()
             self._spawn(self._watch_app(self.supervisor))
         for server, host, port in (
@@ -145,11 +167,7 @@ class Runner:
             try:
                 await server.listen(host, port)
             except OSError as exc:
-                log.error(
-                    "exiting with code %d: cannot listen on %s:%d: %s",
-                    exit_codes.STARTUP_FAILED, host, port, exc.strerror or exc,
-                )  # fmt: skip
-                return exit_codes.STARTUP_FAILED
+                return self._failed_start(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         log.info(
             "proxy on http://%s:%d -> %s; admin on http://%s:%d; at most %d client "
             "connections",
@@ -157,6 +175,10 @@ class Runner:
             settings.admin_host, settings.admin_port, limits.max_connections,
         )  # fmt: skip
         return None
+
+    def _failed_start(self, detail: str) -> int:
+        self.exit = Exit(exit_codes.STARTUP_FAILED, "startup_failed", detail)
+        return exit_codes.STARTUP_FAILED
 
     async def _gpu_gate(self, watchdog_seconds: float) -> int | None:
         """G6: before the app starts, GPU monitoring has loaded NVML, chosen its GPUs and taken
@@ -169,8 +191,8 @@ class Runner:
         if verdict is None:
             return None
         code = self.warden.finish()
-        line = f"exiting with code {code} ({verdict.reason}): {verdict.detail}"
-        self._exit_line = f"{line}; the app was not started"
+        assert code is not None
+        self.exit = Exit(code, verdict.reason, f"{verdict.detail}; the app was not started")
         return code
 
     def _on_verdict(self, verdict: Verdict) -> None:
@@ -178,16 +200,32 @@ class Runner:
         self.proxy_server.drain()
 
     async def _serve_until_drained(self) -> int:
-        drain = self.drain
-        verdict = await self.warden.decided()
+        while True:
+            verdict = await self.warden.decided()
+            deadline = await self._drain(verdict)
+            if self.settings.sidecar and verdict.replacing and await self._replace_app(verdict):
+                continue
+            # D6: stop listening, answer what had arrived, and wait for the clients to close.
+            loop = asyncio.get_running_loop()
+            left = await self.proxy_server.close(max(deadline, loop.time() + LINGER_SECONDS))
+            if left:
+                log.warning("closed %d client connection(s) still open at the drain's end", left)
+            code = self.warden.finish()
+            assert code == verdict.exit_code
+            self.exit = Exit(code, verdict.reason, verdict.detail)
+            return code
+
+    async def _drain(self, verdict: Verdict) -> float:
+        """D2: wait for the requests in flight, at most the drain timeout (a second signal
+        cuts it short); those left are answered or cut (D6). The loop time the drain ended."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.drain_timeout_seconds
+        deadline: float = loop.time() + self.settings.drain_timeout_seconds
         (log.warning if verdict.replacing else log.info)(
             "draining (%s: %s): refusing new requests, %d in flight may finish within %.1f s",
             verdict.reason, verdict.detail, self.warden.in_flight(),
             self.settings.drain_timeout_seconds,
         )  # fmt: skip
-        idle = asyncio.ensure_future(drain.wait_idle(self.settings.drain_timeout_seconds))
+        idle = asyncio.ensure_future(self.drain.wait_idle(self.settings.drain_timeout_seconds))
         hurry = asyncio.ensure_future(self._hurry.wait())
         await asyncio.wait([idle, hurry], return_when=asyncio.FIRST_COMPLETED)
         hurry.cancel()
@@ -195,14 +233,39 @@ class Runner:
             idle.cancel()
             self._abandon_in_flight()
             deadline = loop.time()
-        # D6: stop listening, answer what had arrived, and wait for the clients to close.
-        left = await self.proxy_server.close(max(deadline, loop.time() + LINGER_SECONDS))
-        if left:
-            log.warning("closed %d client connection(s) still open at the drain's end", left)
-        code = self.warden.finish()
-        assert code == verdict.exit_code
-        self._exit_line = f"exiting with code {code} ({verdict.reason}): {verdict.detail}"
-        return code
+        return deadline
+
+    async def _replace_app(self, verdict: Verdict) -> bool:
+        """K2: stop the app's process in the other container, so the kubelet restarts it;
+        True if runwarden starts over. False, and runwarden exits with the verdict's code,
+        when the process cannot be stopped (the pod is not set up for it: runwarden's own
+        restart is then the only replacement left), on a GPU fault (a new app on the same
+        GPU would not escape it), or when a stop signal came meanwhile."""
+        port = urlsplit(self.settings.app_url).port or 80
+        timeout = self.settings.app_stop_timeout_seconds
+        try:
+            app = await asyncio.to_thread(sidecar.find, port)
+            how = "it had exited" if app is None else await sidecar.stop(app, timeout)
+        except (sidecar.NotFound, PermissionError) as exc:
+            log.error(
+                "cannot stop the app for the replacement: %s; exiting instead (sidecar mode "
+                "needs shareProcessNamespace: true and both containers under one user)", exc,
+            )  # fmt: skip
+            return False
+        what = "nothing to stop" if app is None else f"stopped the app, {app.describe()}"
+        log.warning("%s for the replacement (%s): %s", what, verdict.reason, how)
+        self.app_process = None
+        if verdict.reason == "gpu_fault" or self._signals:
+            return False
+        self.replacements += 1
+        self.warden.restart()
+        self.proxy_server.resume()
+        self._hurry.clear()
+        log.warning(
+            "starting over: not ready until the app's new container passes a health check "
+            "(replacement %d)", self.replacements,
+        )  # fmt: skip
+        return True
 
     def _abandon_in_flight(self) -> None:
         """D6: requests still in flight when the drain ends get a 503 the gateway retries
@@ -226,9 +289,11 @@ class Runner:
         if self.supervisor is not None:
             await self.supervisor.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._exit_line is not None:  # D4: the one line that says why
-            clean = self.warden.verdict is not None and not self.warden.verdict.replacing
-            (log.info if clean else log.error)("%s", self._exit_line)
+        if self.exit is not None:  # D4: the one line that says why
+            exit_ = self.exit
+            (log.info if exit_.code == exit_codes.CLEAN else log.error)(
+                "%s", exit_.line, extra=fields(exit_.reason, exit_.detail, exit_.code)
+            )
 
     def _spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[object]:
         task = asyncio.ensure_future(coro)
@@ -243,6 +308,18 @@ class Runner:
         detail = f"the app {describe_exit(returncode)}"
         log.error("%s (pid %s)", detail, supervisor.pid)
         self.warden.replace("app_exited", detail)
+
+    async def _find_app(self) -> None:
+        """K2: say once which process a replacement would stop, or why none could be."""
+        port = urlsplit(self.settings.app_url).port or 80
+        try:
+            app = await asyncio.to_thread(sidecar.find, port)
+        except sidecar.NotFound as exc:
+            log.warning("sidecar mode: a replacement could not stop the app: %s", exc)
+            return
+        if app is not None:
+            self.app_process = app
+            log.info("sidecar mode: the app is %s; a replacement stops it", app.describe())
 
     def _on_signal(self, sig: signal.Signals) -> None:
         """The first stop signal drains (a replacement already draining goes on); the second
@@ -262,6 +339,8 @@ class Runner:
         if outcome.passed:
             if outcome.made_ready:
                 log.info("the app passed its first health check: ready")
+                if self.settings.sidecar:
+                    self._spawn(self._find_app())
             return
         # Failures that count towards a replacement are warnings; the rest (start period,
         # not ready yet, busy) would flood the log of a slow-starting app.

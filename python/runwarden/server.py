@@ -181,6 +181,10 @@ class Server:
         """D6: every response from now on carries `Connection: close`."""
         self.draining = True
 
+    def resume(self) -> None:
+        """K2: the runner starts over; responses keep their connections again."""
+        self.draining = False
+
     async def close(self, deadline: float) -> int:
         """Stop listening, answer what had already arrived, and wait until every client
         connection is closed or the loop's clock passes `deadline`; then close the rest.

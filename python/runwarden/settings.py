@@ -27,6 +27,13 @@ ENV_PREFIX = "RUNWARDEN_"
 # Environment variables under the prefix that are not options: the fake NVML driver's state
 # file (runwarden.testing), read by the driver inside this process.
 NOT_OPTIONS = frozenset({"RUNWARDEN_FAKE_NVML_STATE"})
+# Kubernetes' service links: a Service named `runwarden` puts RUNWARDEN_SERVICE_HOST,
+# RUNWARDEN_PORT=tcp://10.0.0.1:8080, RUNWARDEN_PORT_8080_TCP_ADDR, … into every container of
+# its namespace (unless the pod sets enableServiceLinks: false). They are not options.
+SERVICE_LINK = re.compile(
+    r"^RUNWARDEN_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)$"
+)
+SERVICE_LINK_VALUE = re.compile(r"^(tcp|udp|sctp)://", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -168,6 +175,10 @@ def _app_url(text: str) -> str:
         parts.port  # noqa: B018 - urlsplit validates the port lazily
     except ValueError:
         raise argparse.ArgumentTypeError(f"has an invalid port: {text!r}") from None
+    if parts.username is not None or parts.password is not None:
+        raise argparse.ArgumentTypeError(
+            f"must not carry credentials (user:password@): {parts.hostname!r}"
+        )
     if any(c.isspace() for c in parts.path):
         raise argparse.ArgumentTypeError(f"has a space in its path: {text!r}")
     return text.strip().rstrip("/")
@@ -195,6 +206,12 @@ def _connections(text: str) -> int | None:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 or auto, got {text!r}")
     return value
+
+
+def _termination_path(text: str) -> str:
+    """A file path, or "" for off."""
+    stripped = text.strip()
+    return "" if stripped.lower() in ("", "off", "none") else stripped
 
 
 def _log_level(text: str) -> str:
@@ -342,8 +359,10 @@ SIDECAR: tuple[Spec, ...] = (
          "and checks go only there"),
     Spec("host", _text, "0.0.0.0", "the proxy's listen address"),
     Spec("port", _port, 8080, "the proxy's listen port"),
-    Spec("admin_host", _text, "127.0.0.1",
-         "the admin port's listen address (/livez /readyz /status /metrics)"),
+    Spec("admin_host", _text, "0.0.0.0",
+         "the admin port's listen address (/livez /readyz /status /metrics): every address, "
+         "as the kubelet's probes and Prometheus' scrapes come to the pod's IP; it is "
+         "read-only and /status carries no secret (A)"),
     Spec("admin_port", _port, 8081, "the admin port"),
     Spec("check_header", _header_name, "x-fal-runner-health-check",
          "header that asks for a check (H5, H6)"),
@@ -356,6 +375,13 @@ SIDECAR: tuple[Spec, ...] = (
     Spec("max_connections", _connections, None,
          "client connections held at once on the proxy port (S6)",
          shown="auto: (fd limit - 256) / 2"),
+    Spec("sidecar", _bool, False,
+         "the app runs in another container of the pod (shareProcessNamespace: true, one "
+         "user): a replacement stops the process listening on the app's port, so its "
+         "container restarts, and runwarden starts over instead of exiting (K2)"),
+    Spec("termination_message_path", _termination_path, None,
+         "where the one-line exit reason is written for the orchestrator; off: nowhere (K1)",
+         shown="/dev/termination-log when writable, else off"),
     Spec("drain_timeout_seconds", _at_least(0, False), 30.0,
          "how long in-flight requests may finish when draining (D2)"),
     Spec("app_stop_timeout_seconds", _at_least(0, False), 10.0,
@@ -365,6 +391,12 @@ SIDECAR: tuple[Spec, ...] = (
          "GPU series in /metrics: named as dcgm-exporter names them, as runwarden_gpu_*, or "
          "none (for a node whose dcgm-exporter is scraped already)"),
     Spec("log_level", _log_level, "INFO", "log level: debug, info, warning or error"),
+    Spec("log_format", _choice(("text", "json")), "text",
+         "text, or one JSON object per line (time, level, logger, message; reason, detail "
+         "and exit_code on verdicts and exits)"),
+    Spec("access_log", _bool, False,
+         "log every proxied request (client, request line, status, duration) at info on "
+         "the runwarden.access logger"),
 )  # fmt: skip
 
 SPECS: tuple[Spec, ...] = HEALTH + SIDECAR + GPU
@@ -391,6 +423,8 @@ class Settings:
         self.app_command = app_command
         self.gpu_selection = gpu_selection
         """Where the GPUs to watch came from (G5): `--gpus`, or which variable."""
+        self.notes: list[str] = []
+        """What reading the settings found worth a warning, for the log once it is set up."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -403,8 +437,7 @@ class Settings:
         out: dict[str, object] = {s.name: self._values[s.name] for s in SIDECAR}
         out.update(self.health.to_dict())
         out.update((self.gpu or GpuSettings()).to_dict())
-        out["app_command"] = list(self.app_command)
-        return out
+        return out  # the app command is /status's `app` section's
 
 
 def add_options(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None) -> None:
@@ -428,6 +461,8 @@ def resolve(
 ) -> Settings:
     """Merge parsed options with the environment and defaults; validate; build Settings."""
     overrides: Mapping[str, Any] = args._runwarden_defaults
+    links = sorted(k for k, v in env.items() if _service_link(k, v))
+    env = {k: v for k, v in env.items() if k not in links}
     unknown = sorted(
         k for k in env if k.startswith(ENV_PREFIX) and k not in _ENV_NAMES and k not in NOT_OPTIONS
     )
@@ -458,8 +493,29 @@ def resolve(
         gpu = GpuSettings(**{s.name: values[s.name] for s in GPU})
     except SettingsError as exc:
         raise _named(exc) from None
+    if values["sidecar"] and app_command:
+        raise ConfigError(
+            "--sidecar guards an app in another container; an app command after -- makes "
+            "runwarden its parent: use one or the other",
+            "sidecar",
+        )
     on = values["gpu_monitoring"]
-    return Settings(values, health, gpu if on else None, tuple(app_command), selection)
+    settings = Settings(values, health, gpu if on else None, tuple(app_command), selection)
+    if links:
+        settings.notes.append(
+            f"ignored {', '.join(links)}: Kubernetes service links of a Service named "
+            "runwarden, not options (set enableServiceLinks: false in the pod, or name the "
+            "Service otherwise)"
+        )
+    return settings
+
+
+def _service_link(name: str, value: str) -> bool:
+    """A variable Kubernetes made for a Service named `runwarden`, not one of our options.
+    RUNWARDEN_PORT is both: as a link its value is `tcp://ADDRESS:PORT`."""
+    if name == "RUNWARDEN_PORT":
+        return bool(SERVICE_LINK_VALUE.match(value.strip()))
+    return bool(SERVICE_LINK.match(name))
 
 
 def _named(exc: SettingsError) -> ConfigError:

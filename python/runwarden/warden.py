@@ -28,6 +28,7 @@ from runwarden._core import (
     HealthCheck,
     Verdict,
 )
+from runwarden.logs import fields
 
 if TYPE_CHECKING:
     from runwarden._core import Reason
@@ -148,6 +149,16 @@ class Warden:
         one came first)."""
         return self._mirror(self._core.shutdown(detail))
 
+    def restart(self) -> bool:
+        """K2: the replaced app's process is gone and its container restarts beside this
+        runwarden: back to starting (no verdict, no failure counted, the age from now)."""
+        if not self._core.restart():
+            return False
+        self.verdict = None
+        assert self._loop is not None, "Warden.start() first"
+        self._decided = self._loop.create_future()
+        return True
+
     def finish(self) -> int | None:
         """The drain is over: the runner is stopped. Its exit code (D4)."""
         return self._core.finish()
@@ -173,6 +184,7 @@ class Warden:
                 "replacing the runner" if verdict.replacing else "stopping",
                 verdict.reason,
                 verdict.detail,
+                extra=fields(verdict.reason, verdict.detail, verdict.exit_code),
             )
             if self._decided is not None and not self._decided.done():
                 self._decided.set_result(verdict)
