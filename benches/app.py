@@ -58,20 +58,10 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     elif path == "/download":
         await download(send, int(query.get("size", "0")))
     elif path == "/upload":
-        total = 0
-        while True:
-            message = await receive()
-            total += len(message.get("body", b""))
-            if not message.get("more_body"):
-                break
+        total = await body_length(receive)
         await respond(send, 200, json.dumps({"bytes": total}).encode(), json_type)
     elif path == "/echo":
-        total = 0
-        while True:
-            message = await receive()
-            total += len(message.get("body", b""))
-            if not message.get("more_body"):
-                break
+        total = await body_length(receive)
         head = {
             "method": scope["method"],
             "path": path,
@@ -85,6 +75,16 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await events(send, int(query.get("n", "100")), float(query.get("interval", "0.01")))
     else:
         await respond(send, 404, b"not found", [])
+
+
+async def body_length(receive: Any) -> int:
+    """Read the request's whole body; its length in bytes."""
+    total = 0
+    while True:
+        message = await receive()
+        total += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return total
 
 
 async def download(send: Any, size: int) -> None:

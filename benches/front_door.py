@@ -19,16 +19,17 @@ from collections.abc import Callable
 Finding = tuple[bool, str]
 
 
-def _exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
-    """Send raw bytes and read until the peer closes or goes quiet."""
+def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes to 127.0.0.1:`port` and read until the peer closes, or goes quiet for
+    0.3 s once a head has arrived (the tests' raw client too)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
         chunks: list[bytes] = []
         with contextlib.suppress(OSError):
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
-                if b"\r\n\r\n" in b"".join(chunks):
-                    sock.settimeout(0.3)
+                if sock.gettimeout() != 0.3 and b"\r\n\r\n" in b"".join(chunks):
+                    sock.settimeout(0.3)  # the head is in: what follows comes at once
     return b"".join(chunks)
 
 
@@ -66,9 +67,9 @@ def upgrade_desync(port: int, app_port: int, header_timeout: float) -> Finding:
     path = f"/smuggled-{uuid.uuid4().hex[:8]}".encode()
     smuggled = b"GET " + path + b" HTTP/1.1\r\nHost: internal\r\n\r\n"
     for _ in range(3):
-        _exchange(port, _upgrade(b"/nowhere", smuggled))
+        exchange(port, _upgrade(b"/nowhere", smuggled))
         for _ in range(3):
-            _exchange(port, b"GET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            exchange(port, b"GET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     ran = _seen(app_port).get(path.decode(), 0)
     return ran == 0, f"the smuggled request ran {ran} time(s) at the app"
 
@@ -76,7 +77,7 @@ def upgrade_desync(port: int, app_port: int, header_timeout: float) -> Finding:
 def upgrade_answered(port: int, app_port: int, header_timeout: float) -> Finding:
     """2: the same request to a route that reads the body is answered, with its body."""
     started = time.monotonic()
-    response = _exchange(port, _upgrade(b"/echo", b"hello"), timeout=3)
+    response = exchange(port, _upgrade(b"/echo", b"hello"), timeout=3)
     took = time.monotonic() - started
     got = _body(response).get("body_bytes")
     ok = _status(response) == 200 and got == 5 and took < 2.5
@@ -123,10 +124,10 @@ def idle_and_slow(port: int, app_port: int, header_timeout: float) -> Finding:
     try:
         started = time.monotonic()
         request = b"GET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        answered = _status(_exchange(port, request)) == 200
+        answered = _status(exchange(port, request)) == 200
         took = time.monotonic() - started
         time.sleep(header_timeout + 1.5)
-        closed = sum(_closed(sock) for sock in socks)
+        closed = sum(closed_by_peer(sock) for sock in socks)
     finally:
         for sock in socks:
             sock.close()
@@ -137,7 +138,9 @@ def idle_and_slow(port: int, app_port: int, header_timeout: float) -> Finding:
     )
 
 
-def _closed(sock: socket.socket) -> bool:
+def closed_by_peer(sock: socket.socket, answer: bytes = b"HTTP/1.1 4") -> bool:
+    """The server has closed `sock` (or reset it, or answered it with `answer`, a status
+    line's start, before closing): a connection that never finished a request."""
     sock.setblocking(False)
     try:
         data = sock.recv(4096)
@@ -145,7 +148,7 @@ def _closed(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
-    return data == b"" or data.startswith(b"HTTP/1.1 4")
+    return data == b"" or data.startswith(answer)
 
 
 def trailers(port: int, app_port: int, header_timeout: float) -> Finding:
@@ -154,7 +157,7 @@ def trailers(port: int, app_port: int, header_timeout: float) -> Finding:
         b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\nhello\r\n0\r\nX-User-Id: admin\r\n\r\n"
     )
-    seen = _body(_exchange(port, request))
+    seen = _body(exchange(port, request))
     names = [str(n).lower() for n, _ in seen.get("headers", [])]  # type: ignore[attr-defined]
     if not names:
         return False, "no echo from the app"
@@ -176,13 +179,13 @@ def malformed(port: int, app_port: int, header_timeout: float) -> Finding:
     through."""
     forwarded = []
     for name, request in MALFORMED.items():
-        if _status(_exchange(port, request)) in (200, 502, 503):
+        if _status(exchange(port, request)) in (200, 502, 503):
             forwarded.append(name)
     request = (
         b"GET /echo HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n"
         b"Forwarded: for=6.6.6.6\r\n\r\n"
     )
-    seen = _body(_exchange(port, request))
+    seen = _body(exchange(port, request))
     passed_on = [n for n, v in seen.get("headers", []) if "6.6.6.6" in str(v)]  # type: ignore[attr-defined]
     forwarded += [f"passed on {n}" for n in passed_on]
     return not forwarded, "all refused or dropped" if not forwarded else "; ".join(forwarded)

@@ -227,21 +227,3 @@ def runwarden(tmp_path: Path) -> Iterator[Callable[..., Runwarden]]:
     finally:
         for warden in started:
             warden.stop()
-
-
-def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes to 127.0.0.1:port and read until the server closes or goes quiet."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                if b"\r\n\r\n" in b"".join(chunks) and len(chunks) > 0:
-                    sock.settimeout(0.3)
-        except (TimeoutError, ConnectionResetError):
-            pass
-    return b"".join(chunks)

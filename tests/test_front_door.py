@@ -15,7 +15,10 @@ import time
 
 import httpx
 import psutil
-from conftest import AppServer, poll, raw_exchange
+from conftest import AppServer, poll
+
+from benches.front_door import closed_by_peer
+from benches.front_door import exchange as raw_exchange
 
 
 def _head_and_body(response: bytes) -> tuple[bytes, bytes]:
@@ -232,17 +235,6 @@ def _open_many(port: int, count: int) -> list[socket.socket]:
     return socks
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
-    sock.setblocking(False)
-    try:
-        data = sock.recv(4096)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return data == b"" or data.startswith(b"HTTP/1.1 408")
-
-
 def test_S6_front_door_4_silent_and_slow_connections_cannot_starve_or_replace(
     app_server: AppServer, runwarden
 ):
@@ -269,7 +261,7 @@ def test_S6_front_door_4_silent_and_slow_connections_cannot_starve_or_replace(
             assert status["state"] == "ready", status["reason"]
             assert status["connections"]["open"] <= cap  # type: ignore[index]
             time.sleep(0.1)
-        poll(lambda: all(_closed_by_peer(s) for s in socks), timeout=5)
+        poll(lambda: all(closed_by_peer(s, b"HTTP/1.1 408") for s in socks), timeout=5)
     finally:
         for sock in socks:
             sock.close()

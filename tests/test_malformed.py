@@ -7,7 +7,9 @@ import socket
 
 import httpx
 import pytest
-from conftest import AppServer, poll, raw_exchange
+from conftest import AppServer, poll
+
+from benches.front_door import exchange as raw_exchange
 
 CASES = {
     "bad request line": b"THIS IS NOT HTTP\r\n\r\n",

@@ -6,7 +6,9 @@ import json
 import socket
 
 import httpx
-from conftest import AppServer, free_port, poll, raw_exchange
+from conftest import AppServer, free_port, poll
+
+from benches.front_door import exchange as raw_exchange
 
 HOP_BY_HOP = {"connection", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization"}
 

@@ -60,21 +60,16 @@ def test_D3_sigterm_drains_then_stops_the_app_with_sigkill_after_the_timeout(run
 def test_D3_D5_killed_app_leaves_no_orphans(runwarden):
     """D5/D3: the app (started through a shell that forks a worker) is SIGKILLed; runwarden
     replaces the runner and kills the rest of the app's process group: no orphan survives."""
-    port = free_port()
-    worker = f"{sys.executable} -c 'import time; time.sleep(120)'"
-    app = ["sh", "-c", f"{worker} & exec {sys.executable} {HERE / 'app_server.py'} {port}"]
-    rw = runwarden(f"http://127.0.0.1:{port}", app_command=app, wait_ready=True)
-    app_pid = int(rw.status()["app"]["pid"])  # type: ignore[index]
-    family = [p.pid for p in psutil.Process(app_pid).children(recursive=True)]
-    assert family, "the app's worker should be running"
-    psutil.Process(app_pid).kill()
+    rw, _, _, family = _app_with_a_worker(runwarden)
+    psutil.Process(family[0]).kill()
     assert rw.wait_exit() == exit_codes.BY_REASON["app_exited"]
     assert "the app was killed by signal SIGKILL" in rw.log()
-    poll(lambda: _gone([app_pid, *family]), timeout=10)
+    poll(lambda: _gone(family), timeout=10)
 
 
-def test_D3_clean_stop_stops_the_whole_process_group(runwarden):
-    """D3: SIGTERM to runwarden ends the app and everything it started."""
+def _app_with_a_worker(runwarden):  # type: ignore[no-untyped-def]
+    """runwarden supervising an app that started a worker of its own: runwarden, the app
+    command, its port, and the pids of the app and its worker."""
     port = free_port()
     worker = f"{sys.executable} -c 'import time; time.sleep(120)'"
     app = ["sh", "-c", f"{worker} & exec {sys.executable} {HERE / 'app_server.py'} {port}"]
@@ -82,6 +77,12 @@ def test_D3_clean_stop_stops_the_whole_process_group(runwarden):
     app_pid = int(rw.status()["app"]["pid"])  # type: ignore[index]
     family = [app_pid, *(p.pid for p in psutil.Process(app_pid).children(recursive=True))]
     assert len(family) == 2
+    return rw, app, port, family
+
+
+def test_D3_clean_stop_stops_the_whole_process_group(runwarden):
+    """D3: SIGTERM to runwarden ends the app and everything it started."""
+    rw, _, _, family = _app_with_a_worker(runwarden)
     rw.proc.send_signal(signal.SIGINT)
     assert rw.wait_exit() == exit_codes.CLEAN
     poll(lambda: _gone(family), timeout=10)
@@ -94,7 +95,7 @@ def test_H2_A_supervised_app_in_status_without_its_arguments(runwarden):
     app = [sys.executable, str(HERE / "app_server.py"), str(port), "--token=s3cr3t"]
     rw = runwarden(f"http://127.0.0.1:{port}", app_command=app, wait_ready=True)
     status = rw.status()["app"]
-    assert status["supervised"] is True and status["mode"] == "supervised"  # type: ignore[index]
+    assert status["mode"] == "supervised"  # type: ignore[index]
     assert (status["program"], status["arguments"]) == (sys.executable, 3)  # type: ignore[index]
     assert _alive(int(status["pid"]))  # type: ignore[index]
     assert "s3cr3t" not in json.dumps(rw.status())
@@ -104,13 +105,7 @@ def test_D7_front_door_6_the_app_never_outlives_a_killed_runwarden(runwarden):
     """D7 (issue 9, item 6): runwarden SIGKILLed: the app and what it started are gone
     within about a second, and a new runwarden on the same ports starts cleanly (no
     "address already in use" crash loop)."""
-    port = free_port()
-    worker = f"{sys.executable} -c 'import time; time.sleep(120)'"
-    app = ["sh", "-c", f"{worker} & exec {sys.executable} {HERE / 'app_server.py'} {port}"]
-    rw = runwarden(f"http://127.0.0.1:{port}", app_command=app, wait_ready=True)
-    app_pid = int(rw.status()["app"]["pid"])  # type: ignore[index]
-    family = [app_pid, *(p.pid for p in psutil.Process(app_pid).children(recursive=True))]
-    assert len(family) == 2
+    rw, app, port, family = _app_with_a_worker(runwarden)
     rw.proc.kill()
     killed = time.monotonic()
     poll(lambda: _gone(family), timeout=5)

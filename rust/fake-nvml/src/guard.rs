@@ -41,7 +41,8 @@ pub struct DeviceSlot {
 /// `nvmlDevice_t`.
 pub type Device = *mut DeviceSlot;
 
-static DEVICES: [DeviceSlot; MAX_GPUS] = {
+/// One slot per GPU, slot i holding index i: a table of handles that are addresses.
+const fn slots() -> [DeviceSlot; MAX_GPUS] {
     let mut slots = [DeviceSlot { index: 0 }; MAX_GPUS];
     let mut i = 0;
     while i < MAX_GPUS {
@@ -49,7 +50,9 @@ static DEVICES: [DeviceSlot; MAX_GPUS] = {
         i += 1;
     }
     slots
-};
+}
+
+static DEVICES: [DeviceSlot; MAX_GPUS] = slots();
 
 pub fn handle(index: usize) -> Device {
     // Never written through: callers only pass it back to us.
@@ -58,15 +61,7 @@ pub fn handle(index: usize) -> Device {
 
 /// One MIG device handle per GPU, the table beside `DEVICES`: the fake answers only the
 /// calls that lead from a MIG device to its GPU.
-static MIG_DEVICES: [DeviceSlot; MAX_GPUS] = {
-    let mut slots = [DeviceSlot { index: 0 }; MAX_GPUS];
-    let mut i = 0;
-    while i < MAX_GPUS {
-        slots[i].index = i as u32;
-        i += 1;
-    }
-    slots
-};
+static MIG_DEVICES: [DeviceSlot; MAX_GPUS] = slots();
 
 pub fn mig_handle(parent: usize) -> Device {
     std::ptr::from_ref(&MIG_DEVICES[parent]).cast_mut()
