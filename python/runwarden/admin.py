@@ -55,7 +55,6 @@ def app(runner: Runner) -> dict[str, object]:
     return {
         "url": settings.app_url,
         "mode": "supervised" if supervisor else "sidecar" if settings.sidecar else "external",
-        "supervised": supervisor is not None,
         "program": command[0] if command else None,
         "arguments": max(len(command) - 1, 0),
         "pid": supervisor.pid if supervisor else found.pid if found else None,

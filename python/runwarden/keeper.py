@@ -19,6 +19,7 @@ library alone and is run with `python -I -S`, so it starts in milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import resource
@@ -46,10 +47,11 @@ def main(argv: list[str]) -> None:
     if not _tell(channel, b"pid %d\n" % pid):
         _stop_group(pid)
     while True:
-        readable, _, _ = select.select([channel, woken], [], [], 1.0)
+        readable, _, _ = select.select([channel, woken], [], [])
         if woken in readable:
-            while len(os.read(woken, 512)) == 512:
-                pass
+            with contextlib.suppress(BlockingIOError):
+                while os.read(woken, 512):
+                    pass
         _reap(pid)
         if channel in readable and not os.read(channel, 64):
             _stop_group(pid)
