@@ -1,20 +1,28 @@
-//! The threads around the scheduler: one that keeps time, one short-lived thread per probe.
+//! The threads around the scheduler: one that keeps time, and one that runs the probes.
 //!
-//! The scheduler decides; this file only does what it says. A probe runs on its own
-//! thread so a hung app never stalls the clock: at the deadline the scheduler records a
-//! timeout and the probe thread, bounded by the same deadline in its HTTP client, ends
-//! on its own and its late report is ignored.
+//! The scheduler decides; this file only does what it says. Probes run as tasks on a small
+//! runtime of their own (never the data plane's), so a hung app never stalls the clock and a
+//! busy proxy never delays a check: at the deadline the scheduler records a timeout and the
+//! probe, bounded by the same deadline, is dropped; a late report is ignored.
+//!
+//! The runner's life (`lifecycle.rs`) is the scheduler's; every change of it is published at
+//! once on a watch channel, which the data plane reads on every request (D1) and the admin
+//! port answers `/readyz` from.
 
+use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread;
 use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, watch};
 
 use crate::error::{CoreError, Result};
 use crate::events::EventQueue;
+use crate::lifecycle::Phase;
 use crate::probe::Probe;
 use crate::scheduler::{Action, Scheduler, TriggerAnswer};
-use crate::settings::HealthSettings;
+use crate::settings::{AppProtocol, HealthSettings};
 use crate::traffic::TrafficCounters;
 use crate::verdict::{Event, Outcome, Reason, Trigger, Verdict};
 use crate::worker::{lock, Worker};
@@ -23,14 +31,41 @@ use crate::worker::{lock, Worker};
 /// thread still wakes this often; a stop or a new trigger wakes it sooner.
 const IDLE_WAIT: Duration = Duration::from_secs(3600);
 
-struct Shared {
+/// The runner's life as the data plane reads it: its phase and, while it drains, why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LifeView {
+    pub phase: Phase,
+    /// starting, ready, replacing, stopping or stopped (`Lifecycle::state`).
+    pub state: &'static str,
+    pub verdict: Option<Verdict>,
+}
+
+impl LifeView {
+    pub fn draining(&self) -> bool {
+        self.verdict.is_some()
+    }
+}
+
+/// What a check trigger (H5, R4) gets: an outcome now, or one to wait for.
+pub enum CheckWait {
+    Latest(Box<Outcome>),
+    /// Dropped without a value if the check is abandoned (K2 restart, stop).
+    Pending(oneshot::Receiver<Outcome>),
+}
+
+pub struct Shared {
     base: Instant,
     scheduler: Mutex<Scheduler>,
     wake: Condvar,
     stop: AtomicBool,
-    traffic: TrafficCounters,
+    traffic: Arc<TrafficCounters>,
     events: Arc<EventQueue>,
     probe: Probe,
+    probes: tokio::runtime::Handle,
+    life: watch::Sender<LifeView>,
+    waiters: Mutex<HashMap<u64, Vec<oneshot::Sender<Outcome>>>>,
+    /// Whether a request entering an idle runner sets a stall deadline (H9).
+    stall_detection: bool,
 }
 
 impl Shared {
@@ -45,21 +80,33 @@ impl Shared {
     /// Do what the scheduler asked; called without the lock held.
     fn act(self: &Arc<Self>, actions: Vec<Action>) {
         let mut changed = false;
+        let mut life_changed = false;
         for action in actions {
             match action {
                 Action::StartCheck { id } => {
                     changed = true;
                     let shared = Arc::clone(self);
-                    let spawned = thread::Builder::new()
-                        .name(format!("runwarden-probe-{id}"))
-                        .spawn(move || shared.probe_once(id));
-                    if let Err(error) = spawned {
-                        // Nothing to run the probe on: the deadline will record it as failed.
-                        eprintln!("runwarden: could not start health check {id}: {error}");
-                    }
+                    let bound = crate::probe::bound(self.lock().settings().timeout());
+                    self.probes.spawn(async move {
+                        let probe = shared.probe.clone();
+                        // At the deadline the scheduler has recorded a timeout already.
+                        if let Ok(report) = tokio::time::timeout(bound, probe.run()).await {
+                            shared.probe_finished(id, report);
+                        }
+                    });
                 }
-                Action::Emit(event) => self.events.push(event),
+                Action::Emit(event) => {
+                    if let Event::Check(outcome) = &event {
+                        life_changed |= outcome.made_ready;
+                        self.answer_waiters(outcome);
+                    }
+                    life_changed |= matches!(event, Event::Verdict(_));
+                    self.events.push(event);
+                }
             }
+        }
+        if life_changed {
+            self.publish();
         }
         if changed {
             // A new check moves the clock thread's next deadline (its timeout).
@@ -67,8 +114,34 @@ impl Shared {
         }
     }
 
-    fn probe_once(self: &Arc<Self>, id: u64) {
-        let report = self.probe.run();
+    /// The runner's life, as the scheduler holds it now, to every reader.
+    fn publish(&self) {
+        let view = {
+            let scheduler = self.lock();
+            LifeView {
+                phase: scheduler.life().phase(),
+                state: scheduler.life().state(),
+                verdict: scheduler.verdict().cloned(),
+            }
+        };
+        self.life.send_if_modified(|current| {
+            let modified = *current != view;
+            *current = view;
+            modified
+        });
+    }
+
+    fn answer_waiters(&self, outcome: &Outcome) {
+        for waiter in lock(&self.waiters)
+            .remove(&outcome.id)
+            .into_iter()
+            .flatten()
+        {
+            let _ = waiter.send(outcome.clone());
+        }
+    }
+
+    fn probe_finished(self: &Arc<Self>, id: u64, report: crate::verdict::ProbeReport) {
         let actions = {
             let mut scheduler = self.lock();
             scheduler.finish(id, report, self.now(), self.traffic.snapshot())
@@ -112,86 +185,17 @@ impl Shared {
     }
 }
 
-/// The health checker of one app: owns the clock thread and stops it within a bound.
-pub struct Checker {
-    shared: Arc<Shared>,
-    thread: Mutex<Option<Worker>>,
-    /// Whether a request entering an idle runner sets a stall deadline (H9).
-    stall_detection: bool,
-}
+/// What the data plane and the bindings may ask of the checker; cheap to clone.
+#[derive(Clone)]
+pub struct CheckerHandle(Arc<Shared>);
 
-impl Checker {
-    pub fn new(
-        settings: HealthSettings,
-        app_url: &str,
-        events: Arc<EventQueue>,
-    ) -> Result<Checker> {
-        let settings = settings.validate()?;
-        let probe = Probe::new(app_url, &settings)?;
-        let base = Instant::now();
-        Ok(Checker {
-            stall_detection: settings.stall_seconds.is_some(),
-            shared: Arc::new(Shared {
-                base,
-                scheduler: Mutex::new(Scheduler::new(settings, Duration::ZERO)),
-                wake: Condvar::new(),
-                stop: AtomicBool::new(false),
-                traffic: TrafficCounters::new(base),
-                events,
-                probe,
-            }),
-            thread: Mutex::new(None),
-        })
-    }
-
-    /// Start the clock thread; the runner's age (H2) counts from now.
-    pub fn start(&self) -> Result<()> {
-        let mut slot = lock(&self.thread);
-        if slot.is_some() || self.shared.stop.load(Ordering::Acquire) {
-            return Err(CoreError::State("the checker was already started".into()));
-        }
-        self.restart_clock();
-        let shared = Arc::clone(&self.shared);
-        let worker = Worker::spawn("scheduler", move || shared.keep_time())
-            .map_err(|e| CoreError::State(format!("could not start the scheduler thread: {e}")))?;
-        *slot = Some(worker);
-        Ok(())
-    }
-
-    /// H2: the supervised app started now.
-    pub fn restart_clock(&self) {
-        self.shared.lock().restart_clock(self.shared.now());
-        self.shared.wake.notify_all();
-    }
-
-    /// K2: the replaced app was restarted beside a runwarden that stays up: back to
-    /// starting. False if no replacement was draining (nothing changes).
-    pub fn restart(&self) -> bool {
-        let restarted = self.shared.lock().restart(self.shared.now());
-        self.shared.wake.notify_all();
-        restarted
-    }
-
-    /// Stop the clock thread and join it within `timeout`. Probe threads are not joined:
-    /// each ends by its own deadline. Returns false if the thread had to be left behind.
-    pub fn stop(&self, timeout: Duration) -> bool {
-        {
-            // Under the lock, so the clock thread is either waiting (and is woken) or has
-            // not yet read the flag.
-            let _scheduler = self.shared.lock();
-            self.shared.stop.store(true, Ordering::Release);
-        }
-        self.shared.wake.notify_all();
-        let taken = lock(&self.thread).take();
-        taken.is_none_or(|worker| worker.join_within(timeout))
-    }
-
+impl CheckerHandle {
     fn with_scheduler<T>(&self, f: impl FnOnce(&mut Scheduler, Duration) -> (T, Vec<Action>)) -> T {
         let (value, actions) = {
-            let mut scheduler = self.shared.lock();
-            f(&mut scheduler, self.shared.now())
+            let mut scheduler = self.0.lock();
+            f(&mut scheduler, self.0.now())
         };
-        self.shared.act(actions);
+        self.0.act(actions);
         value
     }
 
@@ -200,53 +204,105 @@ impl Checker {
         self.with_scheduler(|s, now| s.trigger(trigger, now))
     }
 
+    /// H5: trigger a check and get its outcome, or a way to wait for it. The waiter is
+    /// registered under the scheduler's lock, so the check cannot finish unheard.
+    pub fn trigger_and_wait(&self, trigger: Trigger) -> CheckWait {
+        let shared = &self.0;
+        let (answer, actions, waiter) = {
+            let mut scheduler = shared.lock();
+            let (answer, actions) = scheduler.trigger(trigger, shared.now());
+            let waiter = match &answer {
+                TriggerAnswer::Pending(id) => {
+                    let (tx, rx) = oneshot::channel();
+                    lock(&shared.waiters).entry(*id).or_default().push(tx);
+                    Some(rx)
+                }
+                TriggerAnswer::Latest(_) => None,
+            };
+            (answer, actions, waiter)
+        };
+        shared.act(actions);
+        match (answer, waiter) {
+            (_, Some(rx)) => CheckWait::Pending(rx),
+            (TriggerAnswer::Latest(outcome), None) => CheckWait::Latest(outcome),
+            (TriggerAnswer::Pending(_), None) => unreachable!("a pending trigger has a waiter"),
+        }
+    }
+
     /// H6.
     pub fn manual(&self) {
         self.with_scheduler(|s, now| ((), s.manual(now)))
     }
 
-    /// R1 and R4. The verdict after it, if the runner drains (a 503's, or an earlier one),
-    /// so the proxy refuses new requests in this same loop turn.
+    /// R1 and R4. The verdict after it, if the runner drains (a 503's, or an earlier one):
+    /// published to the data plane before this returns, so no request admitted after it
+    /// reaches the app (D1).
     pub fn response(&self, status: u16) -> Option<Verdict> {
         self.with_scheduler(|s, now| ((), s.response(status, now)));
         self.verdict()
     }
 
-    /// Drain for a reason found outside the scheduler (a clean stop, the app's exit). The
-    /// verdict after it: this one's, or the one that came first.
+    /// Drain for a reason found outside the scheduler (a clean stop, the app's exit, an R1
+    /// seen in a gRPC status). The verdict after it: this one's, or the one that came first.
     pub fn drain(&self, reason: Reason, detail: String) -> Option<Verdict> {
-        self.shared.drain(reason, detail);
+        self.0.drain(reason, detail);
         self.verdict()
     }
 
     /// `drain` for another thread to call (the GPU monitor's); true if it gave the verdict.
     pub fn drainer(&self) -> Arc<dyn Fn(Reason, String) -> bool + Send + Sync> {
-        let shared = Arc::clone(&self.shared);
+        let shared = Arc::clone(&self.0);
         Arc::new(move |reason, detail| shared.drain(reason, detail))
     }
 
     /// The runner's verdict, if it drains.
     pub fn verdict(&self) -> Option<Verdict> {
-        self.shared.lock().verdict().cloned()
+        self.0.lock().verdict().cloned()
+    }
+
+    /// The runner's life, as the data plane watches it.
+    pub fn life(&self) -> watch::Receiver<LifeView> {
+        self.0.life.subscribe()
     }
 
     /// The drain is over; runwarden exits with the returned code (None: nothing drained).
     pub fn finish(&self) -> Option<i32> {
-        self.shared.lock().stop()
+        let code = self.0.lock().stop();
+        self.0.publish();
+        code
     }
 
-    pub fn traffic(&self) -> &TrafficCounters {
-        &self.shared.traffic
+    /// K2: the replaced app was restarted beside a runwarden that stays up: back to
+    /// starting. False if no replacement was draining (nothing changes).
+    pub fn restart(&self) -> bool {
+        let restarted = self.0.lock().restart(self.0.now());
+        if restarted {
+            // Checks still out report to ids no longer running: their waiters hear nothing.
+            lock(&self.0.waiters).clear();
+            self.0.publish();
+        }
+        self.0.wake.notify_all();
+        restarted
     }
 
-    /// A request entered (H9).
+    /// H2: the supervised app started now.
+    pub fn restart_clock(&self) {
+        self.0.lock().restart_clock(self.0.now());
+        self.0.wake.notify_all();
+    }
+
+    pub fn traffic(&self) -> &Arc<TrafficCounters> {
+        &self.0.traffic
+    }
+
+    /// Whether H9's accounting is read by any rule (`allow_on_busy`, `stall_seconds`).
+    pub fn h9(&self) -> bool {
+        self.0.stall_detection || self.0.lock().settings().allow_on_busy
+    }
+
+    /// A request entered (the in-flight count, H9).
     pub fn request_started(&self) {
         self.becoming_busy(|t| t.started());
-    }
-
-    /// A request is now blocked on its client, not on the app (H9).
-    pub fn client_wait_started(&self) {
-        self.shared.traffic.client_wait_started();
     }
 
     /// The client moved again: the request waits on the app once more (H9).
@@ -257,24 +313,24 @@ impl Checker {
     /// With stall detection on, the first request waiting on the app sets a deadline the
     /// clock thread must hear about.
     fn becoming_busy(&self, change: impl FnOnce(&TrafficCounters)) {
-        let traffic = &self.shared.traffic;
+        let traffic = &self.0.traffic;
         let was_idle = traffic.snapshot().in_flight == 0;
         change(traffic);
-        if was_idle && self.stall_detection {
+        if was_idle && self.0.stall_detection {
             // Through the lock, so the clock thread cannot miss it between deciding to wait
             // and waiting.
-            let _scheduler = self.shared.lock();
-            self.shared.wake.notify_all();
+            let _scheduler = self.0.lock();
+            self.0.wake.notify_all();
         }
     }
 
     pub fn history(&self) -> Vec<Outcome> {
-        self.shared.lock().history().cloned().collect()
+        self.0.lock().history().cloned().collect()
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let now = self.shared.now();
-        let scheduler = self.shared.lock();
+        let now = self.0.now();
+        let scheduler = self.0.lock();
         Snapshot {
             age: scheduler.age(now),
             state: scheduler.life().state(),
@@ -284,8 +340,102 @@ impl Checker {
             verdict: scheduler.verdict().cloned(),
             running_check: scheduler.running_id(),
             settings: scheduler.settings().clone(),
-            probe_url: self.shared.probe.url().to_owned(),
+            probe_url: self.0.probe.url().to_owned(),
         }
+    }
+}
+
+/// The health checker of one app: owns the clock thread and the probes' runtime, and
+/// stops them within a bound.
+pub struct Checker {
+    handle: CheckerHandle,
+    thread: Mutex<Option<Worker>>,
+    probes: Mutex<Option<(Worker, oneshot::Sender<()>)>>,
+}
+
+impl Deref for Checker {
+    type Target = CheckerHandle;
+
+    fn deref(&self) -> &CheckerHandle {
+        &self.handle
+    }
+}
+
+impl Checker {
+    pub fn new(
+        settings: HealthSettings,
+        app_url: &str,
+        app: AppProtocol,
+        events: Arc<EventQueue>,
+    ) -> Result<Checker> {
+        let settings = settings.validate()?;
+        let probe = Probe::new(app_url, &settings, app)?;
+        let (probes, handle) = probe_runtime()?;
+        let base = Instant::now();
+        let scheduler = Scheduler::new(settings, Duration::ZERO);
+        let view = LifeView {
+            phase: scheduler.life().phase(),
+            state: scheduler.life().state(),
+            verdict: None,
+        };
+        Ok(Checker {
+            handle: CheckerHandle(Arc::new(Shared {
+                base,
+                stall_detection: scheduler.settings().stall_seconds.is_some(),
+                scheduler: Mutex::new(scheduler),
+                wake: Condvar::new(),
+                stop: AtomicBool::new(false),
+                traffic: Arc::new(TrafficCounters::new(base)),
+                events,
+                probe,
+                probes: handle,
+                life: watch::Sender::new(view),
+                waiters: Mutex::new(HashMap::new()),
+            })),
+            thread: Mutex::new(None),
+            probes: Mutex::new(Some(probes)),
+        })
+    }
+
+    pub fn handle(&self) -> CheckerHandle {
+        self.handle.clone()
+    }
+
+    /// Start the clock thread; the runner's age (H2) counts from now.
+    pub fn start(&self) -> Result<()> {
+        let mut slot = lock(&self.thread);
+        if slot.is_some() || self.handle.0.stop.load(Ordering::Acquire) {
+            return Err(CoreError::State("the checker was already started".into()));
+        }
+        self.restart_clock();
+        let shared = Arc::clone(&self.handle.0);
+        let worker = Worker::spawn("scheduler", move || shared.keep_time())
+            .map_err(|e| CoreError::State(format!("could not start the scheduler thread: {e}")))?;
+        *slot = Some(worker);
+        Ok(())
+    }
+
+    /// Stop the clock thread and the probes' runtime, joining them within `timeout`.
+    /// Returns false if one had to be left behind.
+    pub fn stop(&self, timeout: Duration) -> bool {
+        let shared = &self.handle.0;
+        {
+            // Under the lock, so the clock thread is either waiting (and is woken) or has
+            // not yet read the flag.
+            let _scheduler = shared.lock();
+            shared.stop.store(true, Ordering::Release);
+        }
+        shared.wake.notify_all();
+        lock(&shared.waiters).clear();
+        let deadline = Instant::now() + timeout;
+        let clock = lock(&self.thread)
+            .take()
+            .is_none_or(|worker| worker.join_within(timeout));
+        let probes = lock(&self.probes).take().is_none_or(|(worker, stop)| {
+            let _ = stop.send(());
+            worker.join_within(deadline.saturating_duration_since(Instant::now()))
+        });
+        clock && probes
     }
 }
 
@@ -293,6 +443,25 @@ impl Drop for Checker {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(2));
     }
+}
+
+/// A one-thread runtime for the probes, on a thread of its own; stopped by its sender.
+fn probe_runtime() -> Result<((Worker, oneshot::Sender<()>), tokio::runtime::Handle)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CoreError::State(format!("could not start the probes' runtime: {e}")))?;
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let worker = Worker::spawn("probes", move || {
+        runtime.block_on(async {
+            let _ = stopped.await;
+        });
+        // Probes still out (a hung app) are dropped with the runtime, not waited for.
+        runtime.shutdown_background();
+    })
+    .map_err(|e| CoreError::State(format!("could not start the probes' thread: {e}")))?;
+    Ok(((worker, stop), handle))
 }
 
 /// The checker's state at one moment, for `/status`.
@@ -315,6 +484,7 @@ mod tests {
     use crate::verdict::Event;
     use std::io::{Read, Write};
     use std::net::TcpListener;
+    use std::thread;
 
     /// An app whose /health answers 200 to every request, on its own thread.
     fn healthy_app() -> String {
@@ -354,7 +524,13 @@ mod tests {
             ..Default::default()
         };
         let events = queue();
-        let checker = Checker::new(settings, &healthy_app(), Arc::clone(&events)).unwrap();
+        let checker = Checker::new(
+            settings,
+            &healthy_app(),
+            AppProtocol::Http1,
+            Arc::clone(&events),
+        )
+        .unwrap();
         checker.start().unwrap();
         match wait_for_event(&events) {
             Event::Check(outcome) => assert!(outcome.report.passed(), "{outcome:?}"),
@@ -382,7 +558,8 @@ mod tests {
             ..Default::default()
         };
         let events = queue();
-        let checker = Checker::new(settings, &url, Arc::clone(&events)).unwrap();
+        let checker =
+            Checker::new(settings, &url, AppProtocol::Http1, Arc::clone(&events)).unwrap();
         checker.start().unwrap();
         let started = Instant::now();
         let TriggerAnswer::Pending(id) = checker.trigger(Trigger::Gateway) else {
@@ -402,8 +579,13 @@ mod tests {
 
     #[test]
     fn starting_twice_is_an_error() {
-        let checker =
-            Checker::new(HealthSettings::default(), "http://127.0.0.1:9", queue()).unwrap();
+        let checker = Checker::new(
+            HealthSettings::default(),
+            "http://127.0.0.1:9",
+            AppProtocol::Http1,
+            queue(),
+        )
+        .unwrap();
         checker.start().unwrap();
         assert!(checker.start().is_err());
     }

@@ -17,6 +17,9 @@ pub enum CoreError {
     /// The core was asked to do something its state does not allow.
     #[error("{0}")]
     State(String),
+    /// A port could not be bound (start-up fails, exit code 3).
+    #[error("{0}")]
+    Bind(String),
 }
 
 pub type Result<T> = std::result::Result<T, CoreError>;
@@ -39,7 +42,7 @@ impl CoreError {
         match self {
             CoreError::Setting { name, .. } => Some(name),
             CoreError::Unknown { name, .. } => Some(name),
-            CoreError::State(_) => None,
+            CoreError::State(_) | CoreError::Bind(_) => None,
         }
     }
 }

@@ -2,18 +2,22 @@
 //!
 //! A thread pushes an event and writes one byte to a socket; Python's loop watches the
 //! other end (`loop.add_reader`) and drains the queue. No Rust thread ever takes the GIL.
+//! One observer inside the core (the metrics) sees each event as it is pushed.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use crate::verdict::Event;
 use crate::worker::lock;
 
+type Observer = Box<dyn Fn(&Event) + Send + Sync>;
+
 pub struct EventQueue {
     queue: Mutex<VecDeque<Event>>,
+    observer: OnceLock<Observer>,
     wake_tx: UnixStream,
     wake_rx: UnixStream,
 }
@@ -25,6 +29,7 @@ impl EventQueue {
         wake_rx.set_nonblocking(true)?;
         Ok(EventQueue {
             queue: Mutex::new(VecDeque::new()),
+            observer: OnceLock::new(),
             wake_tx,
             wake_rx,
         })
@@ -35,7 +40,15 @@ impl EventQueue {
         self.wake_rx.as_raw_fd()
     }
 
+    /// Call `observer` with every event from now on, before it is queued; set once.
+    pub fn observe(&self, observer: impl Fn(&Event) + Send + Sync + 'static) {
+        let _ = self.observer.set(Box::new(observer));
+    }
+
     pub fn push(&self, event: Event) {
+        if let Some(observer) = self.observer.get() {
+            observer(&event);
+        }
         lock(&self.queue).push_back(event);
         // A full socket buffer already holds a wake-up; losing this byte loses nothing.
         let _ = (&self.wake_tx).write(&[1]);

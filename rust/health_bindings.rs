@@ -102,17 +102,7 @@ impl PyCheckOutcome {
     }
 
     pub fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("id", self.id())?;
-        d.set_item("triggers", self.triggers())?;
-        d.set_item("passed", self.passed())?;
-        d.set_item("status", self.status())?;
-        d.set_item("error", self.error())?;
-        d.set_item("latency_seconds", self.latency_seconds())?;
-        d.set_item("age_seconds", self.age_seconds())?;
-        d.set_item("counted", self.counted())?;
-        d.set_item("consecutive_failures", self.consecutive_failures())?;
-        Ok(d)
+        crate::json_bindings::to_dict(py, &crate::status::outcome_json(&self.inner))
     }
 
     fn __repr__(&self) -> String {
@@ -157,12 +147,7 @@ impl PyVerdict {
     }
 
     pub fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("reason", self.reason())?;
-        d.set_item("detail", self.detail())?;
-        d.set_item("exit_code", self.exit_code())?;
-        d.set_item("age_seconds", self.age_seconds())?;
-        Ok(d)
+        crate::json_bindings::to_dict(py, &crate::status::verdict_json(&self.inner))
     }
 
     fn __repr__(&self) -> String {

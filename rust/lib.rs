@@ -6,23 +6,28 @@ pub mod error;
 pub mod events;
 mod gpu_bindings;
 mod health_bindings;
+mod json_bindings;
 pub mod lifecycle;
+pub mod metrics;
 pub mod nvml;
 pub mod policy;
 pub mod probe;
+pub mod proxy;
+mod proxy_bindings;
 pub mod scheduler;
 pub mod setting;
 mod setting_bindings;
 pub mod settings;
+pub mod status;
 pub mod traffic;
 pub mod verdict;
 pub mod worker;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -32,7 +37,10 @@ use events::EventQueue;
 use gpu_bindings::{PyGpuFinding, PyGpuMonitoring, PyGpuSamples, PyGpuSettings};
 use health_bindings::{PyCheckOutcome, PyHealthCheck, PyVerdict};
 use nvml::GpuMonitor;
+use proxy::DataPlane;
+use proxy_bindings::{PyAccessLine, PyDrained, PyLogLine, PyPortsClosed, PyProxySettings};
 use scheduler::TriggerAnswer;
+use settings::{AppProtocol, GpuMetrics};
 use verdict::{Event, Reason, Trigger};
 
 create_exception!(
@@ -53,8 +61,10 @@ pub(crate) fn repr_of(name: &str, settings: &Bound<'_, PyDict>) -> PyResult<Stri
 }
 
 pub(crate) fn to_py(error: CoreError) -> PyErr {
-    if let CoreError::State(_) = error {
-        return PyRuntimeError::new_err(error.to_string());
+    match error {
+        CoreError::State(_) => return PyRuntimeError::new_err(error.to_string()),
+        CoreError::Bind(_) => return PyOSError::new_err(error.to_string()),
+        _ => {}
     }
     let err = SettingsError::new_err(error.to_string());
     // Errors as data: the setting's name, never parsed out of the message.
@@ -89,54 +99,137 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
         Event::GpuMonitoring { enabled, detail } => {
             Py::new(py, PyGpuMonitoring { enabled, detail })?.into_any()
         }
+        Event::Log(inner) => Py::new(py, PyLogLine { inner })?.into_any(),
+        Event::Access(inner) => Py::new(py, PyAccessLine { inner })?.into_any(),
+        Event::Drained(inner) => Py::new(py, PyDrained { inner })?.into_any(),
+        Event::Closed { cut } => Py::new(py, PyPortsClosed { cut })?.into_any(),
     })
 }
 
-/// The scheduler and its threads.
+/// The core: the checker's threads, GPU monitoring's, and the data plane's.
 #[pyclass(frozen, module = "runwarden._core", name = "Core")]
 pub struct PyCore {
+    started: Instant,
     events: Arc<EventQueue>,
     checker: Checker,
-    gpu: Option<GpuMonitor>,
+    gpu: Option<Arc<GpuMonitor>>,
+    gpu_metrics: GpuMetrics,
+    app_url: String,
+    python: String,
+    proxy: Option<settings::ProxySettings>,
+    plane: OnceLock<DataPlane>,
+    info: Arc<status::Info>,
+}
+
+impl PyCore {
+    /// Bind both ports, wire the metrics and `/status`, and serve.
+    fn start_plane(&self, settings: settings::ProxySettings) -> Result<(), CoreError> {
+        let log = proxy::log::Log::new(Arc::clone(&self.events));
+        let plane = DataPlane::bind(settings, log)?;
+        let monitor = self.gpu.clone();
+        let driver_version =
+            Box::new(move || monitor.as_ref().and_then(|m| m.state().driver_version));
+        let series = Arc::new(metrics::GpuSeries::new(self.gpu_metrics, driver_version));
+        let live = metrics::Live::new(
+            self.checker.handle(),
+            vec![Arc::clone(&plane.proxy), Arc::clone(&plane.admin)],
+        );
+        let metrics = metrics::Metrics::new(live, series, &self.python);
+        let observer = Arc::clone(&metrics);
+        self.events.observe(move |event| observer.observe(event));
+        let (started, checker, gpu, port, info) = (
+            self.started,
+            self.checker.handle(),
+            self.gpu.clone(),
+            Arc::clone(&plane.proxy),
+            Arc::clone(&self.info),
+        );
+        let status = Box::new(move || {
+            status::document(&status::Parts {
+                started,
+                checker: &checker,
+                gpu: gpu.as_ref().map(|g| g.state()),
+                proxy: &port,
+                info: &info,
+            })
+        });
+        plane.start(proxy::Wiring {
+            app_url: self.app_url.clone(),
+            checker: self.checker.handle(),
+            metrics,
+            status,
+        })?;
+        let _ = self.plane.set(plane);
+        Ok(())
+    }
 }
 
 #[pymethods]
 impl PyCore {
     #[new]
-    #[pyo3(signature = (health, app_url, gpu = None))]
+    #[pyo3(signature = (health, app_url, gpu = None, proxy = None))]
     fn new(
+        py: Python<'_>,
         health: &Bound<'_, PyHealthCheck>,
         app_url: &str,
         gpu: Option<&Bound<'_, PyGpuSettings>>,
+        proxy: Option<&Bound<'_, PyProxySettings>>,
     ) -> PyResult<Self> {
-        let health = health.get().clone();
+        let started = Instant::now();
+        let health = health.get().inner.clone();
         let events = EventQueue::new().map(Arc::new).map_err(|e| {
             PyRuntimeError::new_err(format!("could not create the event socket: {e}"))
         })?;
+        let proxy = proxy.map(|p| p.get().inner.clone());
+        let protocol = proxy
+            .as_ref()
+            .map_or(AppProtocol::Http1, |p| p.app_protocol);
         let checker =
-            Checker::new(health.inner.clone(), app_url, Arc::clone(&events)).map_err(to_py)?;
-        let gpu = gpu
-            .map(|g| {
-                GpuMonitor::new(
-                    g.get().inner.clone(),
-                    Arc::clone(&events),
-                    checker.drainer(),
-                )
-            })
+            Checker::new(health, app_url, protocol, Arc::clone(&events)).map_err(to_py)?;
+        let gpu_settings = gpu.map(|g| g.get().inner.clone());
+        let gpu_metrics = gpu_settings
+            .as_ref()
+            .map_or(GpuMetrics::Off, |g| g.gpu_metrics);
+        let gpu = gpu_settings
+            .map(|g| GpuMonitor::new(g, Arc::clone(&events), checker.drainer()).map(Arc::new))
             .transpose()
             .map_err(to_py)?;
+        let version = py.version_info();
         Ok(PyCore {
+            started,
             events,
             checker,
             gpu,
+            gpu_metrics,
+            app_url: app_url.to_owned(),
+            python: format!("{}.{}.{}", version.major, version.minor, version.patch),
+            proxy,
+            plane: OnceLock::new(),
+            info: Arc::default(),
         })
     }
 
-    fn start(&self) -> PyResult<()> {
+    /// Bind both ports (OSError if one cannot be had: nothing else has started), then start
+    /// every thread.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(settings) = self.proxy.clone() {
+            if self.plane.get().is_some() {
+                return Err(PyRuntimeError::new_err("the core was already started"));
+            }
+            py.detach(|| self.start_plane(settings)).map_err(to_py)?;
+        }
         self.checker.start().map_err(to_py)?;
         if let Some(gpu) = &self.gpu {
             gpu.start().map_err(to_py)?;
         }
+        Ok(())
+    }
+
+    /// A section of `/status` that Python owns (`settings`, `app`, `gpu_selection`), as JSON.
+    fn set_info(&self, key: &str, value: &str) -> PyResult<()> {
+        let value = serde_json::from_str(value)
+            .map_err(|e| PyValueError::new_err(format!("{key} is not JSON: {e}")))?;
+        self.info.set(key, value);
         Ok(())
     }
 
@@ -148,6 +241,28 @@ impl PyCore {
         self.checker.restart()
     }
 
+    /// D2: a second stop signal: stop waiting for requests in flight.
+    fn hurry(&self) {
+        if let Some(plane) = self.plane.get() {
+            plane.hurry();
+        }
+    }
+
+    /// D6: close the proxy port once drained; `PortsClosed` follows.
+    fn close_ports(&self) {
+        match self.plane.get() {
+            Some(plane) => plane.close(),
+            None => self.events.push(Event::Closed { cut: 0 }),
+        }
+    }
+
+    /// The client connections the proxy port may hold, and the app's permits.
+    fn limits(&self) -> Option<(usize, usize)> {
+        self.plane
+            .get()
+            .map(|p| (p.proxy.cap, p.max_app_connections))
+    }
+
     #[pyo3(signature = (timeout_seconds = 2.0))]
     fn stop(&self, py: Python<'_>, timeout_seconds: f64) -> PyResult<bool> {
         if !(timeout_seconds.is_finite() && timeout_seconds >= 0.0) {
@@ -157,8 +272,9 @@ impl PyCore {
         }
         let timeout = Duration::from_secs_f64(timeout_seconds);
         Ok(py.detach(|| {
+            let plane_stopped = self.plane.get().is_none_or(|p| p.stop(timeout));
             let gpu_stopped = self.gpu.as_ref().is_none_or(|g| g.stop(timeout));
-            self.checker.stop(timeout) && gpu_stopped
+            self.checker.stop(timeout) && gpu_stopped && plane_stopped
         }))
     }
 
@@ -182,10 +298,6 @@ impl PyCore {
 
     fn manual_check(&self) {
         self.checker.manual()
-    }
-
-    fn report_response(&self, py: Python<'_>, status: u16) -> PyResult<Option<Py<PyVerdict>>> {
-        verdict_to_py(py, self.checker.response(status))
     }
 
     fn replace(
@@ -214,28 +326,8 @@ impl PyCore {
         self.checker.finish()
     }
 
-    fn request_started(&self) {
-        self.checker.request_started()
-    }
-
-    fn request_progress(&self) {
-        self.checker.traffic().progress()
-    }
-
-    fn request_finished(&self) -> u64 {
-        self.checker.traffic().finished()
-    }
-
     fn in_flight(&self) -> u64 {
         self.checker.traffic().in_flight()
-    }
-
-    fn client_wait_started(&self) {
-        self.checker.client_wait_started()
-    }
-
-    fn client_wait_finished(&self) {
-        self.checker.client_wait_finished()
     }
 
     fn event_fd(&self) -> i32 {
@@ -259,42 +351,24 @@ impl PyCore {
     }
 
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let snap = self.checker.snapshot();
-        let d = PyDict::new(py);
-        d.set_item("state", snap.state)?;
-        d.set_item("ready", snap.ready)?;
-        match snap.verdict {
-            Some(inner) => {
-                d.set_item("reason", inner.reason.as_str())?;
-                d.set_item("detail", &inner.detail)?;
-                d.set_item("exit_code", snap.exit_code)?;
-                d.set_item("draining_since_age_seconds", inner.age.as_secs_f64())?;
-            }
-            None => {
-                for key in [
-                    "reason",
-                    "detail",
-                    "exit_code",
-                    "draining_since_age_seconds",
-                ] {
-                    d.set_item(key, py.None())?;
-                }
-            }
-        }
-        d.set_item("age_seconds", snap.age.as_secs_f64())?;
-        d.set_item("consecutive_failures", snap.failures)?;
-        d.set_item("running_check", snap.running_check)?;
-        d.set_item("health_url", snap.probe_url)?;
-        Ok(d)
+        json_bindings::to_dict(py, &status::life_json(&self.checker.handle()))
     }
 
     /// GPU monitoring's state for `/status`; None when it was not asked for.
     fn gpu_status<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         self.gpu
             .as_ref()
-            .map(|g| gpu_bindings::state_dict(py, &g.state()))
+            .map(|g| json_bindings::to_dict(py, &status::gpu_json(&g.state())))
             .transpose()
     }
+}
+
+/// The fd limits: the soft limit runwarden was started with (the app keeps it) and the
+/// one in force, raised to the hard limit on the first call.
+#[pyfunction]
+fn fd_limits() -> (usize, usize) {
+    let limits = proxy::fd_limits();
+    (limits.original, limits.current)
 }
 
 #[pymodule]
@@ -306,6 +380,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyVerdict>()?;
     // The tables Python builds its command line, exit codes and docs from.
     let settings = setting_bindings::specs::<settings::HealthSettings>(m.py(), "health")?;
+    for spec in setting_bindings::specs::<settings::ProxySettings>(m.py(), "proxy")?.iter() {
+        settings.append(spec)?;
+    }
     for spec in setting_bindings::specs::<settings::GpuSettings>(m.py(), "gpu")?.iter() {
         settings.append(spec)?;
     }
@@ -321,10 +398,16 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add("GPU_RULES", rules)?;
     m.add("PROMOTABLE_WARNINGS", policy::SUSTAINABLE_WARNINGS.to_vec())?;
+    m.add_function(wrap_pyfunction!(fd_limits, m)?)?;
     m.add_class::<PyCore>()?;
     m.add_class::<PyGpuSettings>()?;
+    m.add_class::<PyProxySettings>()?;
     m.add_class::<PyGpuSamples>()?;
     m.add_class::<PyGpuFinding>()?;
     m.add_class::<PyGpuMonitoring>()?;
+    m.add_class::<PyLogLine>()?;
+    m.add_class::<PyAccessLine>()?;
+    m.add_class::<PyDrained>()?;
+    m.add_class::<PyPortsClosed>()?;
     Ok(())
 }

@@ -1,51 +1,61 @@
-//! One health check: an HTTP request to the app over loopback with a hard deadline.
+//! One health check (SPEC H): a request to the app over loopback on a fresh connection, so
+//! a connection the app dropped while idle can never fail a check.
+//!
+//! `--check-protocol http` sends `GET` (or `POST`) to the health path and passes on a 2xx;
+//! over HTTP/1.1, or HTTP/2 with prior knowledge when the app speaks h2c. `grpc` asks
+//! the standard gRPC health service (`grpc.health.v1.Health/Check`, as Kubernetes' gRPC probe
+//! does) and passes on `SERVING`. The checker bounds every check by `timeout_seconds`.
 
 use std::time::{Duration, Instant};
 
-use ureq::Agent;
+use bytes::{Buf, Bytes};
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 
-use crate::error::{bad_setting, Result};
-use crate::settings::{HealthSettings, Method};
+use crate::error::Result;
+use crate::proxy::client::AppAddress;
+use crate::settings::{AppProtocol, CheckProtocol, HealthSettings, Method};
 use crate::verdict::ProbeReport;
 
-/// Sends health checks to one URL. Cheap to clone; each check gets a fresh connection,
-/// so a connection the app dropped while idle can never fail a check.
+/// The most of a gRPC health answer read; the real one is a few bytes.
+const GRPC_ANSWER_LIMIT: usize = 64 * 1024;
+const GRPC_HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
+/// grpc.health.v1.HealthCheckResponse.ServingStatus
+const SERVING: u64 = 1;
+
+/// Sends health checks to one app.
 #[derive(Clone)]
 pub struct Probe {
-    agent: Agent,
+    address: AppAddress,
+    dial: String,
     url: String,
+    path: String,
     method: Method,
+    protocol: CheckProtocol,
+    h2: bool,
+    grpc_service: String,
 }
 
 impl Probe {
-    pub fn new(app_url: &str, settings: &HealthSettings) -> Result<Probe> {
+    pub fn new(app_url: &str, settings: &HealthSettings, app: AppProtocol) -> Result<Probe> {
         // The app's URL may end in a path prefix the app is mounted under: checks go to the
         // prefix plus the health path, as proxied requests go to the prefix plus theirs.
-        let base = app_url.trim_end_matches('/');
-        let valid = base.strip_prefix("http://").is_some_and(|rest| {
-            let host = rest.split('/').next().unwrap_or("");
-            !host.is_empty() && !rest.contains(['?', '#', ' '])
-        });
-        if !valid {
-            return Err(bad_setting(
-                "app_url",
-                "an http:// URL of host and port, and maybe a path, such as http://127.0.0.1:8000",
-                format!("{app_url:?}"),
-            ));
-        }
-        let config = Agent::config_builder()
-            .timeout_global(Some(settings.timeout()))
-            .http_status_as_error(false)
-            .max_idle_connections(0)
-            .max_redirects(0)
-            // Checks go straight to the app, whatever HTTP_PROXY says.
-            .proxy(None)
-            .user_agent("runwarden-health-check")
-            .build();
+        let address = AppAddress::parse(app_url)?;
+        let path = match settings.check_protocol {
+            CheckProtocol::Http => format!("{}{}", address.prefix, settings.health_path),
+            CheckProtocol::Grpc => GRPC_HEALTH_PATH.to_owned(),
+        };
         Ok(Probe {
-            agent: config.into(),
-            url: format!("{base}{}", settings.health_path),
+            dial: address.dial(),
+            url: format!("http://{}{path}", address.authority),
+            path,
+            address,
             method: settings.health_method,
+            protocol: settings.check_protocol,
+            h2: app == AppProtocol::H2c || settings.check_protocol == CheckProtocol::Grpc,
+            grpc_service: settings.grpc_health_service.clone(),
         })
     }
 
@@ -53,171 +63,352 @@ impl Probe {
         &self.url
     }
 
-    /// Send one check and wait for its status; the agent's deadline bounds the wait.
-    pub fn run(&self) -> ProbeReport {
+    /// Send one check and wait for its answer (the caller bounds the wait).
+    pub async fn run(&self) -> ProbeReport {
         let started = Instant::now();
-        let result = match self.method {
-            Method::Get => self.agent.get(&self.url).call(),
-            Method::Post => self.agent.post(&self.url).send_empty(),
-        };
+        let result = self.ask().await;
         let latency = started.elapsed();
         match result {
-            Ok(response) => ProbeReport {
-                status: Some(response.status().as_u16()),
+            Ok((status, None)) => ProbeReport {
+                status: Some(status),
                 error: None,
                 latency,
                 local: false,
             },
-            Err(error) => ProbeReport {
-                status: None,
-                error: Some(describe(&error, latency)),
+            Ok((status, Some(error))) => ProbeReport {
+                status: Some(status),
+                error: Some(error),
                 latency,
-                local: is_local(&error),
+                local: false,
+            },
+            Err(failure) => ProbeReport {
+                status: None,
+                local: failure.local,
+                error: Some(failure.message),
+                latency,
             },
         }
     }
+
+    /// The HTTP status, and for gRPC why the answer is not a pass.
+    async fn ask(&self) -> std::result::Result<(u16, Option<String>), Failure> {
+        let stream = TcpStream::connect(&self.dial)
+            .await
+            .map_err(Failure::connect)?;
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        let request = self.request();
+        let response = if self.h2 {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(Failure::http)?;
+            tokio::spawn(connection);
+            sender.send_request(request).await.map_err(Failure::http)?
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(Failure::http)?;
+            tokio::spawn(connection);
+            sender.send_request(request).await.map_err(Failure::http)?
+        };
+        let status = response.status().as_u16();
+        if self.protocol == CheckProtocol::Http {
+            return Ok((status, None));
+        }
+        let headers = response.headers().clone();
+        let collected = Limited::new(response.into_body(), GRPC_ANSWER_LIMIT)
+            .collect()
+            .await
+            .map_err(|e| Failure::message(format!("reading the gRPC health answer: {e}")))?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        Ok((
+            status,
+            grpc_verdict(status, &headers, &trailers, collected.to_bytes()),
+        ))
+    }
+
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder().uri(if self.h2 {
+            self.url.as_str()
+        } else {
+            self.path.as_str()
+        });
+        builder = builder
+            .header(http::header::USER_AGENT, "runwarden-health-check")
+            .header(http::header::HOST, self.address.authority.as_str());
+        match self.protocol {
+            CheckProtocol::Http => {
+                let method = match self.method {
+                    Method::Get => http::Method::GET,
+                    Method::Post => http::Method::POST,
+                };
+                builder.method(method).body(Full::default())
+            }
+            CheckProtocol::Grpc => builder
+                .method(http::Method::POST)
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .header(http::header::TE, HeaderValue::from_static("trailers"))
+                .body(Full::new(grpc_request(&self.grpc_service))),
+        }
+        .expect("a check's request is valid")
+    }
+}
+
+/// Why a check got no answer; `local` if runwarden itself ran out of something (S6).
+struct Failure {
+    message: String,
+    local: bool,
 }
 
 /// Errors that say runwarden itself ran out of something (S6), not that the app failed:
 /// no file descriptor (EMFILE, ENFILE), no buffer or memory (ENOBUFS, ENOMEM), no free
 /// local port (EADDRNOTAVAIL).
-const LOCAL_ERRNOS: [i32; 5] = [24, 23, 105, 12, 99];
+pub const LOCAL_ERRNOS: [i32; 5] = [
+    libc::EMFILE,
+    libc::ENFILE,
+    libc::ENOBUFS,
+    libc::ENOMEM,
+    libc::EADDRNOTAVAIL,
+];
 
-fn is_local(error: &ureq::Error) -> bool {
-    matches!(error, ureq::Error::Io(io) if io.raw_os_error().is_some_and(|e| LOCAL_ERRNOS.contains(&e)))
+pub fn is_local(error: &std::io::Error) -> bool {
+    error
+        .raw_os_error()
+        .is_some_and(|e| LOCAL_ERRNOS.contains(&e))
 }
 
-fn describe(error: &ureq::Error, latency: Duration) -> String {
-    if is_local(error) {
-        return format!("runwarden could not send the check: {error}");
+impl Failure {
+    fn message(message: String) -> Failure {
+        Failure {
+            message,
+            local: false,
+        }
     }
-    match error {
-        ureq::Error::Timeout(_) => format!("timed out after {:.3}s", latency.as_secs_f64()),
-        ureq::Error::Io(io) => match io.kind() {
+
+    fn connect(error: std::io::Error) -> Failure {
+        if is_local(&error) {
+            return Failure {
+                message: format!("runwarden could not send the check: {error}"),
+                local: true,
+            };
+        }
+        Failure::message(match error.kind() {
             std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
             std::io::ErrorKind::ConnectionReset => "connection reset by the app".to_owned(),
-            _ => format!("i/o error: {io}"),
-        },
-        other => other.to_string(),
+            _ => format!("i/o error: {error}"),
+        })
     }
+
+    fn http(error: hyper::Error) -> Failure {
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::ConnectionReset {
+                    return Failure::message("connection reset by the app".to_owned());
+                }
+            }
+            source = cause.source();
+        }
+        if error.is_incomplete_message() {
+            return Failure::message("the app closed the connection without answering".into());
+        }
+        Failure::message(format!("the app's answer is not HTTP: {error}"))
+    }
+}
+
+/// A gRPC message: a 5-byte prefix (uncompressed, length) and `HealthCheckRequest`, whose
+/// one field is `string service = 1`.
+fn grpc_request(service: &str) -> Bytes {
+    let mut message = Vec::with_capacity(service.len() + 8);
+    if !service.is_empty() {
+        message.push(0x0a); // field 1, length-delimited
+        put_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed.into()
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn varint(buf: &mut Bytes) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        if !buf.has_remaining() {
+            return None;
+        }
+        let byte = buf.get_u8();
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// None if the answer is `SERVING`; else what it said instead.
+fn grpc_verdict(
+    status: u16,
+    headers: &http::HeaderMap,
+    trailers: &http::HeaderMap,
+    body: Bytes,
+) -> Option<String> {
+    if status != 200 {
+        return Some(format!("the gRPC health check got HTTP status {status}"));
+    }
+    let code = trailers
+        .get("grpc-status")
+        .or_else(|| headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    match code {
+        Some(0) => {}
+        Some(code) => {
+            let message = trailers
+                .get("grpc-message")
+                .or_else(|| headers.get("grpc-message"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            return Some(format!(
+                "grpc-status {code} ({}){}{message}",
+                crate::proxy::grpc::code_name(code),
+                if message.is_empty() { "" } else { ": " }
+            ));
+        }
+        None => return Some("the gRPC health answer has no grpc-status".to_owned()),
+    }
+    match serving_status(body) {
+        Some(SERVING) => None,
+        Some(other) => Some(format!(
+            "the gRPC health service says {}",
+            status_name(other)
+        )),
+        None => Some("the gRPC health answer is not a HealthCheckResponse".to_owned()),
+    }
+}
+
+/// `HealthCheckResponse.status` (field 1, a varint) from one gRPC message.
+fn serving_status(mut body: Bytes) -> Option<u64> {
+    if body.len() < 5 || body[0] != 0 {
+        return None; // compressed or truncated: not what a health server sends
+    }
+    body.advance(1);
+    let length = body.get_u32() as usize;
+    if body.len() < length {
+        return None;
+    }
+    let mut message = body.split_to(length);
+    let mut status = 0; // proto3: an absent field is its zero, UNKNOWN
+    while message.has_remaining() {
+        let key = varint(&mut message)?;
+        match key & 7 {
+            0 => {
+                let value = varint(&mut message)?;
+                if key >> 3 == 1 {
+                    status = value;
+                }
+            }
+            2 => {
+                let len = varint(&mut message)? as usize;
+                if message.remaining() < len {
+                    return None;
+                }
+                message.advance(len);
+            }
+            _ => return None,
+        }
+    }
+    Some(status)
+}
+
+fn status_name(status: u64) -> String {
+    match status {
+        0 => "UNKNOWN".to_owned(),
+        1 => "SERVING".to_owned(),
+        2 => "NOT_SERVING".to_owned(),
+        3 => "SERVICE_UNKNOWN".to_owned(),
+        other => format!("status {other}"),
+    }
+}
+
+/// How long a check may take before the checker gives up on it, with a margin for the
+/// checker's own deadline to come first.
+pub fn bound(timeout: Duration) -> Duration {
+    timeout + Duration::from_millis(100)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
-    use std::net::TcpListener;
-    use std::thread;
-
-    fn settings(timeout: f64) -> HealthSettings {
-        HealthSettings {
-            timeout_seconds: timeout,
-            ..Default::default()
-        }
-    }
-
-    /// A one-shot server that answers the first request with `response` (None: never answers).
-    fn serve_once(response: Option<&'static str>) -> (String, thread::JoinHandle<String>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let handle = thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            let n = conn.read(&mut buf).unwrap();
-            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
-            match response {
-                Some(text) => conn.write_all(text.as_bytes()).unwrap(),
-                None => thread::sleep(Duration::from_millis(800)),
-            }
-            request
-        });
-        (url, handle)
-    }
 
     #[test]
-    fn passes_on_2xx_and_sends_the_configured_path() {
-        let (url, server) = serve_once(Some("HTTP/1.1 204 No Content\r\n\r\n"));
-        let probe = Probe::new(&url, &settings(2.0)).unwrap();
-        let report = probe.run();
-        assert_eq!(report.status, Some(204));
-        assert!(report.passed());
-        let request = server.join().unwrap();
-        assert!(request.starts_with("GET /health HTTP/1.1"), "{request}");
-    }
-
-    #[test]
-    fn a_500_is_a_status_not_an_error() {
-        let (url, _server) = serve_once(Some(
-            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n",
-        ));
-        let report = Probe::new(&url, &settings(2.0)).unwrap().run();
-        assert_eq!(report.status, Some(500));
-        assert!(!report.passed());
-    }
-
-    #[test]
-    fn post_method_is_used_when_set() {
-        let (url, server) = serve_once(Some("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
-        let s = HealthSettings {
-            health_method: Method::Post,
-            health_path: "/healthz".into(),
-            ..settings(2.0)
-        };
-        assert!(Probe::new(&url, &s).unwrap().run().passed());
-        assert!(server.join().unwrap().starts_with("POST /healthz HTTP/1.1"));
-    }
-
-    #[test]
-    fn a_hung_app_times_out_at_the_deadline() {
-        let (url, _server) = serve_once(None);
-        let report = Probe::new(&url, &settings(0.2)).unwrap().run();
-        assert_eq!(report.status, None);
-        assert!(report.error.unwrap().starts_with("timed out"));
-        assert!(
-            report.latency < Duration::from_millis(700),
-            "{:?}",
-            report.latency
+    fn grpc_health_messages_encode_and_decode() {
+        assert_eq!(&grpc_request("")[..], &[0, 0, 0, 0, 0]);
+        assert_eq!(&grpc_request("m")[..], &[0, 0, 0, 0, 3, 0x0a, 1, b'm']);
+        let serving = Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 1]);
+        assert_eq!(serving_status(serving), Some(SERVING));
+        let not_serving = Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 2]);
+        assert_eq!(serving_status(not_serving), Some(2));
+        assert_eq!(
+            serving_status(Bytes::from_static(&[0, 0, 0, 0, 0])),
+            Some(0)
         );
+        assert_eq!(serving_status(Bytes::from_static(&[1, 0, 0, 0, 0])), None);
     }
 
     #[test]
-    fn connection_refused_is_reported() {
-        let port = TcpListener::bind("127.0.0.1:0")
+    fn a_grpc_answer_passes_only_when_serving_with_status_ok() {
+        let mut ok = http::HeaderMap::new();
+        ok.insert("grpc-status", HeaderValue::from_static("0"));
+        let empty = http::HeaderMap::new();
+        let body = |s: u8| Bytes::from(vec![0, 0, 0, 0, 2, 0x08, s]);
+        assert_eq!(grpc_verdict(200, &empty, &ok, body(1)), None);
+        assert_eq!(
+            grpc_verdict(200, &empty, &ok, body(2)).unwrap(),
+            "the gRPC health service says NOT_SERVING"
+        );
+        let mut unimplemented = http::HeaderMap::new();
+        unimplemented.insert("grpc-status", HeaderValue::from_static("12"));
+        assert!(grpc_verdict(200, &unimplemented, &empty, Bytes::new())
             .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let report = Probe::new(&format!("http://127.0.0.1:{port}"), &settings(1.0))
-            .unwrap()
-            .run();
-        assert_eq!(report.error.as_deref(), Some("connection refused"));
+            .starts_with("grpc-status 12 (UNIMPLEMENTED)"));
+        assert!(grpc_verdict(503, &empty, &empty, Bytes::new()).is_some());
     }
 
     #[test]
     fn running_out_of_file_descriptors_is_runwardens_failure_not_the_apps() {
-        let emfile = ureq::Error::Io(std::io::Error::from_raw_os_error(24));
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
         assert!(is_local(&emfile));
-        assert!(describe(&emfile, Duration::ZERO).starts_with("runwarden could not send"));
-        let refused = ureq::Error::Io(std::io::ErrorKind::ConnectionRefused.into());
-        assert!(!is_local(&refused));
+        let failure = Failure::connect(emfile);
+        assert!(failure.local && failure.message.starts_with("runwarden could not send"));
+        let refused = Failure::connect(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(!refused.local);
+        assert_eq!(refused.message, "connection refused");
     }
 
     #[test]
-    fn bad_app_urls_are_refused_with_the_setting_named() {
-        for url in [
-            "127.0.0.1:8000",
-            "https://x:1",
-            "http://",
-            "http://h:1/p?q=1",
-        ] {
-            let err = Probe::new(url, &settings(1.0)).err().unwrap();
-            assert!(
-                err.to_string().starts_with("app_url must be"),
-                "{url}: {err}"
-            );
-        }
-        assert!(Probe::new("http://127.0.0.1:8000/", &settings(1.0)).is_ok());
-        let prefixed = Probe::new("http://127.0.0.1:8000/v1/", &settings(1.0)).unwrap();
-        assert_eq!(prefixed.url(), "http://127.0.0.1:8000/v1/health");
+    fn checks_go_to_the_prefix_plus_the_health_path() {
+        let settings = HealthSettings::default();
+        let probe = Probe::new("http://127.0.0.1:8000/v1/", &settings, AppProtocol::Http1).unwrap();
+        assert_eq!(probe.url(), "http://127.0.0.1:8000/v1/health");
+        let grpc = HealthSettings {
+            check_protocol: CheckProtocol::Grpc,
+            ..HealthSettings::default()
+        };
+        let probe = Probe::new("http://127.0.0.1:8000", &grpc, AppProtocol::Http1).unwrap();
+        assert_eq!(
+            probe.url(),
+            "http://127.0.0.1:8000/grpc.health.v1.Health/Check"
+        );
     }
 }

@@ -37,6 +37,21 @@ pub enum Kind {
     Promotions,
     /// GPUs to watch: indices, `GPU-…` UUIDs or `MIG-…` UUIDs; None: every GPU.
     GpuSelectors,
+    /// A TCP port, 1-65535.
+    Port,
+    /// A listen address: a host name or IP address, not empty, no whitespace.
+    Host,
+    /// Any text, empty included.
+    Text,
+    /// An HTTP header name (an RFC 9110 token) that the proxy does not frame, drop or set
+    /// itself (`proxy::headers::RESERVED`).
+    HeaderName,
+    /// IP networks in CIDR notation (an address alone is its own /32 or /128); normalised.
+    Networks,
+    /// A whole number of at least `min`, or None: derived at start-up ("auto").
+    Auto {
+        min: i64,
+    },
 }
 
 /// A setting's value, as it crosses to Python and back.
@@ -74,6 +89,12 @@ impl Kind {
             Kind::Xids => "xids",
             Kind::Promotions => "promotions",
             Kind::GpuSelectors => "gpus",
+            Kind::Port => "port",
+            Kind::Host => "host",
+            Kind::Text => "text",
+            Kind::HeaderName => "header_name",
+            Kind::Networks => "networks",
+            Kind::Auto { .. } => "auto",
         }
     }
 
@@ -89,6 +110,9 @@ impl Kind {
             Kind::Xids => "a list of XID numbers",
             Kind::Promotions => "a dict of warning name to seconds",
             Kind::GpuSelectors => "a list of GPU indices or UUIDs, or None",
+            Kind::Port | Kind::Auto { .. } => "an integer",
+            Kind::Host | Kind::Text | Kind::HeaderName => "a string",
+            Kind::Networks => "a list of addresses or CIDR networks",
         }
     }
 
@@ -109,6 +133,14 @@ impl Kind {
             Kind::Xids => "XID numbers >= 0".to_owned(),
             Kind::Promotions => "warning names with seconds >= 0".to_owned(),
             Kind::GpuSelectors => "GPU indices, GPU-… or MIG-… UUIDs, or all".to_owned(),
+            Kind::Port => "a TCP port 1-65535".to_owned(),
+            Kind::Host => "a host name or IP address".to_owned(),
+            Kind::Text => "text".to_owned(),
+            Kind::HeaderName => {
+                "an HTTP header name that the proxy does not frame or set itself".to_owned()
+            }
+            Kind::Networks => "addresses or CIDR networks, such as 10.0.0.0/8".to_owned(),
+            Kind::Auto { min } => format!("an integer >= {min}, or auto"),
         }
     }
 
@@ -124,7 +156,26 @@ impl Kind {
             n.is_finite() && if strict { n > min } else { n >= min }
         };
         match (self, value) {
-            (Kind::Int { min }, Value::Int(n)) if n >= min => Ok(Value::Int(n)),
+            (Kind::Int { min } | Kind::Auto { min }, Value::Int(n)) if n >= min => {
+                Ok(Value::Int(n))
+            }
+            (Kind::Auto { .. }, Value::None) => Ok(Value::None),
+            (Kind::Port, Value::Int(n)) if (1..=65535).contains(&n) => Ok(Value::Int(n)),
+            (Kind::Host, Value::Text(t)) if !t.is_empty() && !t.contains(char::is_whitespace) => {
+                Ok(Value::Text(t))
+            }
+            (Kind::Text, Value::Text(t)) => Ok(Value::Text(t)),
+            (Kind::HeaderName, Value::Text(t))
+                if is_token(&t) && !crate::proxy::headers::is_reserved(&t) =>
+            {
+                Ok(Value::Text(t.to_ascii_lowercase()))
+            }
+            (Kind::Networks, Value::Texts(items)) => items
+                .iter()
+                .map(|item| parse_network(item).map(|net| net.to_string()))
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Texts)
+                .ok_or_else(|| wrong(format!("{items:?}"))),
             (Kind::Number { min, strict }, Value::Number(n))
             | (Kind::OptionalNumber { min, strict }, Value::Number(n))
                 if number_ok(n, min, strict) =>
@@ -167,6 +218,23 @@ impl Kind {
     }
 }
 
+/// RFC 9110 5.6.2: a token, as a header name must be.
+pub fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// An address or a CIDR network; an address alone is its own /32 or /128.
+pub fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .map(|net| net.trunc())
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .ok()
+}
+
 impl Value {
     /// The value as an error message shows what was given.
     pub fn shown(&self) -> String {
@@ -204,7 +272,7 @@ macro_rules! int_setting {
         }
     )*};
 }
-int_setting!(u32, u64, usize);
+int_setting!(u16, u32, u64, usize);
 
 impl Setting for f64 {
     fn to_value(&self) -> Value {
@@ -268,6 +336,33 @@ impl Setting for Option<String> {
     }
 }
 
+impl Setting for Vec<String> {
+    fn to_value(&self) -> Value {
+        Value::Texts(self.clone())
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::Texts(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl Setting for Option<usize> {
+    fn to_value(&self) -> Value {
+        self.map_or(Value::None, |n| {
+            Value::Int(i64::try_from(n).unwrap_or(i64::MAX))
+        })
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::None => Some(None),
+            Value::Int(n) => usize::try_from(n).ok().map(Some),
+            _ => None,
+        }
+    }
+}
+
 impl Setting for Option<Vec<String>> {
     fn to_value(&self) -> Value {
         self.clone().map_or(Value::None, Value::Texts)
@@ -304,6 +399,40 @@ impl Setting for BTreeMap<String, f64> {
         }
     }
 }
+
+/// Declare a setting that is one of a few words: the enum, its words (`WORDS`, for
+/// `Kind::Choice`) and its `Setting` conversion.
+macro_rules! choice {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $($variant:ident = $word:literal),* $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),* }
+
+        impl $name {
+            pub const WORDS: &'static [&'static str] = &[$($word),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $word),* }
+            }
+        }
+
+        impl $crate::setting::Setting for $name {
+            fn to_value(&self) -> $crate::setting::Value {
+                $crate::setting::Value::Text(self.as_str().to_owned())
+            }
+            fn from_value(value: $crate::setting::Value) -> Option<Self> {
+                match value {
+                    $($crate::setting::Value::Text(t) if t == $word => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+pub(crate) use choice;
 
 /// Declare a settings struct: each field once, with its type, default, kind and help (its
 /// doc comment).

@@ -32,7 +32,8 @@ macro_rules! declared {
 }
 declared!(
     crate::settings::HealthSettings,
-    crate::settings::GpuSettings
+    crate::settings::GpuSettings,
+    crate::settings::ProxySettings
 );
 
 fn wrong(spec: &Spec, value: &Bound<'_, PyAny>) -> PyErr {
@@ -56,7 +57,8 @@ fn is_number(value: &Bound<'_, PyAny>) -> bool {
 pub fn from_py(spec: &Spec, value: &Bound<'_, PyAny>) -> PyResult<Value> {
     let bad = || wrong(spec, value);
     Ok(match spec.kind {
-        Kind::Int { .. } => {
+        Kind::Auto { .. } if value.is_none() => Value::None,
+        Kind::Int { .. } | Kind::Port | Kind::Auto { .. } => {
             if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
                 return Err(bad());
             }
@@ -68,7 +70,14 @@ pub fn from_py(spec: &Spec, value: &Bound<'_, PyAny>) -> PyResult<Value> {
         }
         Kind::Bool if value.is_instance_of::<PyBool>() => Value::Bool(value.extract()?),
         Kind::OptionalText if value.is_none() => Value::None,
-        Kind::Path | Kind::Choice(_) | Kind::OptionalText if value.is_instance_of::<PyString>() => {
+        Kind::Path
+        | Kind::Choice(_)
+        | Kind::OptionalText
+        | Kind::Host
+        | Kind::Text
+        | Kind::HeaderName
+            if value.is_instance_of::<PyString>() =>
+        {
             Value::Text(value.extract()?)
         }
         Kind::Xids => {
@@ -83,7 +92,7 @@ pub fn from_py(spec: &Spec, value: &Bound<'_, PyAny>) -> PyResult<Value> {
             Value::Xids(xids)
         }
         Kind::GpuSelectors if value.is_none() => Value::None,
-        Kind::GpuSelectors => {
+        Kind::GpuSelectors | Kind::Networks => {
             let mut items = Vec::new();
             for item in value.try_iter().map_err(|_| bad())? {
                 let item = item?;
@@ -174,7 +183,7 @@ pub fn specs<'py, T: Declared>(py: Python<'py>, group: &str) -> PyResult<Bound<'
         d.set_item("default", to_py_value(py, &default)?)?;
         d.set_item("help", spec.help)?;
         match spec.kind {
-            Kind::Int { min } => d.set_item("min", min)?,
+            Kind::Int { min } | Kind::Auto { min } => d.set_item("min", min)?,
             Kind::Number { min, strict } | Kind::OptionalNumber { min, strict } => {
                 d.set_item("min", min)?;
                 d.set_item("strict", strict)?;

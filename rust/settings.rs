@@ -7,37 +7,31 @@ use std::time::Duration;
 
 use crate::error::{bad_setting, Result};
 use crate::policy::SUSTAINABLE_WARNINGS;
-use crate::setting::{settings, Kind, Setting, Value};
+use crate::setting::{choice, settings, Kind};
 
 /// The NVML library loaded when `nvml_library` is unset: the driver's, found by the loader.
 pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Post,
+choice! {
+    /// The method of a health check.
+    pub enum Method { Get = "GET", Post = "POST" }
 }
 
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Get => "GET",
-            Method::Post => "POST",
-        }
-    }
+choice! {
+    /// How a health check asks (H): an HTTP request to the health path, or the standard gRPC
+    /// health protocol (`grpc.health.v1.Health/Check`), as Kubernetes' gRPC probe does.
+    pub enum CheckProtocol { Http = "http", Grpc = "grpc" }
 }
 
-impl Setting for Method {
-    fn to_value(&self) -> Value {
-        Value::Text(self.as_str().to_owned())
-    }
-    fn from_value(value: Value) -> Option<Self> {
-        match value {
-            Value::Text(t) if t == "GET" => Some(Method::Get),
-            Value::Text(t) if t == "POST" => Some(Method::Post),
-            _ => None,
-        }
-    }
+choice! {
+    /// How runwarden speaks to the app (P1): HTTP/1.1, or HTTP/2 in cleartext with prior
+    /// knowledge (a gRPC server, Triton's gRPC port).
+    pub enum AppProtocol { Http1 = "http1", H2c = "h2c" }
+}
+
+choice! {
+    /// How /metrics names the GPU series (G4).
+    pub enum GpuMetrics { Dcgm = "dcgm", Runwarden = "runwarden", Off = "off" }
 }
 
 const POSITIVE: Kind = Kind::Number {
@@ -69,7 +63,11 @@ settings! {
         /// the app's health route
         health_path: String = "/health".to_owned(), Kind::Path;
         /// the method of a check
-        health_method: Method = Method::Get, Kind::Choice(&["GET", "POST"]);
+        health_method: Method = Method::Get, Kind::Choice(Method::WORDS);
+        /// http: a request to health_path; grpc: grpc.health.v1.Health/Check over HTTP/2, passing on SERVING
+        check_protocol: CheckProtocol = CheckProtocol::Http, Kind::Choice(CheckProtocol::WORDS);
+        /// the service a gRPC check asks about; empty: the server as a whole
+        grpc_health_service: String = String::new(), Kind::Text;
         /// a failed check is not counted while requests in flight are moving bytes (H9)
         allow_on_busy: bool = false, Kind::Bool;
         /// replace when in-flight requests move no byte for this long (H9)
@@ -108,6 +106,68 @@ settings! {
         gpu_remapped_rows_fatal: u64 = 512, Kind::Int { min: 1 };
         /// warnings made fatal once they have held this many seconds (G3)
         gpu_promote_warnings: BTreeMap<String, f64> = BTreeMap::new(), Kind::Promotions;
+        /// GPU series in /metrics: named as dcgm-exporter names them, as runwarden_gpu_*, or none (for a node whose dcgm-exporter is scraped already)
+        gpu_metrics: GpuMetrics = GpuMetrics::Dcgm, Kind::Choice(GpuMetrics::WORDS);
+    }
+}
+
+settings! {
+    /// The data plane's settings (SPEC P, S, D): both ports, the limits on clients and on
+    /// the app, and the drain.
+    pub struct ProxySettings {
+        /// the proxy's listen address
+        host: String = "0.0.0.0".to_owned(), Kind::Host;
+        /// the proxy's listen port
+        port: u16 = 8080, Kind::Port;
+        /// the admin port's listen address (/livez /readyz /status /metrics): every address, as the kubelet's probes and Prometheus' scrapes come to the pod's IP; it is read-only and /status carries no secret (A)
+        admin_host: String = "0.0.0.0".to_owned(), Kind::Host;
+        /// the admin port
+        admin_port: u16 = 8081, Kind::Port;
+        /// how runwarden speaks to the app: http1 (HTTP/1.1), or h2c (HTTP/2 in cleartext, for gRPC servers); clients may use either
+        app_protocol: AppProtocol = AppProtocol::Http1, Kind::Choice(AppProtocol::WORDS);
+        /// header that asks for a check (H5, H6)
+        check_header: String = "x-fal-runner-health-check".to_owned(), Kind::HeaderName;
+        /// peers whose check header triggers a check (H5); from others it is dropped
+        check_trusted_sources: Vec<String> = vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()], Kind::Networks;
+        /// a request head must arrive within this of the connection or its first byte (S6)
+        header_timeout_seconds: f64 = 10.0, POSITIVE;
+        /// an idle client connection is closed after this (S6)
+        keep_alive_seconds: f64 = 75.0, POSITIVE;
+        /// a request body that sends nothing for this long is answered 408 and its request at the app aborted (nginx's client_body_timeout)
+        client_body_timeout_seconds: f64 = 60.0, POSITIVE;
+        /// a client that takes no byte of its response for this long is disconnected (nginx's send_timeout)
+        send_timeout_seconds: f64 = 60.0, POSITIVE;
+        /// a WebSocket or other upgraded connection that moves no byte either way for this long is closed
+        tunnel_idle_timeout_seconds: f64 = 300.0, POSITIVE;
+        /// client connections held at once on the proxy port (S6); auto: (fd limit - 256) / 2
+        max_connections: Option<usize> = None, Kind::Auto { min: 1 };
+        /// requests at the app at once, each on its own connection with http1; more wait in arrival order; auto: a quarter of the fd limit the app is given, at most 1024, so no client can exhaust the app's fds
+        max_app_connections: Option<usize> = None, Kind::Auto { min: 1 };
+        /// how long in-flight requests may finish when draining (D2)
+        drain_timeout_seconds: f64 = 30.0, NON_NEGATIVE;
+        /// log every proxied request (client, request line, status, duration) at info on the runwarden.access logger
+        access_log: bool = false, Kind::Bool;
+        /// the data plane's threads; 1 suits a sidecar beside a GPU server
+        proxy_threads: usize = 1, Kind::Int { min: 1 };
+    }
+}
+
+impl ProxySettings {
+    /// Check every setting; the error names the first bad one.
+    pub fn validate(self) -> Result<Self> {
+        self.check_each()?;
+        if self.port == self.admin_port && self.host == self.admin_host {
+            return Err(bad_setting(
+                "admin_port",
+                "another port than the proxy's",
+                self.admin_port,
+            ));
+        }
+        Ok(self)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_timeout_seconds)
     }
 }
 
@@ -186,6 +246,7 @@ impl HealthSettings {
 mod tests {
     use super::*;
     use crate::error::CoreError;
+    use crate::setting::Value;
 
     #[test]
     fn h7_defaults_are_the_specs() {

@@ -1,4 +1,5 @@
-//! What the core tells Python: finished checks and the replacement verdict.
+//! What the core tells Python: finished checks, the replacement verdict, GPU findings, and
+//! what the data plane has to say (log lines, the drain's end).
 
 use std::time::Duration;
 
@@ -80,8 +81,9 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
+    /// A 2xx with nothing wrong besides (a gRPC check's answer can be 200 and not serving).
     pub fn passed(&self) -> bool {
-        matches!(self.status, Some(200..=299))
+        matches!(self.status, Some(200..=299)) && self.error.is_none()
     }
 
     /// What the probe saw, as a person reads it: "status 500", "connection refused".
@@ -208,4 +210,44 @@ pub enum Event {
         enabled: bool,
         detail: String,
     },
+    /// A line for runwarden's log, from the data plane.
+    Log(LogLine),
+    /// One proxied request, for the access log (`--access-log`).
+    Access(AccessLine),
+    /// The drain's wait for requests in flight is over (D2, D6): how many were still in
+    /// flight at its deadline, answered 503 or cut. Then the ports may close.
+    Drained(Drained),
+    /// Both ports are closed (D6): how many connections had to be cut at the deadline.
+    Closed {
+        cut: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    /// "debug", "info", "warning" or "error".
+    pub level: &'static str,
+    pub logger: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLine {
+    pub client: String,
+    pub method: String,
+    pub target: String,
+    pub version: &'static str,
+    /// 499: the client left before its answer.
+    pub status: u16,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Drained {
+    /// Requests in flight when the drain's wait ended (0: all finished in time).
+    pub in_flight: u64,
+    /// Of those, answered 503 with Retry-After (their response had not started).
+    pub answered: u64,
+    /// Of those, cut mid-response (streams and tunnels).
+    pub cut: u64,
 }

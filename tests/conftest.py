@@ -132,6 +132,12 @@ class Runwarden:
     def status(self) -> dict[str, object]:
         return dict(httpx.get(f"{self.admin_url}/status", timeout=5).json())
 
+    def metrics(self) -> dict[str, float]:
+        """/metrics parsed as Prometheus parses it: each sample's value by its name and
+        labels, written `name{a="1",b="2"}` with the labels sorted (no braces without)."""
+        text = httpx.get(f"{self.admin_url}/metrics", timeout=5).text
+        return parse_metrics(text)
+
     def wait_ready(self, timeout: float = 10.0) -> None:
         def ready() -> bool:
             try:
@@ -205,6 +211,18 @@ def start_runwarden(
         warden.stop()
         raise RuntimeError(f"runwarden did not start:\n{warden.log()}") from None
     return warden
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus' text format, parsed by prometheus_client: `name{labels}` -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
 
 
 def _limit_fds(count: int) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import AppServer, Runwarden, clean_env, poll
+from conftest import AppServer, Runwarden, clean_env, parse_metrics, poll
 from runwarden import exit_codes
 from runwarden.testing import STATE_ENV, FakeNvml, fake_nvml_dir
 
@@ -168,7 +168,8 @@ def test_G3_warnings_keep_the_runner_and_a_sustained_one_promoted_replaces(
         metrics,
         re.MULTILINE,
     ), metrics
-    assert 'runwarden_gpu_findings_total{rule="temperature",severity="warning"} 1.0' in metrics
+    findings = parse_metrics(metrics)
+    assert findings['runwarden_gpu_findings_total{rule="temperature",severity="warning"}'] == 1
     assert "DCGM_FI_DEV_XID_ERRORS" in metrics
     assert gpu["active_warnings"][0]["rule"] == "temperature"
 

@@ -76,13 +76,14 @@ def test_G3_the_promotable_warnings_are_the_cores() -> None:
 
 
 def test_the_gpu_sample_typeddict_lists_the_fields_the_core_sends() -> None:
-    """G1: the keys of `GpuSample` (stub) are the keys `rust/gpu_bindings.rs` sends; the
-    fake driver's sample, read through the core, is checked in test_gpu.py."""
+    """G1: the keys of `GpuSample` (stub) are the keys `rust/status.rs` gives a sample (the
+    one shape /status and the bindings share); the fake driver's sample, read through the
+    core, is checked in test_gpu.py."""
     fields = {name: stub_fields(name) for name in
               ("GpuSample", "EccCounts", "RetiredPages", "RemappedRows", "ReadError")}  # fmt: skip
-    bindings = (ROOT / "rust/gpu_bindings.rs").read_text()
-    sample = bindings[bindings.index("pub fn sample_dict") : bindings.index("fn found_dict")]
-    sent = re.findall(r'\b(?:d|ecc|pages|rows|item)\.set_item\("([a-z_]+)"', sample)
+    source = (ROOT / "rust/status.rs").read_text()
+    sample = source[source.index("pub fn sample_json") : source.index("pub fn found_json")]
+    sent = re.findall(r'"([a-z_]+)":', sample)
     declared = [
         *fields["GpuSample"], *fields["EccCounts"], *fields["RetiredPages"],
         *fields["RemappedRows"], *fields["ReadError"],

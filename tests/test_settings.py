@@ -13,29 +13,35 @@ from typing import Any
 
 import pytest
 from conftest import clean_env
-from runwarden import GpuSettings, HealthCheck, SettingsError
+from runwarden import GpuSettings, HealthCheck, ProxySettings, SettingsError
 from runwarden.cli import parse
-from runwarden.settings import GPU, HEALTH, SIDECAR, SPECS, ConfigError, Spec, markdown
+from runwarden.settings import GPU, HEALTH, PROXY, SIDECAR, SPECS, ConfigError, Spec, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# A valid value other than the default for every setting, as text: setting it through the
-# environment must change what `parse` returns. A new setting without a row here fails.
-OTHER_SIDECAR = {
+# A valid value other than the default for every setting of the process and the data plane,
+# as text: setting it through the environment must change what `parse` returns. A new
+# setting without a row here fails.
+OTHER = {
     "app_url": ("http://127.0.0.1:9000/v1", "http://127.0.0.1:9000/v1"),
     "host": ("127.0.0.2", "127.0.0.2"),
     "port": ("9090", 9090),
     "admin_host": ("127.0.0.1", "127.0.0.1"),
     "admin_port": ("9091", 9091),
+    "app_protocol": ("h2c", "h2c"),
     "check_header": ("X-Check", "x-check"),
-    "check_trusted_sources": ("10.0.0.0/8", ["10.0.0.0/8"]),
+    "check_trusted_sources": ("10.0.0.1", ["10.0.0.1/32"]),
     "header_timeout_seconds": ("2.5", 2.5),
     "keep_alive_seconds": ("30", 30.0),
+    "client_body_timeout_seconds": ("20", 20.0),
+    "send_timeout_seconds": ("21", 21.0),
+    "tunnel_idle_timeout_seconds": ("22", 22.0),
     "max_connections": ("100", 100),
+    "max_app_connections": ("64", 64),
     "drain_timeout_seconds": ("12", 12.0),
+    "proxy_threads": ("2", 2),
     "app_stop_timeout_seconds": ("4", 4.0),
     "gpu_monitoring": ("false", False),
-    "gpu_metrics": ("runwarden", "runwarden"),
     "log_level": ("debug", "DEBUG"),
     "log_format": ("json", "json"),
     "access_log": ("true", True),
@@ -45,8 +51,8 @@ OTHER_SIDECAR = {
 
 
 def _other(spec: Spec) -> tuple[str, Any]:
-    if spec.name in OTHER_SIDECAR:
-        return OTHER_SIDECAR[spec.name]
+    if spec.name in OTHER:
+        return OTHER[spec.name]
     default = spec.default
     if isinstance(default, bool):
         return ("false" if default else "true"), not default
@@ -60,6 +66,12 @@ def _other(spec: Spec) -> tuple[str, Any]:
         return "temperature=5", {"temperature": 5.0}
     if spec.name == "health_method":
         return "POST", "POST"
+    if spec.name == "check_protocol":
+        return "grpc", "grpc"
+    if spec.name == "grpc_health_service":
+        return "inference", "inference"
+    if spec.name == "gpu_metrics":
+        return "runwarden", "runwarden"
     if spec.name == "health_path":
         return "/healthz", "/healthz"
     if spec.name == "stall_seconds":
@@ -74,6 +86,8 @@ def _other(spec: Spec) -> tuple[str, Any]:
 def _value(settings: Any, spec: Spec) -> Any:
     if spec.group == "health":
         return getattr(settings.health, spec.name)
+    if spec.group == "proxy":
+        return getattr(settings.proxy, spec.name)
     if spec.group == "gpu":
         return getattr(settings.gpu, spec.name)
     return getattr(settings, spec.name)
@@ -105,8 +119,10 @@ def test_C_every_setting_is_read_from_its_environment_variable(spec: Spec) -> No
 
 
 def test_H7_the_python_keyword_defaults_are_the_tables() -> None:
-    """H7: HealthCheck() and GpuSettings() hold exactly the table's defaults."""
+    """H7: HealthCheck(), ProxySettings() and GpuSettings() hold exactly the table's
+    defaults."""
     assert HealthCheck().to_dict() == {s.name: s.default for s in HEALTH}
+    assert ProxySettings().to_dict() == {s.name: s.default for s in PROXY}
     assert GpuSettings().to_dict() == {s.name: s.default for s in GPU}
 
 
@@ -122,6 +138,7 @@ def _stub_defaults(cls: str) -> dict[str, Any]:
 def test_H7_the_stub_signatures_are_the_tables() -> None:
     """H7: _core.pyi's keyword defaults (a copy a type checker needs) equal the table."""
     assert _stub_defaults("HealthCheck") == {s.name: s.default for s in HEALTH}
+    assert _stub_defaults("ProxySettings") == {s.name: s.default for s in PROXY}
     assert _stub_defaults("GpuSettings") == {s.name: s.default for s in GPU}
 
 
@@ -140,7 +157,7 @@ def test_C_the_readme_health_table_and_docs_settings_agree_with_the_table() -> N
 def test_C_sidecar_settings_are_each_declared_once() -> None:
     names = [s.name for s in SPECS]
     assert len(names) == len(set(names))
-    assert set(OTHER_SIDECAR) == {s.name for s in SIDECAR}
+    assert set(OTHER) == {s.name for s in SIDECAR + PROXY}
 
 
 @pytest.mark.parametrize(

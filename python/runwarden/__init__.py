@@ -1,7 +1,8 @@
 """runwarden: a health sidecar for GPU inference runners.
 
-The Rust core (`runwarden._core`) runs the health-check scheduler on its own threads;
-`Warden` is its asyncio face, and the sidecar (`runwarden serve`) is built on it.
+The Rust core (`runwarden._core`) runs the health-check scheduler, GPU monitoring and the
+data plane (both ports) on its own threads; `Warden` is its asyncio face, and the sidecar
+(`runwarden serve`) is built on it.
 """
 
 from runwarden._core import (
@@ -12,6 +13,7 @@ from runwarden._core import (
     GpuSamples,
     GpuSettings,
     HealthCheck,
+    ProxySettings,
     SettingsError,
     Verdict,
     __version__,
@@ -26,6 +28,7 @@ __all__ = [
     "GpuSamples",
     "GpuSettings",
     "HealthCheck",
+    "ProxySettings",
     "SettingsError",
     "Verdict",
     "Warden",

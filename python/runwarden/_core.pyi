@@ -1,7 +1,8 @@
 """The Rust core's Python face: settings in, events out.
 
 The core owns every thread and every clock: the health-check scheduler and its
-probes (and, with GPU monitoring, the NVML sampler and event watcher). None of
+probes, the data plane that serves the proxy and admin ports (with `proxy`
+settings), and, with GPU monitoring, the NVML sampler and event watcher. None of
 them holds the GIL. Python hears about state changes through `Core.event_fd()`,
 a socket the asyncio loop watches, and `Core.drain_events()`.
 """
@@ -23,23 +24,29 @@ __all__ = [
     "PROMOTABLE_WARNINGS",
     "REASONS",
     "SETTINGS",
+    "AccessLine",
     "CheckOutcome",
     "Core",
+    "Drained",
     "GpuFinding",
     "GpuMonitoring",
     "GpuSamples",
     "GpuSettings",
     "HealthCheck",
+    "LogLine",
+    "PortsClosed",
+    "ProxySettings",
     "SettingsError",
     "Verdict",
     "__version__",
+    "fd_limits",
 ]
 
 __version__: str
 
 SETTINGS: list[dict[str, Any]]
-"""Every setting of the core, declared once in `rust/settings.rs`: name, group ("health" or
-"gpu"), kind, expected, default, help, and min/strict/choices where they apply."""
+"""Every setting of the core, declared once in `rust/settings.rs`: name, group ("health",
+"proxy" or "gpu"), kind, expected, default, help, and min/strict/choices where they apply."""
 REASONS: list[tuple[Reason, int, str]]
 """Why a runner drains: (reason, exit code, meaning), a clean stop first (D4)."""
 GPU_RULES: list[tuple[str, Literal["warning", "fatal"], str]]
@@ -67,6 +74,8 @@ class HealthCheck:
     startup_timeout_seconds: float
     health_path: str
     health_method: Literal["GET", "POST"]
+    check_protocol: Literal["http", "grpc"]
+    grpc_health_service: str
     allow_on_busy: bool
     stall_seconds: float | None
     trigger_interval_seconds: float
@@ -83,6 +92,8 @@ class HealthCheck:
         startup_timeout_seconds: float = 0.0,
         health_path: str = "/health",
         health_method: str = "GET",
+        check_protocol: str = "http",
+        grpc_health_service: str = "",
         allow_on_busy: bool = False,
         stall_seconds: float | None = None,
         trigger_interval_seconds: float = 1.0,
@@ -140,6 +151,7 @@ class GpuSettings:
     gpu_retired_pages_fatal: int
     gpu_remapped_rows_fatal: int
     gpu_promote_warnings: dict[str, float]
+    gpu_metrics: Literal["dcgm", "runwarden", "off"]
     def __new__(
         cls,
         *,
@@ -155,7 +167,53 @@ class GpuSettings:
         gpu_retired_pages_fatal: int = 63,
         gpu_remapped_rows_fatal: int = 512,
         gpu_promote_warnings: dict[str, float] = {},
+        gpu_metrics: str = "dcgm",
     ) -> GpuSettings: ...
+    def to_dict(self) -> dict[str, object]: ...
+
+@final
+class ProxySettings:
+    """The data plane's settings (SPEC P, S, D), validated. Immutable. Defaults copied from
+    `SETTINGS` (checked by tests/test_settings.py)."""
+
+    host: str
+    port: int
+    admin_host: str
+    admin_port: int
+    app_protocol: Literal["http1", "h2c"]
+    check_header: str
+    check_trusted_sources: list[str]
+    header_timeout_seconds: float
+    keep_alive_seconds: float
+    client_body_timeout_seconds: float
+    send_timeout_seconds: float
+    tunnel_idle_timeout_seconds: float
+    max_connections: int | None
+    max_app_connections: int | None
+    drain_timeout_seconds: float
+    access_log: bool
+    proxy_threads: int
+    def __new__(
+        cls,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8080,
+        admin_host: str = "0.0.0.0",
+        admin_port: int = 8081,
+        app_protocol: str = "http1",
+        check_header: str = "x-fal-runner-health-check",
+        check_trusted_sources: list[str] = ["127.0.0.0/8", "::1/128"],
+        header_timeout_seconds: float = 10.0,
+        keep_alive_seconds: float = 75.0,
+        client_body_timeout_seconds: float = 60.0,
+        send_timeout_seconds: float = 60.0,
+        tunnel_idle_timeout_seconds: float = 300.0,
+        max_connections: int | None = None,
+        max_app_connections: int | None = None,
+        drain_timeout_seconds: float = 30.0,
+        access_log: bool = False,
+        proxy_threads: int = 1,
+    ) -> ProxySettings: ...
     def to_dict(self) -> dict[str, object]: ...
 
 class EccCounts(TypedDict):
@@ -231,22 +289,92 @@ class GpuMonitoring:
     enabled: bool
     detail: str
 
-Event = CheckOutcome | Verdict | GpuSamples | GpuFinding | GpuMonitoring
+@final
+class LogLine:
+    """A line for runwarden's log, from the data plane."""
+
+    level: Literal["debug", "info", "warning", "error"]
+    logger: str
+    message: str
+
+@final
+class AccessLine:
+    """One request on the proxy port, for the access log (`--access-log`)."""
+
+    client: str
+    method: str
+    target: str
+    version: str
+    status: int
+    """499: the client left before its answer."""
+    duration_seconds: float
+
+@final
+class Drained:
+    """The drain's wait for requests in flight is over (D2, D6); the ports may close."""
+
+    in_flight: int
+    """Requests still in flight when the wait ended (0: all finished in time)."""
+    answered: int
+    """Of those, answered 503 with Retry-After (their answer had not started)."""
+    cut: int
+    """Of those, cut mid-response (streams, tunnels)."""
+
+@final
+class PortsClosed:
+    """The proxy port is closed (D6)."""
+
+    cut: int
+    """Connections still open at the deadline, cut."""
+
+Event = (
+    CheckOutcome
+    | Verdict
+    | GpuSamples
+    | GpuFinding
+    | GpuMonitoring
+    | LogLine
+    | AccessLine
+    | Drained
+    | PortsClosed
+)
+
+def fd_limits() -> tuple[int, int]:
+    """The soft fd limit runwarden was started with (the supervised app keeps it) and the one
+    in force, raised to the hard limit on the first call."""
 
 @final
 class Core:
-    """The scheduler and its threads. Create, `start()`, feed it traffic, read events, `stop()`."""
+    """The core's threads: the checker, GPU monitoring, and (with `proxy`) the data plane that
+    serves both ports. Create, `start()`, read events, `stop()`."""
 
-    def __new__(cls, health: HealthCheck, app_url: str, gpu: GpuSettings | None = None) -> Core: ...
+    def __new__(
+        cls,
+        health: HealthCheck,
+        app_url: str,
+        gpu: GpuSettings | None = None,
+        proxy: ProxySettings | None = None,
+    ) -> Core: ...
     def start(self) -> None:
-        """Start the threads (GPU monitoring's too, if asked for); runner age (H2) counts
-        from now."""
+        """Bind both ports (OSError if one cannot be had; nothing else has started then), then
+        start every thread; runner age (H2) counts from now."""
+    def set_info(self, key: str, value: str) -> None:
+        """A section of /status that Python owns (`settings`, `app`, `gpu_selection`), as
+        JSON text."""
     def app_started(self) -> None:
         """The supervised app was (re)started: runner age counts from now (H2)."""
     def restart(self) -> bool:
         """K2: the replaced app was restarted beside a runwarden that stays up: back to
-        starting, no failure counted, the age from now, the history kept. False (nothing
-        changes) unless a replacement is draining."""
+        starting, no failure counted, the age from now, the history kept, the ports open.
+        False (nothing changes) unless a replacement is draining."""
+    def hurry(self) -> None:
+        """D2: a second stop signal: stop waiting for requests in flight."""
+    def close_ports(self) -> None:
+        """D6, after `Drained`: stop listening on the proxy port, answer what had arrived,
+        close the connections; `PortsClosed` follows."""
+    def limits(self) -> tuple[int, int] | None:
+        """The client connections the proxy port may hold and the requests the app may have
+        at once; None without a data plane."""
     def stop(self, timeout_seconds: float = 2.0) -> bool:
         """Stop and join the threads within the bound; False if one had to be left behind."""
     def request_check(self, trigger: Literal["gateway", "extra"]) -> int | CheckOutcome:
@@ -254,9 +382,6 @@ class Core:
         shared, a new one is started), or, when rate-limited, the latest outcome itself."""
     def manual_check(self) -> None:
         """H6: run a check as soon as possible; its failure replaces the runner at once."""
-    def report_response(self, status: int) -> Verdict | None:
-        """An app response's status: 503 replaces (R1); 500/502/504 ask for an extra check
-        (R4). The verdict after it, if the runner drains, in this same call."""
     def replace(self, reason: Reason, detail: str) -> Verdict | None:
         """Replace for a reason found outside the core (app_exited). The verdict after it:
         this one, or the one that came first."""
@@ -266,19 +391,8 @@ class Core:
         """Why the runner drains; None while it does not."""
     def finish(self) -> int | None:
         """The drain is over: the runner is stopped; its exit code (None: nothing drained)."""
-    def request_started(self) -> None:
-        """A proxied request entered (the one in-flight count; H9 progress)."""
-    def request_progress(self) -> None:
-        """H9 accounting: a byte moved to or from the app."""
-    def request_finished(self) -> int:
-        """A proxied request left; how many are still in flight."""
     def in_flight(self) -> int:
-        """Proxied requests in flight."""
-    def client_wait_started(self) -> None:
-        """H9 accounting: a request is blocked on its client (a body not sent yet, a client
-        not reading), not on the app; it does not count toward a stall meanwhile."""
-    def client_wait_finished(self) -> None:
-        """H9 accounting: the client moved; the request waits on the app again."""
+        """Proxied requests in flight (tunnels and streams included)."""
     def event_fd(self) -> int:
         """A readable socket: it becomes readable when events are waiting."""
     def drain_events(self) -> list[Event]:

@@ -8,8 +8,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from runwarden import __version__, exit_codes, logs, termination
 from runwarden.settings import ConfigError, Settings, add_options, resolve
@@ -120,6 +119,12 @@ Ctrl-C stops it cleanly (exit 0).
     )
 
 
+def _demo_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) for name in ("starlette", "uvicorn"))
+
+
 def _given(argv: Sequence[str], option: str, env: Mapping[str, str]) -> str | None:
     """An option's text as given, read without the parser (for when parsing failed)."""
     for i, arg in enumerate(argv):
@@ -130,14 +135,6 @@ def _given(argv: Sequence[str], option: str, env: Mapping[str, str]) -> str | No
         if arg.startswith(option + "="):
             return arg.split("=", 1)[1]
     return env.get("RUNWARDEN_" + option[2:].replace("-", "_").upper())
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def run_cli(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -159,12 +156,19 @@ def run_cli(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = N
     for note in settings.notes:
         logging.getLogger("runwarden").warning("%s", note)
     if argv and argv[0] == "demo":
+        if not _demo_installed():
+            print(
+                "runwarden: error: the demo model server needs Starlette and uvicorn: "
+                "pip install 'runwarden[demo]' (from a checkout: pip install '.[demo]')",
+                file=sys.stderr,
+            )
+            return exit_codes.BAD_CONFIG
         _print_demo_urls(settings)
 
     from runwarden.runner import Runner  # the heavy imports, once settings are valid
 
     runner = Runner(settings)
-    code = _run(runner.run())
+    code = asyncio.run(runner.run())
     if runner.exit is not None:
         termination.write(termination.resolve(settings.termination_message_path), runner.exit.line)
     return code

@@ -1,5 +1,11 @@
-"""One runner's life (SPEC D): start the core, the app and the two ports; wait for a
-replacement verdict or a signal; drain; stop the app; exit with the reason's code.
+"""One runner's life (SPEC D): start the core (which binds both ports and serves them), then
+the app; wait for a verdict or a signal; let the core drain; stop the app; exit with the
+reason's code.
+
+The Rust core owns the data plane and the drain (`rust/proxy/`): from the verdict on it
+refuses new requests, waits for those in flight up to the drain timeout, answers or cuts
+what is left, and closes the proxy port when asked. This module owns the process around
+it: signals, the app's process, sidecar mode, the exit line.
 
 In sidecar mode (K2) the app is another container's: a replacement drains, stops the app's
 process so that container restarts, and starts over, and only a clean stop (or a GPU fault,
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
@@ -22,22 +29,14 @@ from urllib.parse import urlsplit
 
 from runwarden import exit_codes, sidecar
 from runwarden._core import CheckOutcome, Verdict
-from runwarden.admin import Admin
-from runwarden.drain import Drain
 from runwarden.logs import fields
-from runwarden.metrics import Metrics
-from runwarden.proxy import Proxy, TrustedSources
-from runwarden.server import LINGER_SECONDS, Limits, Server, fd_limit, max_proxy_connections
 from runwarden.settings import Settings
 from runwarden.supervisor import Supervisor, describe_exit
-from runwarden.upstream import HttpUpstream
 from runwarden.warden import Warden
 
 log = logging.getLogger("runwarden")
 # SIGHUP too: a dropped terminal must not kill runwarden and orphan the app (its own group).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-ADMIN_CONNECTIONS = 64
-"""The admin port's connection cap: probes and scrapes, not traffic."""
 
 
 @dataclass(frozen=True)
@@ -55,20 +54,17 @@ class Exit:
 
 
 class Runner:
-    """Wires the proxy, admin port, core and supervisor; `run()` returns the exit code."""
+    """Wires the core and the supervisor; `run()` returns the exit code."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.started_at = time.monotonic()
-        self.warden = Warden(settings.health, settings.app_url, settings.gpu)
-        self.drain = Drain(self.warden.in_flight)
-        self.metrics = Metrics(settings.gpu_metrics)
+        self.warden = Warden(settings.health, settings.app_url, settings.gpu, settings.proxy)
         self.supervisor = (
             Supervisor(settings.app_command, settings.app_stop_timeout_seconds)
             if settings.app_command
             else None
         )
-        self._hurry = asyncio.Event()
         self._signals = 0
         self._tasks: list[asyncio.Task[object]] = []
         self.exit: Exit | None = None
@@ -77,58 +73,27 @@ class Runner:
         """K2: the app's process in the other container, once found."""
         self.replacements = 0
 
-    def gpu_status(self) -> dict[str, object]:
-        """/status's GPU section (G4): the latest sample and the fault history."""
-        status = self.warden.gpu_status()
-        if status is None:
-            return {"enabled": False, "detail": "GPU monitoring is off (--no-gpu-monitoring)"}
-        return {**status, "selected_by": self.settings.gpu_selection}
-
     async def run(self) -> int:
-        settings = self.settings
         loop = asyncio.get_running_loop()
-        fds = fd_limit()
-        upstream = HttpUpstream(settings.app_url)
-        self.proxy = proxy = Proxy(
-            self.warden, upstream, self.drain, self.metrics, settings.check_header,
-            TrustedSources(settings.check_trusted_sources), settings.access_log,
-        )  # fmt: skip
-        safe = max_proxy_connections(fds)
-        if settings.max_connections is not None and settings.max_connections > safe:
-            log.warning(
-                "--max-connections %d is more than the fd limit allows (%d fds: %d "
-                "connections); a flood can exhaust runwarden's fds",
-                settings.max_connections, fds, safe,
-            )  # fmt: skip
-        limits = Limits(
-            header_timeout_seconds=settings.header_timeout_seconds,
-            keep_alive_seconds=settings.keep_alive_seconds,
-            max_connections=settings.max_connections or safe,
-        )
-        refused = self.metrics.record_refusal
-        self.proxy_server = Server(proxy, limits, on_refused=refused)
-        admin_limits = Limits(
-            header_timeout_seconds=settings.header_timeout_seconds,
-            max_connections=ADMIN_CONNECTIONS,
-        )
-        self.admin_server = Server(Admin(self), admin_limits)
-        self.metrics.watch(self.warden)
         self.warden.on_outcome(self._on_outcome)
-        self.warden.on_gpu(self.metrics.gpu.record)
-        # D1: the verdict (H4, H6, H9, R1, G2, a signal) starts the drain in the loop turn
-        # it arrives.
         self.warden.on_verdict(self._on_verdict)
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
-            await self.warden.start()
             try:
-                code = await self._start(limits)
-                if code is None:
-                    code = await self._serve_until_drained()
+                # Both ports are bound before anything else: a port in use stops start-up
+                # before the app has begun loading its weights.
+                await self.warden.start()
+            except OSError as exc:
+                code = self._failed_start(str(exc))
+                self._say_exit()
+                return code
+            try:
+                self._publish_info()
+                failed = await self._start()
+                code = await self._serve_until_drained() if failed is None else failed
             finally:
                 await self._stop()
-                await upstream.close()
                 # The process ends next, and with it the core's threads: waiting for them
                 # (the XID thread sits in an NVML event wait of up to 0.25 s) would only
                 # delay the exit that brings the fresh runner.
@@ -138,16 +103,39 @@ class Runner:
                 loop.remove_signal_handler(sig)
         return code
 
-    def connections(self) -> dict[str, int]:
-        """/status: open client connections on the proxy port, and the cap (S6)."""
-        server = getattr(self, "proxy_server", None)
-        if server is None:
-            return {"open": 0, "max": 0}
-        return {"open": len(server.connections), "max": server.limits.max_connections}
-
-    async def _start(self, limits: Limits) -> int | None:
-        """Start the app and both ports; an exit code if one of them could not start."""
+    def _publish_info(self) -> None:
+        """What /status shows of the settings and the GPUs' selection (static)."""
         settings = self.settings
+        self.warden.set_info("settings", json.dumps(settings.to_dict()))
+        self.warden.set_info("gpu_selection", json.dumps(settings.gpu_selection))
+        self._publish_app()
+
+    def _publish_app(self) -> None:
+        """/status's `app` section. Open to the pod's network, so the command is named by its
+        program only: arguments can hold a token (the start-up log has them)."""
+        settings, supervisor, found = self.settings, self.supervisor, self.app_process
+        command = settings.app_command
+        app = {
+            "url": settings.app_url,
+            "mode": "supervised" if supervisor else "sidecar" if settings.sidecar else "external",
+            "program": command[0] if command else None,
+            "arguments": max(len(command) - 1, 0),
+            "pid": supervisor.pid if supervisor else found.pid if found else None,
+            "returncode": supervisor.returncode if supervisor else None,
+            "replacements": self.replacements,
+        }
+        self.warden.set_info("app", json.dumps(app))
+
+    async def _start(self) -> int | None:
+        """Start the app; an exit code if it, or the GPU gate, stopped start-up."""
+        settings = self.settings
+        cap, permits = self.warden.limits() or (0, 0)
+        log.info(
+            "proxy on http://%s:%d -> %s; admin on http://%s:%d; at most %d client "
+            "connections, %d at the app at once",
+            settings.host, settings.port, settings.app_url,
+            settings.admin_host, settings.admin_port, cap, permits,
+        )  # fmt: skip
         if settings.gpu is not None:
             code = await self._gpu_gate(settings.gpu.nvml_watchdog_seconds)
             if code is not None:
@@ -159,21 +147,8 @@ class Runner:
                 command = " ".join(settings.app_command)
                 return self._failed_start(f"cannot start the app {command!r}: {exc}")
             self.warden.app_started()
+            self._publish_app()
             self._spawn(self._watch_app(self.supervisor))
-        for server, host, port in (
-            (self.proxy_server, settings.host, settings.port),
-            (self.admin_server, settings.admin_host, settings.admin_port),
-        ):
-            try:
-                await server.listen(host, port)
-            except OSError as exc:
-                return self._failed_start(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-        log.info(
-            "proxy on http://%s:%d -> %s; admin on http://%s:%d; at most %d client "
-            "connections",
-            settings.host, settings.port, settings.app_url,
-            settings.admin_host, settings.admin_port, limits.max_connections,
-        )  # fmt: skip
         return None
 
     def _failed_start(self, detail: str) -> int:
@@ -196,44 +171,34 @@ class Runner:
         return code
 
     def _on_verdict(self, verdict: Verdict) -> None:
-        self.drain.begin(verdict)
-        self.proxy_server.drain()
+        (log.warning if verdict.replacing else log.info)(
+            "draining (%s: %s): refusing new requests, %d in flight may finish within %.1f s",
+            verdict.reason, verdict.detail, self.warden.in_flight(),
+            self.settings.drain_timeout_seconds,
+        )  # fmt: skip
 
     async def _serve_until_drained(self) -> int:
         while True:
             verdict = await self.warden.decided()
-            deadline = await self._drain(verdict)
+            # D2, D6: the core waits for the requests in flight, then answers or cuts the
+            # rest at the drain's deadline.
+            drained = await self.warden.drained()
+            if drained.in_flight:
+                log.warning(
+                    "drain ended with %d request(s) still in flight: %d answered 503 with "
+                    "Retry-After, %d cut mid-response",
+                    drained.in_flight, drained.answered, drained.cut,
+                )  # fmt: skip
             if self.settings.sidecar and verdict.replacing and await self._replace_app(verdict):
                 continue
             # D6: stop listening, answer what had arrived, and wait for the clients to close.
-            loop = asyncio.get_running_loop()
-            left = await self.proxy_server.close(max(deadline, loop.time() + LINGER_SECONDS))
+            left = await self.warden.close_ports()
             if left:
                 log.warning("closed %d client connection(s) still open at the drain's end", left)
             code = self.warden.finish()
             assert code == verdict.exit_code
             self.exit = Exit(code, verdict.reason, verdict.detail)
             return code
-
-    async def _drain(self, verdict: Verdict) -> float:
-        """D2: wait for the requests in flight, at most the drain timeout (a second signal
-        cuts it short); those left are answered or cut (D6). The loop time the drain ended."""
-        loop = asyncio.get_running_loop()
-        deadline: float = loop.time() + self.settings.drain_timeout_seconds
-        (log.warning if verdict.replacing else log.info)(
-            "draining (%s: %s): refusing new requests, %d in flight may finish within %.1f s",
-            verdict.reason, verdict.detail, self.warden.in_flight(),
-            self.settings.drain_timeout_seconds,
-        )  # fmt: skip
-        idle = asyncio.ensure_future(self.drain.wait_idle(self.settings.drain_timeout_seconds))
-        hurry = asyncio.ensure_future(self._hurry.wait())
-        await asyncio.wait([idle, hurry], return_when=asyncio.FIRST_COMPLETED)
-        hurry.cancel()
-        if not (idle.done() and idle.result()):
-            idle.cancel()
-            self._abandon_in_flight()
-            deadline = loop.time()
-        return deadline
 
     async def _replace_app(self, verdict: Verdict) -> bool:
         """K2: stop the app's process in the other container, so the kubelet restarts it;
@@ -259,36 +224,21 @@ class Runner:
             return False
         self.replacements += 1
         self.warden.restart()
-        self.proxy_server.resume()
-        self._hurry.clear()
+        self._publish_app()
         log.warning(
             "starting over: not ready until the app's new container passes a health check "
             "(replacement %d)", self.replacements,
         )  # fmt: skip
         return True
 
-    def _abandon_in_flight(self) -> None:
-        """D6: requests still in flight when the drain ends get a 503 the gateway retries
-        (or, with their response under way, are cut); one line says how many."""
-        requests = self.proxy_server.active_requests()
-        answered = 0
-        for request in requests:
-            if self.proxy.drain_timed_out(request):
-                answered += 1
-        if requests:
-            log.warning(
-                "drain ended with %d request(s) still in flight: %d answered 503 with "
-                "Retry-After, %d cut mid-response",
-                len(requests), answered, len(requests) - answered,
-            )  # fmt: skip
-
     async def _stop(self) -> None:
-        """Close the ports, then stop the app (D3) and the background tasks."""
-        self.proxy_server.abort()
-        self.admin_server.abort()
+        """Stop the app (D3) and the background tasks; say how runwarden ends."""
         if self.supervisor is not None:
             await self.supervisor.stop()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._say_exit()
+
+    def _say_exit(self) -> None:
         if self.exit is not None:  # D4: the one line that says why
             exit_ = self.exit
             (log.info if exit_.code == exit_codes.CLEAN else log.error)(
@@ -303,6 +253,7 @@ class Runner:
     async def _watch_app(self, supervisor: Supervisor) -> None:
         """D5: an app that exits by itself replaces the runner."""
         returncode = await supervisor.exited()
+        self._publish_app()
         if supervisor.stopping:
             return
         detail = f"the app {describe_exit(returncode)}"
@@ -319,6 +270,7 @@ class Runner:
             return
         if app is not None:
             self.app_process = app
+            self._publish_app()
             log.info("sidecar mode: the app is %s; a replacement stops it", app.describe())
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -332,10 +284,9 @@ class Runner:
                          verdict.reason)  # fmt: skip
             return
         log.warning("received %s again: not waiting for in-flight requests", sig.name)
-        self._hurry.set()
+        self.warden.hurry()
 
     def _on_outcome(self, outcome: CheckOutcome) -> None:
-        self.metrics.record_check(outcome)
         if outcome.passed:
             if outcome.made_ready:
                 log.info("the app passed its first health check: ready")

@@ -1,19 +1,20 @@
 """The sidecar's settings (SPEC C): one table, read from the command line and from
 `RUNWARDEN_*` environment variables (the command line wins).
 
-Each setting is declared once. The core's (health checks, GPU monitoring) are declared in
-`rust/settings.rs` and arrive here as `runwarden._core.SETTINGS`; the sidecar's own are
-`SIDECAR` below. From the one table come the command-line options, the environment names,
-`--help`, `/status` and `docs/settings.md`, under one name each: `--failure-threshold` is
+Each setting is declared once. The core's (health checks, the data plane, GPU monitoring)
+are declared in `rust/settings.rs` and arrive here as `runwarden._core.SETTINGS`; the
+process's own (the app, logs, the orchestrator) are `SIDECAR` below. From the one table come
+the command-line options, the environment names, `--help`, `/status` and
+`docs/settings.md`, under one name each: `--failure-threshold` is
 `RUNWARDEN_FAILURE_THRESHOLD`, `failure_threshold` in `/status`, in `HealthCheck(...)` and in
-the Rust core. The core validates its settings; this module the sidecar's. A bad value
-raises `ConfigError`, whose `setting` names it; the CLI turns it into exit code 2.
+the Rust core. The core validates its settings (text becomes a value here, bounds are
+checked there); this module the process's. A bad value raises `ConfigError`, whose
+`setting` names it; the CLI turns it into exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from runwarden._core import SETTINGS, GpuSettings, HealthCheck, SettingsError
+from runwarden._core import SETTINGS, GpuSettings, HealthCheck, ProxySettings, SettingsError
 
 ENV_PREFIX = "RUNWARDEN_"
 # Environment variables under the prefix that are not options: the fake NVML driver's state
@@ -122,13 +123,6 @@ def _choice(words: Sequence[str]) -> Callable[[str], str]:
     return parse
 
 
-def _port(text: str) -> int:
-    value = _int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port 1-65535, got {text!r}")
-    return value
-
-
 def _at_least(low: float, strict: bool) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = _number(text)
@@ -139,30 +133,6 @@ def _at_least(low: float, strict: bool) -> Callable[[str], float]:
         return value
 
     return parse
-
-
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-
-# Headers the proxy frames, drops or sets itself: a check header named like one would
-# corrupt every request or response. (The proxy's own lists are in proxy.py.)
-RESERVED_HEADERS = frozenset(
-    {
-        "connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-        "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade",
-        "content-length", "expect", "host", "server", "date",
-        "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip", "forwarded",
-    }
-)  # fmt: skip
-
-
-def _header_name(text: str) -> str:
-    if not _TOKEN.match(text):
-        raise argparse.ArgumentTypeError(f"must be an HTTP header name, got {text!r}")
-    if text.lower() in RESERVED_HEADERS:
-        raise argparse.ArgumentTypeError(
-            f"must not be a header the proxy frames or sets itself, got {text!r}"
-        )
-    return text.lower()
 
 
 def _app_url(text: str) -> str:
@@ -184,28 +154,16 @@ def _app_url(text: str) -> str:
     return text.strip().rstrip("/")
 
 
-def _networks(text: str) -> list[str]:
-    """'127.0.0.0/8, ::1' -> ['127.0.0.0/8', '::1/128']; empty: nobody."""
-    out = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            out.append(str(ipaddress.ip_network(part, strict=False)))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be addresses or CIDR networks separated by commas, got {part!r}"
-            ) from None
-    return out
+def _list(text: str) -> list[str]:
+    """'127.0.0.0/8, ::1' -> ['127.0.0.0/8', '::1']; empty: none. The core checks each."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _connections(text: str) -> int | None:
+def _auto(text: str) -> int | None:
+    """'auto' -> None (the core derives it); else a whole number."""
     if text.strip().lower() in ("", "auto"):
         return None
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 or auto, got {text!r}")
-    return value
+    return _int(text)
 
 
 def _termination_path(text: str) -> str:
@@ -285,6 +243,12 @@ CORE_PARSERS: dict[str, Callable[[str], Any]] = {
     "xids": _xids,
     "promotions": _promotions,
     "gpus": _gpus,
+    "port": _int,
+    "host": _text,
+    "text": _text,
+    "header_name": _text,
+    "networks": _list,
+    "auto": _auto,
 }
 
 
@@ -322,6 +286,8 @@ class Spec:
         value = self.default
         if value is None:
             return self.shown or "none"
+        if value == "":
+            return '""'
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, list):
@@ -338,6 +304,8 @@ def _core_spec(row: Mapping[str, Any]) -> Spec:
         "stall_seconds": "off",
         "nvml_library": "libnvidia-ml.so.1, found by the dynamic loader",
         "gpus": "from the environment, else all",
+        "max_connections": "auto: (fd limit - 256) / 2",
+        "max_app_connections": "auto: a quarter of the app's fd limit, at most 1024",
     }.get(row["name"])
     return Spec(
         name=row["name"],
@@ -351,30 +319,13 @@ def _core_spec(row: Mapping[str, Any]) -> Spec:
 
 CORE: tuple[Spec, ...] = tuple(_core_spec(row) for row in SETTINGS)
 HEALTH = tuple(s for s in CORE if s.group == "health")
+PROXY = tuple(s for s in CORE if s.group == "proxy")
 GPU = tuple(s for s in CORE if s.group == "gpu")
 
 SIDECAR: tuple[Spec, ...] = (
     Spec("app_url", _app_url, "http://127.0.0.1:8000",
          "the app's address, with a path prefix the app is mounted under if any; requests "
          "and checks go only there"),
-    Spec("host", _text, "0.0.0.0", "the proxy's listen address"),
-    Spec("port", _port, 8080, "the proxy's listen port"),
-    Spec("admin_host", _text, "0.0.0.0",
-         "the admin port's listen address (/livez /readyz /status /metrics): every address, "
-         "as the kubelet's probes and Prometheus' scrapes come to the pod's IP; it is "
-         "read-only and /status carries no secret (A)"),
-    Spec("admin_port", _port, 8081, "the admin port"),
-    Spec("check_header", _header_name, "x-fal-runner-health-check",
-         "header that asks for a check (H5, H6)"),
-    Spec("check_trusted_sources", _networks, ["127.0.0.0/8", "::1/128"],
-         "peers whose check header triggers a check (H5); from others it is dropped"),
-    Spec("header_timeout_seconds", _at_least(0, True), 10.0,
-         "a request head must arrive within this of the connection or its first byte (S6)"),
-    Spec("keep_alive_seconds", _at_least(0, True), 75.0,
-         "an idle client connection is closed after this (S6)"),
-    Spec("max_connections", _connections, None,
-         "client connections held at once on the proxy port (S6)",
-         shown="auto: (fd limit - 256) / 2"),
     Spec("sidecar", _bool, False,
          "the app runs in another container of the pod (shareProcessNamespace: true, one "
          "user): a replacement stops the process listening on the app's port, so its "
@@ -382,24 +333,16 @@ SIDECAR: tuple[Spec, ...] = (
     Spec("termination_message_path", _termination_path, None,
          "where the one-line exit reason is written for the orchestrator; off: nowhere (K1)",
          shown="/dev/termination-log when writable, else off"),
-    Spec("drain_timeout_seconds", _at_least(0, False), 30.0,
-         "how long in-flight requests may finish when draining (D2)"),
     Spec("app_stop_timeout_seconds", _at_least(0, False), 10.0,
          "SIGTERM to SIGKILL delay for the supervised app (D3)"),
     Spec("gpu_monitoring", _bool, True, "watch the GPUs through NVML (off without a driver)"),
-    Spec("gpu_metrics", _choice(("dcgm", "runwarden", "off")), "dcgm",
-         "GPU series in /metrics: named as dcgm-exporter names them, as runwarden_gpu_*, or "
-         "none (for a node whose dcgm-exporter is scraped already)"),
     Spec("log_level", _log_level, "INFO", "log level: debug, info, warning or error"),
     Spec("log_format", _choice(("text", "json")), "text",
          "text, or one JSON object per line (time, level, logger, message; reason, detail "
          "and exit_code on verdicts and exits)"),
-    Spec("access_log", _bool, False,
-         "log every proxied request (client, request line, status, duration) at info on "
-         "the runwarden.access logger"),
 )  # fmt: skip
 
-SPECS: tuple[Spec, ...] = HEALTH + SIDECAR + GPU
+SPECS: tuple[Spec, ...] = HEALTH + PROXY + SIDECAR + GPU
 """Every setting, in the order `--help` lists them."""
 BY_NAME = {s.name: s for s in SPECS}
 
@@ -412,12 +355,14 @@ class Settings:
         self,
         values: Mapping[str, Any],
         health: HealthCheck,
+        proxy: ProxySettings,
         gpu: GpuSettings | None,
         app_command: tuple[str, ...] = (),
         gpu_selection: str = "",
     ) -> None:
         self._values = dict(values)
         self.health = health
+        self.proxy = proxy
         self.gpu = gpu
         """None when GPU monitoring is off."""
         self.app_command = app_command
@@ -436,6 +381,7 @@ class Settings:
         """`/status`'s settings: each once, under its name, as the core holds it."""
         out: dict[str, object] = {s.name: self._values[s.name] for s in SIDECAR}
         out.update(self.health.to_dict())
+        out.update(self.proxy.to_dict())
         out.update((self.gpu or GpuSettings()).to_dict())
         return out  # the app command is /status's `app` section's
 
@@ -490,9 +436,15 @@ def resolve(
         selection = "--gpus"
     try:
         health = HealthCheck(**{s.name: values[s.name] for s in HEALTH})
+        proxy = ProxySettings(**{s.name: values[s.name] for s in PROXY})
         gpu = GpuSettings(**{s.name: values[s.name] for s in GPU})
     except SettingsError as exc:
         raise _named(exc) from None
+    # The core's values as it checked them (a header name lowercased, networks normalised).
+    gpus = values["gpus"]
+    for checked in (health, proxy, gpu):
+        values.update(checked.to_dict())
+    values["gpus"] = gpus
     if values["sidecar"] and app_command:
         raise ConfigError(
             "--sidecar guards an app in another container; an app command after -- makes "
@@ -500,7 +452,7 @@ def resolve(
             "sidecar",
         )
     on = values["gpu_monitoring"]
-    settings = Settings(values, health, gpu if on else None, tuple(app_command), selection)
+    settings = Settings(values, health, proxy, gpu if on else None, tuple(app_command), selection)
     if links:
         settings.notes.append(
             f"ignored {', '.join(links)}: Kubernetes service links of a Service named "
@@ -532,7 +484,8 @@ def markdown() -> str:
     """`docs/settings.md`: every setting, generated from the one table (`make docs`)."""
     sections = [
         ("Health checks (SPEC H)", HEALTH, "rust/settings.rs"),
-        ("The sidecar (SPEC A, C, D, S)", SIDECAR, "python/runwarden/settings.py"),
+        ("The data plane (SPEC P, S, D, A)", PROXY, "rust/settings.rs"),
+        ("The process (SPEC C, D, K)", SIDECAR, "python/runwarden/settings.py"),
         ("GPU monitoring (SPEC G)", GPU, "rust/settings.rs"),
     ]
     out = [

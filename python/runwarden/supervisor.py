@@ -18,7 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
-from runwarden.server import original_fd_limit
+from runwarden._core import fd_limits
 
 log = logging.getLogger("runwarden.supervisor")
 
@@ -60,7 +60,7 @@ class Supervisor:
         with theirs:
             self.keeper = await asyncio.create_subprocess_exec(
                 sys.executable, "-I", "-S", KEEPER, str(theirs.fileno()),
-                str(original_fd_limit() or 0), "--", *self.command,
+                str(fd_limits()[0]), "--", *self.command,
                 stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
                 pass_fds=(theirs.fileno(),),
             )  # fmt: skip

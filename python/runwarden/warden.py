@@ -1,14 +1,15 @@
 """The asyncio face of the Rust core, and its only one: awaitable checks, the runner's
-verdict, the traffic count, and snapshots for `/status`.
+verdict, the drain's end, and snapshots.
 
-The core owns the runner's life (starting → ready → draining → stopped, `rust/lifecycle.rs`):
-readiness, the verdict and the exit code live there and nowhere else. `verdict` here is a
-read-only mirror the proxy reads on every request: it is set in the same call that made the
-core decide (a 503, a signal, the app's exit) or from the core's event, whichever comes
-first, and then never changes.
+The core owns the runner's life (starting → ready → draining → stopped, `rust/lifecycle.rs`)
+and the data plane that serves both ports: readiness, the verdict, the exit code and the
+drain live there and nowhere else. `verdict` here is a read-only mirror for the runner and
+its log: set in the same call that made the core decide (a signal, the app's exit) or from
+the core's event, whichever comes first, and then never changes.
 
 The core's threads never touch the GIL. They queue events and make a socket readable;
-`loop.add_reader` wakes us, and one non-blocking `drain_events()` takes them.
+`loop.add_reader` wakes us, and one non-blocking `drain_events()` takes them. The data
+plane's log lines arrive the same way and are written here, by Python's logging.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from runwarden._core import (
+    AccessLine,
     CheckOutcome,
     Core,
+    Drained,
     GpuFinding,
     GpuMonitoring,
     GpuSamples,
     GpuSettings,
     HealthCheck,
+    LogLine,
+    PortsClosed,
+    ProxySettings,
     Verdict,
 )
 from runwarden.logs import fields
@@ -34,7 +40,10 @@ if TYPE_CHECKING:
     from runwarden._core import Reason
 
 log = logging.getLogger("runwarden")
+access_log = logging.getLogger("runwarden.access")
 T = TypeVar("T")
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}  # fmt: skip
 
 OutcomeListener = Callable[[CheckOutcome], None]
 VerdictListener = Callable[[Verdict], object]
@@ -43,12 +52,18 @@ GpuListener = Callable[[GpuEvent], None]
 
 
 class Warden:
-    """Health checks of one app (and its GPUs, when asked), run by the Rust core; results
-    delivered on this loop."""
+    """Health checks of one app (and its GPUs, and both ports, when asked), run by the Rust
+    core; results delivered on this loop."""
 
-    def __init__(self, health: HealthCheck, app_url: str, gpu: GpuSettings | None = None) -> None:
+    def __init__(
+        self,
+        health: HealthCheck,
+        app_url: str,
+        gpu: GpuSettings | None = None,
+        proxy: ProxySettings | None = None,
+    ) -> None:
         self.health = health
-        self._core = core = Core(health, app_url, gpu)
+        self._core = core = Core(health, app_url, gpu, proxy)
         self.verdict: Verdict | None = None
         """Why the runner drains (the core's, mirrored); None while it does not."""
         self._waiting: dict[int, list[asyncio.Future[CheckOutcome]]] = {}
@@ -58,21 +73,26 @@ class Warden:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._decided: asyncio.Future[Verdict] | None = None
         self._gpu_up: asyncio.Future[None] | None = None
-        # The traffic count the proxy keeps, on its hot path: the core's methods themselves.
-        self.request_started = core.request_started
-        self.request_finished = core.request_finished
-        self.request_progress = core.request_progress
-        self.client_wait_started = core.client_wait_started
-        self.client_wait_finished = core.client_wait_finished
+        self._drained: asyncio.Future[Drained] | None = None
+        self._closed: asyncio.Future[PortsClosed] | None = None
         self.in_flight = core.in_flight
+        self.set_info = core.set_info
+        self.limits = core.limits
 
     async def start(self) -> None:
-        """Start the core's threads and listen for its events on the running loop."""
+        """Bind both ports (OSError if one cannot be had), start the core's threads, and
+        listen for its events on the running loop."""
         self._loop = asyncio.get_running_loop()
         self._decided = self._loop.create_future()
         self._gpu_up = self._loop.create_future()
+        self._drained = self._loop.create_future()
+        self._closed = self._loop.create_future()
         self._loop.add_reader(self._core.event_fd(), self._on_events)
-        self._core.start()
+        try:
+            self._core.start()
+        except BaseException:
+            self._loop.remove_reader(self._core.event_fd())
+            raise
 
     async def stop(self, timeout_seconds: float = 2.0) -> bool:
         """Stop the core's threads, waiting at most `timeout_seconds` for them; False if one
@@ -117,6 +137,22 @@ class Warden:
         assert self._decided is not None, "Warden.start() first"
         return await asyncio.shield(self._decided)
 
+    async def drained(self) -> Drained:
+        """Wait for the drain's wait for requests in flight to end (D2, D6)."""
+        assert self._drained is not None, "Warden.start() first"
+        return await asyncio.shield(self._drained)
+
+    async def close_ports(self) -> int:
+        """D6: close the proxy port (answering what had arrived, lingering for requests on
+        their way); how many connections had to be cut at the end."""
+        assert self._closed is not None, "Warden.start() first"
+        self._core.close_ports()
+        return (await asyncio.shield(self._closed)).cut
+
+    def hurry(self) -> None:
+        """A second stop signal: stop waiting for requests in flight (D2)."""
+        self._core.hurry()
+
     # -- asking the core
 
     def app_started(self) -> None:
@@ -136,10 +172,6 @@ class Warden:
     def manual_check(self) -> None:
         self._core.manual_check()
 
-    def report_response(self, status: int) -> Verdict | None:
-        """R1/R4; the verdict, now, if the runner drains."""
-        return self._mirror(self._core.report_response(status))
-
     def replace(self, reason: Reason, detail: str) -> Verdict | None:
         """Replace for a reason found outside the core; the verdict that holds after it."""
         return self._mirror(self._core.replace(reason, detail))
@@ -157,6 +189,7 @@ class Warden:
         self.verdict = None
         assert self._loop is not None, "Warden.start() first"
         self._decided = self._loop.create_future()
+        self._drained = self._loop.create_future()
         return True
 
     def finish(self) -> int | None:
@@ -204,6 +237,14 @@ class Warden:
                     if not fut.done():
                         fut.set_result(event)
                 _notify(self._listeners, event)
+            elif isinstance(event, LogLine):
+                logging.getLogger(event.logger).log(LEVELS[event.level], "%s", event.message)
+            elif isinstance(event, AccessLine):
+                _access_line(event)
+            elif isinstance(event, Drained):
+                _settle(self._drained, event)
+            elif isinstance(event, PortsClosed):
+                _settle(self._closed, event)
             elif not isinstance(event, Verdict):
                 if isinstance(event, GpuSamples) or (
                     isinstance(event, GpuMonitoring) and not event.enabled
@@ -224,6 +265,22 @@ class Warden:
             where = f" on GPU {event.gpu}" if event.gpu is not None else ""
             level = logging.ERROR if event.severity == "fatal" else logging.WARNING
             log.log(level, "GPU %s %s%s: %s", event.severity, event.rule, where, event.detail)
+
+
+def _settle(future: asyncio.Future[T] | None, value: T) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)
+
+
+def _access_line(line: AccessLine) -> None:
+    """One access-log line (`--access-log`); the JSON log format makes each part a field."""
+    milliseconds = line.duration_seconds * 1000
+    access_log.info(
+        '%s "%s %s HTTP/%s" %d %.1fms', line.client, line.method, line.target, line.version,
+        line.status, milliseconds,
+        extra={"client": line.client, "method": line.method, "target": line.target,
+               "status": line.status, "duration_ms": round(milliseconds, 3)},
+    )  # fmt: skip
 
 
 def _notify(listeners: Sequence[Callable[[T], object]], event: T) -> None:

@@ -285,10 +285,12 @@ impl Shared {
             state.sample_cost = Some(cost);
             findings
         };
-        self.events.push(Event::GpuSamples { samples, cost });
+        // Findings first: a fatal one's verdict is queued before the sample that shows it,
+        // so whoever waits for the first sample (G6's gate) finds the verdict already given.
         for finding in findings {
             self.report(finding);
         }
+        self.events.push(Event::GpuSamples { samples, cost });
     }
 
     fn run_events(self: &Arc<Self>, nvml: &Nvml, watched: &[u32]) {

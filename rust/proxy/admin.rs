@@ -1,0 +1,121 @@
+//! The admin port (SPEC A): `/livez`, `/readyz`, `/status`, `/metrics`, read-only, on its
+//! own address. `/livez` and `/readyz` are answered from the runner's life as the core
+//! publishes it, without Python and without a lock, so a busy or stuck interpreter never
+//! fails a probe. The proxy port never routes here.
+//!
+//! While the proxy port refuses new clients at its connection cap, `/readyz` stays 200: the
+//! app is healthy and each refused client is told to retry (503, `Retry-After`); failing
+//! readiness then would let one flood take every runner out of its Service at once.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, SERVER};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::watch;
+
+use super::answer::SERVER_NAME;
+use super::body::ProxyBody;
+use crate::checker::LifeView;
+use crate::lifecycle::Phase;
+use crate::metrics::Metrics;
+
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+
+pub struct AdminState {
+    pub life: watch::Receiver<LifeView>,
+    pub metrics: Arc<Metrics>,
+    /// The `/status` document, rendered when asked.
+    pub status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+}
+
+#[derive(Clone)]
+pub struct Admin(pub Arc<AdminState>);
+
+impl hyper::service::Service<Request<Incoming>> for Admin {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let response = self.answer(&request);
+        Box::pin(std::future::ready(Ok(response)))
+    }
+}
+
+impl Admin {
+    fn answer(&self, request: &Request<Incoming>) -> Response<ProxyBody> {
+        let route = request.uri().path();
+        if !matches!(route, "/livez" | "/readyz" | "/status" | "/metrics") {
+            return respond(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                Bytes::from_static(b"not found\n"),
+            );
+        }
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            let mut response = respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                TEXT,
+                Bytes::from_static(b"method not allowed\n"),
+            );
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return response;
+        }
+        let state = &self.0;
+        match route {
+            "/livez" => {
+                let life = state.life.borrow();
+                match &life.verdict {
+                    Some(verdict) if verdict.reason.replaces() => respond(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        TEXT,
+                        format!("replacing: {}\n", verdict.reason.as_str()).into(),
+                    ),
+                    _ => respond(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n")),
+                }
+            }
+            "/readyz" => {
+                let life = state.life.borrow();
+                if life.phase == Phase::Ready {
+                    return respond(StatusCode::OK, TEXT, Bytes::from_static(b"ready\n"));
+                }
+                let reason = life
+                    .verdict
+                    .as_ref()
+                    .map_or("no health check has passed yet", |v| v.reason.as_str());
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!("{}: {reason}\n", life.state).into(),
+                )
+            }
+            "/status" => respond(
+                StatusCode::OK,
+                HeaderValue::from_static("application/json"),
+                (state.status)().to_string().into(),
+            ),
+            _ => respond(
+                StatusCode::OK,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                state.metrics.render().into(),
+            ),
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, content_type);
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(SERVER, SERVER_NAME);
+    response
+}

@@ -1,0 +1,205 @@
+//! The body of every response on the proxy port, and what must happen as it moves.
+//!
+//! A body is runwarden's own answer (whole, in memory), the app's body streamed as it
+//! arrives (S1), or the empty body of a `101` whose connection became a tunnel. Layers that
+//! must see a response through to its end (the in-flight count, the door's permit, the
+//! judge's trailers and manual check, metrics, the access log) attach a `Hook` instead of
+//! wrapping the body again: the hooks see each frame and hear, exactly once, how the body
+//! ended. A tunnel's hooks end when the tunnel closes, so whatever they hold (a permit, an
+//! in-flight count) lives as long as the tunnel.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::worker::lock;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Every byte was handed to hyper.
+    Complete,
+    /// The app broke off the body (it is cut, so the client sees it broke).
+    Failed,
+    /// The body was dropped before its end: the client left, or the connection was cut.
+    Dropped,
+}
+
+/// Something that follows one response's body.
+pub trait Hook: Send + 'static {
+    /// hyper asks for the next frame (the client has taken the previous one).
+    fn polled(&mut self) {}
+    /// The app has no frame yet.
+    fn pending(&mut self) {}
+    /// A frame of the app's body (data or trailers), about to be sent.
+    fn frame(&mut self, _frame: &Frame<Bytes>) {}
+    /// The body ended, once.
+    fn ended(&mut self, _end: End) {}
+}
+
+/// The hooks of a tunnel's `101`, kept until the tunnel closes.
+#[derive(Default)]
+pub struct TunnelHooks(Mutex<Option<Vec<Box<dyn Hook>>>>);
+
+impl TunnelHooks {
+    fn keep(&self, hooks: Vec<Box<dyn Hook>>) {
+        let mut kept = lock(&self.0);
+        match kept.as_mut() {
+            Some(list) => list.extend(hooks),
+            None => *kept = Some(hooks),
+        }
+    }
+
+    /// The tunnel closed: its hooks end.
+    pub fn closed(&self, end: End) {
+        let hooks = lock(&self.0).take();
+        for mut hook in hooks.into_iter().flatten() {
+            hook.ended(end);
+        }
+    }
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    App(Incoming),
+    Tunnel(Arc<TunnelHooks>),
+}
+
+pub struct ProxyBody {
+    inner: Inner,
+    hooks: Vec<Box<dyn Hook>>,
+    ended: bool,
+}
+
+impl ProxyBody {
+    pub fn empty() -> ProxyBody {
+        ProxyBody::full(Bytes::new())
+    }
+
+    /// runwarden's own answer.
+    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+        let bytes = bytes.into();
+        ProxyBody::new(Inner::Full((!bytes.is_empty()).then_some(bytes)))
+    }
+
+    /// The app's body, streamed.
+    pub fn app(body: Incoming) -> ProxyBody {
+        ProxyBody::new(Inner::App(body))
+    }
+
+    /// A `101`'s empty body; hooks attached to it end when `tunnel` closes.
+    pub fn tunnel(tunnel: Arc<TunnelHooks>) -> ProxyBody {
+        ProxyBody::new(Inner::Tunnel(tunnel))
+    }
+
+    fn new(inner: Inner) -> ProxyBody {
+        ProxyBody {
+            inner,
+            hooks: Vec::new(),
+            ended: false,
+        }
+    }
+
+    /// The app's body, or a tunnel (a response whose end is the app's to say).
+    pub fn is_app(&self) -> bool {
+        !matches!(self.inner, Inner::Full(_))
+    }
+
+    pub fn hook(&mut self, hook: Box<dyn Hook>) {
+        self.hooks.push(hook);
+    }
+
+    fn end(&mut self, end: End) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        if let Inner::Tunnel(tunnel) = &self.inner {
+            tunnel.keep(std::mem::take(&mut self.hooks));
+            return;
+        }
+        for hook in &mut self.hooks {
+            hook.ended(end);
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Tunnel(_) => Poll::Ready(None),
+            Inner::App(body) => {
+                for hook in &mut this.hooks {
+                    hook.polled();
+                }
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => {
+                        for hook in &mut this.hooks {
+                            hook.pending();
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        for hook in &mut this.hooks {
+                            hook.frame(&frame);
+                        }
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    Poll::Ready(Some(Err(error))) => {
+                        this.end(End::Failed);
+                        return Poll::Ready(Some(Err(error.into())));
+                    }
+                    Poll::Ready(None) => Poll::Ready(None),
+                }
+            }
+        };
+        if let Poll::Ready(None) = polled {
+            this.end(End::Complete);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(bytes) => bytes.is_none(),
+            Inner::App(body) => body.is_end_stream(),
+            Inner::Tunnel(_) => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Inner::App(body) => body.size_hint(),
+            Inner::Tunnel(_) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // hyper stops polling a body whose length it knows once the last byte is out, so a
+        // body dropped at its end is complete.
+        let end = if self.is_end_stream() {
+            End::Complete
+        } else {
+            End::Dropped
+        };
+        self.end(end);
+    }
+}

@@ -1,0 +1,314 @@
+//! One client connection (S6, D6): its state, read without locks by the listener's sweeper,
+//! and the task that serves it with hyper until it ends, is shut down gracefully or is cut.
+//!
+//! The timeouts of a connection are decided from its state by `Timeouts::expired`, not by
+//! hyper: hyper's `header_read_timeout` starts when a connection becomes idle, so it would
+//! also be the keep-alive timeout; runwarden keeps nginx's two (a head must arrive within
+//! `header_timeout_seconds` of its first byte, an idle connection lives
+//! `keep_alive_seconds`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Nanoseconds since the process's first call, never 0 (0 means "not set" below).
+pub fn now_nanos() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
+const NONE: u64 = 0;
+
+/// What the sweeper and the drain need to know of one connection.
+pub struct ConnState {
+    pub id: u64,
+    pub peer: SocketAddr,
+    /// Requests whose response head is not yet sent (HTTP/2: streams).
+    active: AtomicU32,
+    /// Responses whose body is still being sent.
+    streaming: AtomicU32,
+    /// Requests begun on this connection.
+    served: AtomicU64,
+    idle_since: AtomicU64,
+    /// The first byte of a request head that is not complete yet (`NONE`: none).
+    head_since: AtomicU64,
+    /// Since when a write waits on a client that does not read (`NONE`: none).
+    write_blocked_since: AtomicU64,
+    /// The client spoke HTTP/2 (prior knowledge).
+    h2: AtomicBool,
+    /// What the head in hand showed of itself (`sniff.rs`).
+    sniffed: AtomicU8,
+    killed: AtomicBool,
+    kill: Notify,
+    shutting_down: AtomicBool,
+    shutdown: Notify,
+    /// Nothing is in flight on the connection any more.
+    idle: Notify,
+}
+
+impl ConnState {
+    pub fn new(id: u64, peer: SocketAddr) -> ConnState {
+        ConnState {
+            id,
+            peer,
+            active: AtomicU32::new(0),
+            streaming: AtomicU32::new(0),
+            served: AtomicU64::new(0),
+            idle_since: AtomicU64::new(now_nanos()),
+            head_since: AtomicU64::new(NONE),
+            write_blocked_since: AtomicU64::new(NONE),
+            h2: AtomicBool::new(false),
+            sniffed: AtomicU8::new(0),
+            killed: AtomicBool::new(false),
+            kill: Notify::new(),
+            shutting_down: AtomicBool::new(false),
+            shutdown: Notify::new(),
+            idle: Notify::new(),
+        }
+    }
+
+    pub fn busy(&self) -> bool {
+        self.active.load(Ordering::Relaxed) + self.streaming.load(Ordering::Relaxed) > 0
+    }
+
+    pub fn streaming(&self) -> bool {
+        self.streaming.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether bytes arriving now begin a new HTTP/1 head: none is in hand or begun.
+    pub fn head_begins(&self) -> bool {
+        !self.h2.load(Ordering::Relaxed)
+            && !self.busy()
+            && self.head_since.load(Ordering::Relaxed) == NONE
+    }
+
+    /// What the head's bytes showed (`sniff.rs`), for the request it becomes.
+    pub fn sniffed(&self, found: u8) {
+        self.sniffed.store(found, Ordering::Relaxed);
+    }
+
+    /// Take what the head of the request starting now showed.
+    pub fn take_sniffed(&self) -> u8 {
+        self.sniffed.swap(0, Ordering::Relaxed)
+    }
+
+    /// Bytes arrived from the client: while no request is in hand, they begin a head.
+    pub fn read_some(&self) {
+        if !self.busy() && self.head_since.load(Ordering::Relaxed) == NONE {
+            self.head_since.store(now_nanos(), Ordering::Relaxed);
+        }
+    }
+
+    /// A write to the client returned: `blocked` if the client's window is full.
+    pub fn wrote(&self, blocked: bool) {
+        let since = self.write_blocked_since.load(Ordering::Relaxed);
+        if blocked && since == NONE {
+            self.write_blocked_since
+                .store(now_nanos(), Ordering::Relaxed);
+        } else if !blocked && since != NONE {
+            self.write_blocked_since.store(NONE, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+
+    pub fn set_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+    }
+
+    /// A request's head arrived; its response is on its way until the guard says so.
+    pub fn request_started(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.served.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(NONE, Ordering::Relaxed);
+        Active(Some(Arc::clone(self)))
+    }
+
+    fn request_left(&self, counter: &AtomicU32) {
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if !self.busy() {
+            self.idle_since.store(now_nanos(), Ordering::Relaxed);
+            self.head_since.store(NONE, Ordering::Relaxed);
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Close the connection now, whatever it is doing.
+    pub fn kill(&self) {
+        if !self.killed.swap(true, Ordering::AcqRel) {
+            self.kill.notify_waiters();
+        }
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// Returns once the connection is cut.
+    pub async fn killed(&self) {
+        let notified = self.kill.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.is_killed() {
+            notified.await;
+        }
+    }
+
+    /// Finish what is in hand, take nothing new (HTTP/2: GOAWAY).
+    pub fn shut_down(&self) {
+        if !self.shutting_down.swap(true, Ordering::AcqRel) {
+            self.shutdown.notify_waiters();
+        }
+    }
+
+    async fn shutdown_asked(&self) {
+        let notified = self.shutdown.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !self.shutting_down.load(Ordering::Acquire) {
+            notified.await;
+        }
+    }
+
+    /// Returns once nothing is in flight on the connection (a tunnel has closed).
+    async fn settled(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.busy() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Since when the connection has held no request, if it holds none (nanoseconds).
+    pub fn idle_since(&self) -> Option<u64> {
+        (!self.busy()).then(|| self.idle_since.load(Ordering::Relaxed))
+    }
+}
+
+/// A request whose response head is not out yet; dropped unanswered (the client left, an
+/// HTTP/2 stream was reset) it leaves all the same.
+pub struct Active(Option<Arc<ConnState>>);
+
+impl Active {
+    /// The response head is out; `streaming` if its body is the app's and still to come
+    /// (`response_ended` follows).
+    pub fn answered(mut self, streaming: bool) -> Option<Arc<ConnState>> {
+        let conn = self.0.take()?;
+        if streaming {
+            conn.streaming.fetch_add(1, Ordering::Relaxed);
+        }
+        conn.request_left(&conn.active);
+        streaming.then_some(conn)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.request_left(&conn.active);
+        }
+    }
+}
+
+/// A streaming response's end, for its connection.
+pub struct Streaming(pub Arc<ConnState>);
+
+impl super::body::Hook for Streaming {}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.request_left(&self.0.streaming);
+    }
+}
+
+/// The connection timeouts of one port (S6), in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header: u64,
+    pub keep_alive: u64,
+    pub send: u64,
+}
+
+impl Timeouts {
+    pub fn new(header: Duration, keep_alive: Duration, send: Duration) -> Timeouts {
+        Timeouts {
+            header: header.as_nanos() as u64,
+            keep_alive: keep_alive.as_nanos() as u64,
+            send: send.as_nanos() as u64,
+        }
+    }
+
+    /// Why `conn` should be closed at `now`, if it should. `linger`: the port is closing,
+    /// and an idle connection waits only that long for a request already on its way.
+    pub fn expired(&self, conn: &ConnState, now: u64, linger: Option<u64>) -> Option<&'static str> {
+        let blocked = conn.write_blocked_since.load(Ordering::Relaxed);
+        if blocked != NONE && now.saturating_sub(blocked) > self.send {
+            return Some("the client took no byte of its response within send_timeout_seconds");
+        }
+        let idle_since = conn.idle_since()?;
+        let h2 = conn.h2.load(Ordering::Relaxed);
+        let head = conn.head_since.load(Ordering::Relaxed);
+        if !h2 && head != NONE {
+            return (now.saturating_sub(head) > self.header)
+                .then_some("the request head did not arrive within header_timeout_seconds");
+        }
+        let idle = now.saturating_sub(idle_since);
+        if let Some(linger) = linger {
+            return (idle > linger).then_some("closing: the connection was idle");
+        }
+        if conn.served.load(Ordering::Relaxed) == 0 && !h2 {
+            return (idle > self.header)
+                .then_some("no request arrived within header_timeout_seconds");
+        }
+        (idle > self.keep_alive).then_some("idle for keep_alive_seconds")
+    }
+}
+
+/// Serve `stream` with hyper's HTTP/1.1 and HTTP/2 (prior knowledge) until the connection
+/// ends, or `state` says to shut it down (gracefully) or to cut it.
+pub async fn serve<S>(
+    stream: TcpStream,
+    state: Arc<ConnState>,
+    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    service: S,
+) where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<super::body::ProxyBody>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(super::io::Watched::new(stream, Arc::clone(&state)));
+    let mut connection = Box::pin(builder.serve_connection_with_upgrades(io, service));
+    let mut graceful = false;
+    loop {
+        tokio::select! {
+            biased;
+            () = state.killed() => return,
+            () = state.shutdown_asked(), if !graceful => {
+                graceful = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = connection.as_mut() => break,
+        }
+    }
+    // What hyper still holds of an unfinished exchange (the client left) goes now.
+    drop(connection);
+    // An upgraded connection lives on in its tunnel: it counts until the tunnel closes.
+    tokio::select! {
+        () = state.killed() => {}
+        () = state.settled() => {}
+    }
+}

@@ -1,0 +1,184 @@
+//! The drain (SPEC D1, D2, D6): the one owner of what happens to traffic once the runner
+//! drains, whatever drained it (a failed check, a 503, a GPU fault, a signal).
+//!
+//! - The `Drain` layer: from the verdict on, a new request is answered `503` with
+//!   `Retry-After` and the reason in `x-runwarden-draining`, and never reaches the app (D1);
+//!   an answer that finishes while draining carries `Connection: close` (D6); and a request
+//!   still waiting for its answer at the drain's deadline is answered `503` to retry
+//!   elsewhere, never reset (D6).
+//! - `course`: the drain itself. It waits for the requests in flight (`inflight.rs` counts
+//!   them, tunnels and streams included) up to `drain_timeout_seconds` (a second stop signal
+//!   cuts it short), then answers or cuts what is left and says so; the ports close next
+//!   (`DataPlane::close`), or, in sidecar mode, the runner starts over.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::StatusCode;
+use serde_json::json;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::answer::{close, json as json_answer, retry_elsewhere};
+use super::layer::{layer, ready, Answer, Req, Resp};
+use super::listener::Port;
+use super::log::Log;
+use crate::checker::{CheckerHandle, LifeView};
+use crate::verdict::{Drained, Event, Verdict};
+
+pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-runwarden-draining");
+/// How long requests answered at the deadline get to have their 503 written before
+/// streams still running are cut.
+const ANSWER_GRACE: Duration = Duration::from_millis(500);
+
+/// What the drain layer and the drain's course share.
+pub struct DrainState {
+    life: watch::Receiver<LifeView>,
+    deadline: watch::Sender<bool>,
+    answered: AtomicU64,
+    /// Tunnels closed at the deadline (they close themselves).
+    pub tunnels_cut: AtomicU64,
+    /// The in-flight count reached 0.
+    pub idle: Notify,
+    hurry: Notify,
+}
+
+impl DrainState {
+    pub fn new(life: watch::Receiver<LifeView>) -> Arc<DrainState> {
+        Arc::new(DrainState {
+            life,
+            deadline: watch::Sender::new(false),
+            answered: AtomicU64::new(0),
+            tunnels_cut: AtomicU64::new(0),
+            idle: Notify::new(),
+            hurry: Notify::new(),
+        })
+    }
+
+    /// True from the drain's deadline until the runner starts over.
+    pub fn deadline(&self) -> watch::Receiver<bool> {
+        self.deadline.subscribe()
+    }
+
+    /// A second stop signal: stop waiting for requests in flight.
+    pub fn hurry(&self) {
+        self.hurry.notify_one();
+    }
+}
+
+layer! {
+    /// D1, D6.
+    DrainLayer => DrainService { state: Arc<DrainState> }
+}
+
+impl<S: super::layer::Inner> DrainService<S> {
+    fn handle(&mut self, request: Req) -> Answer {
+        let version = request.version();
+        if let Some(verdict) = self.state.life.borrow().verdict.clone() {
+            return ready(refused(&verdict, "", version));
+        }
+        let answer = self.inner.call(request);
+        let state = Arc::clone(&self.state);
+        let mut deadline = state.deadline();
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                response = answer => {
+                    let mut response = response?;
+                    let draining = state.life.borrow().draining();
+                    if draining && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                        close(&mut response, version);
+                    }
+                    Ok(response)
+                }
+                _ = deadline.wait_for(|passed| *passed) => {
+                    state.answered.fetch_add(1, Ordering::Relaxed);
+                    let verdict = state.life.borrow().verdict.clone();
+                    let detail = "the request was still in flight when the drain timeout \
+                                  ended; retry it on another runner";
+                    Ok(match verdict {
+                        Some(verdict) => refused(&verdict, detail, version),
+                        None => retry_elsewhere(json_answer(StatusCode::SERVICE_UNAVAILABLE, &json!({}))),
+                    })
+                }
+            }
+        })
+    }
+}
+
+/// The answer to a request the drain refuses: 503, Retry-After, the reason.
+fn refused(verdict: &Verdict, detail: &str, version: http::Version) -> Resp {
+    let body = json!({
+        "error": "runner is draining",
+        "reason": verdict.reason.as_str(),
+        "detail": if detail.is_empty() { verdict.detail.as_str() } else { detail },
+    });
+    let mut response = retry_elsewhere(json_answer(StatusCode::SERVICE_UNAVAILABLE, &body));
+    response.headers_mut().insert(
+        REASON_HEADER,
+        HeaderValue::from_static(verdict.reason.as_str()),
+    );
+    close(&mut response, version);
+    response
+}
+
+/// The drain, each time the runner drains: wait for the requests in flight, answer or cut
+/// what is left at the deadline, say so (`Event::Drained`), and wait for a restart (K2).
+pub async fn course(
+    state: Arc<DrainState>,
+    checker: CheckerHandle,
+    proxy: Arc<Port>,
+    timeout: Duration,
+    log: Log,
+) {
+    let mut life = state.life.clone();
+    loop {
+        if life.wait_for(LifeView::draining).await.is_err() {
+            return;
+        }
+        let traffic = checker.traffic();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let idle = state.idle.notified();
+            if traffic.in_flight() == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = idle => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = state.hurry.notified() => break,
+            }
+        }
+        let mut drained = Drained {
+            in_flight: traffic.in_flight(),
+            ..Drained::default()
+        };
+        if drained.in_flight > 0 {
+            state.deadline.send_replace(true);
+            let grace = Instant::now() + ANSWER_GRACE;
+            while Instant::now() < grace {
+                let streaming = proxy.connections().iter().filter(|c| c.streaming()).count();
+                if traffic.in_flight() <= streaming as u64 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut cut = 0;
+            for conn in proxy.connections() {
+                if conn.streaming() {
+                    conn.kill();
+                    cut += 1;
+                }
+            }
+            drained.answered = state.answered.swap(0, Ordering::Relaxed);
+            drained.cut = cut + state.tunnels_cut.swap(0, Ordering::Relaxed);
+        }
+        log.event(Event::Drained(drained));
+        if life.wait_for(|view| !view.draining()).await.is_err() {
+            return;
+        }
+        state.deadline.send_replace(false); // K2: the runner starts over
+    }
+}

@@ -1,0 +1,237 @@
+//! The bottom of the stack: the request goes to the app on the pooled client, and the
+//! app's answer comes back streaming (S1). A `101` to a request that asked to switch
+//! becomes a tunnel (`tunnel.rs`). When the app cannot be reached, the client gets `502`
+//! with a short JSON body and no internal address (R3); when the client's own body broke or
+//! stalled, it gets `400` or `408`, and the app's request was aborted, never ended as if
+//! complete (S3).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HOST, UPGRADE};
+use http::{HeaderValue, Method, Request, StatusCode};
+use http_body::Body;
+use serde_json::json;
+
+use super::answer::{json as json_answer, refusal, Unreachable};
+use super::body::{ProxyBody, TunnelHooks};
+use super::client::{AppAddress, AppClient};
+use super::conn::ConnState;
+use super::drain::DrainState;
+use super::layer::{Answer, Req, Resp};
+use super::log::Log;
+use super::tunnel;
+use super::upload::{Broken, Fate, Outbound, Upload};
+use crate::checker::CheckerHandle;
+
+#[derive(Clone)]
+pub struct Forward {
+    pub client: AppClient,
+    pub address: Arc<AppAddress>,
+    pub body_timeout: Duration,
+    pub tunnel_idle: Duration,
+    /// H9's accounting, when an H9 rule reads it.
+    pub h9: Option<CheckerHandle>,
+    pub drain: Arc<DrainState>,
+    pub log: Log,
+}
+
+impl tower::Service<Req> for Forward {
+    type Response = Resp;
+    type Error = std::convert::Infallible;
+    type Future = Answer;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Req) -> Answer {
+        let this = self.clone();
+        // The headers layer kept `Upgrade` only on a request it will tunnel.
+        let client_side = request
+            .headers()
+            .contains_key(UPGRADE)
+            .then(|| hyper::upgrade::on(&mut request));
+        let conn = request.extensions().get::<Arc<ConnState>>().cloned();
+        let version = request.version();
+        Box::pin(async move {
+            let method = request.method().clone();
+            let target = request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned());
+            let (mut parts, body) = request.into_parts();
+            parts.uri = this.address.uri(parts.uri.path_and_query());
+            parts.version = http::Version::HTTP_11; // hyper-util picks the app's own
+            parts.extensions.clear();
+            if !parts.headers.contains_key(HOST) {
+                // An HTTP/1.0 client may name no host: the app's own, then.
+                if let Ok(host) = HeaderValue::from_str(this.address.authority.as_str()) {
+                    parts.headers.insert(HOST, host);
+                }
+            }
+            // A pooled connection the app closes just as a request is written to it fails
+            // with no answer; a request that can be sent again without harm is, once.
+            let again = (idempotent(&parts.method)
+                && body.is_end_stream()
+                && client_side.is_none())
+            .then(|| {
+                (
+                    parts.method.clone(),
+                    parts.uri.clone(),
+                    parts.headers.clone(),
+                )
+            });
+            let fate = Arc::new(Fate::default());
+            let body = Upload::new(body, this.body_timeout, Arc::clone(&fate), this.h9.clone());
+            let mut result = this
+                .client
+                .request(Request::from_parts(parts, Outbound::Client(body)))
+                .await;
+            if let (Err(error), Some((method, uri, headers))) = (&result, again) {
+                if closed_unanswered(error) {
+                    let mut retry = Request::new(Outbound::Empty);
+                    *retry.method_mut() = method;
+                    *retry.uri_mut() = uri;
+                    *retry.headers_mut() = headers;
+                    result = this.client.request(retry).await;
+                }
+            }
+            let mut response = match result {
+                Ok(response) => response,
+                Err(error) => return Ok(this.failed(&fate, &error, &method, target.as_deref())),
+            };
+            // The client's version, whatever the app spoke (hyper frames it for the client).
+            *response.version_mut() = version;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let Some(client_side) = client_side else {
+                    return Ok(unreachable("the app switched protocols unasked", false));
+                };
+                let app_side = hyper::upgrade::on(&mut response);
+                let hooks = Arc::new(TunnelHooks::default());
+                tokio::spawn(tunnel::run(tunnel::Tunnel {
+                    client: client_side,
+                    app: app_side,
+                    hooks: Arc::clone(&hooks),
+                    conn,
+                    idle: this.tunnel_idle,
+                    drain: Arc::clone(&this.drain),
+                    log: this.log.clone(),
+                }));
+                let (parts, _) = response.into_parts();
+                return Ok(Resp::from_parts(parts, ProxyBody::tunnel(hooks)));
+            }
+            Ok(response.map(ProxyBody::app))
+        })
+    }
+}
+
+impl Forward {
+    /// The answer when the app's request failed: the client's fault (400, 408) or the
+    /// app's (502, R3).
+    fn failed(
+        &self,
+        fate: &Fate,
+        error: &hyper_util::client::legacy::Error,
+        method: &http::Method,
+        target: Option<&str>,
+    ) -> Resp {
+        match fate.broken() {
+            Some(Broken::TimedOut) => {
+                return refusal(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body stalled for client_body_timeout_seconds\n",
+                    http::Version::HTTP_11,
+                )
+            }
+            Some(Broken::Malformed | Broken::Gone) => {
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    "the request body was malformed or cut short\n",
+                    http::Version::HTTP_11,
+                )
+            }
+            None => {}
+        }
+        let local = io_cause(error).is_some_and(crate::probe::is_local);
+        self.log.warn_limited(
+            "unreachable",
+            format!(
+                "app unreachable for {method} {}: {}",
+                target.unwrap_or("/"),
+                describe(error)
+            ),
+        );
+        unreachable("runwarden could not reach the app; see its log", local)
+    }
+}
+
+/// RFC 9110 9.2.2: a method whose request can be repeated without a different effect.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The app's connection closed after the request was written and before any answer: a
+/// pooled connection the app had just closed (its keep-alive timeout), not a broken app.
+fn closed_unanswered(error: &hyper_util::client::legacy::Error) -> bool {
+    if error.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
+            if hyper.is_incomplete_message() {
+                return true;
+            }
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
+fn unreachable(detail: &str, local: bool) -> Resp {
+    let mut response = json_answer(
+        StatusCode::BAD_GATEWAY,
+        &json!({"error": "app unreachable", "detail": detail}),
+    );
+    response.extensions_mut().insert(Unreachable { local });
+    response
+}
+
+fn io_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// The failure as a person reads it: its innermost cause.
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text = cause.to_string();
+        source = cause.source();
+    }
+    if error.is_connect() {
+        format!("cannot connect: {text}")
+    } else {
+        text
+    }
+}

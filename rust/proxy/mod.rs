@@ -1,0 +1,480 @@
+//! The data plane (SPEC P): the proxy port and the admin port, served by hyper on a tokio
+//! runtime of the core's own threads, which never hold the GIL.
+//!
+//! A request on the proxy port meets the layers in the order `stack` assembles them, one
+//! module each, named after its rule:
+//!
+//! | layer | module | rules |
+//! |---|---|---|
+//! | metrics | `metrics.rs` | A: requests by status and source, their duration |
+//! | access log | `access_log.rs` | `--access-log` |
+//! | refusals | `refusals.rs` | S3, S5: what RFC 9112 refuses and hyper lets through |
+//! | drain | `drain.rs` | D1, D6: refused while draining, `Connection: close`, 503 at the deadline |
+//! | trigger | `trigger.rs` | H5: trusted gateways' checks, answered here |
+//! | in flight | `inflight.rs` | D2, H9: the count the drain waits on |
+//! | door | `door.rs` | the app's permits; SPEC Q's place |
+//! | judge | `judge.rs` | R1, R4, H6: the app's answers, judged once |
+//! | headers | `headers.rs` | S2, S4 |
+//! | forward | `forward.rs` | R3, S1, S3; `tunnel.rs` for upgrades |
+//!
+//! Connections (`listener.rs`, `conn.rs`, `io.rs`) carry S6: the cap, the timeouts, the
+//! lingering close. The drain's course (`drain::course`) is the one owner of draining.
+
+pub mod access_log;
+pub mod admin;
+pub mod answer;
+pub mod body;
+pub mod client;
+pub mod conn;
+pub mod door;
+pub mod drain;
+pub mod forward;
+pub mod grpc;
+pub mod headers;
+pub mod inflight;
+pub mod io;
+pub mod judge;
+pub mod layer;
+pub mod listener;
+pub mod log;
+pub mod metrics;
+pub mod refusals;
+pub mod sniff;
+pub mod trigger;
+pub mod tunnel;
+pub mod upload;
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::sync::{oneshot, Semaphore};
+use tower::Layer;
+
+use crate::checker::CheckerHandle;
+use crate::error::{CoreError, Result};
+use crate::metrics::Metrics;
+use crate::settings::ProxySettings;
+use crate::verdict::Event;
+use crate::worker::{lock, Worker};
+use body::ProxyBody;
+use conn::{ConnState, Timeouts};
+use layer::{Answer, Inner, Req};
+use listener::Port;
+use log::Log;
+
+/// The most bytes of a request head (HTTP/1.1) or header list (HTTP/2): nginx allows 32 KiB.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// HTTP/2 streams a client may have open at once on one connection (nginx's default).
+const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// RST_STREAMs of streams not yet answered that a client may send before its connection is
+/// closed (CVE-2023-44487, rapid reset).
+const MAX_PENDING_RESETS: usize = 20;
+/// File descriptors kept out of the client connection cap: the admin port, the checks,
+/// NVML, logs and the supervisor, and room for the app's connections.
+const RESERVED_FDS: usize = 256;
+/// The admin port's connection cap: probes and scrapes, not traffic.
+const ADMIN_CONNECTIONS: usize = 64;
+/// The most connections to the app `max_app_connections=auto` derives.
+const MAX_APP_CONNECTIONS: usize = 1024;
+
+/// The fd limits: the soft limit runwarden was started with (the app keeps it) and the one
+/// in force once raised to the hard limit, as Go does.
+#[derive(Debug, Clone, Copy)]
+pub struct FdLimits {
+    pub original: usize,
+    pub current: usize,
+}
+
+/// Raise the soft fd limit to the hard one, once; the limits before and after.
+pub fn fd_limits() -> FdLimits {
+    static LIMITS: std::sync::OnceLock<FdLimits> = std::sync::OnceLock::new();
+    *LIMITS.get_or_init(|| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read and write the struct given, nothing else.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return FdLimits {
+                    original: 1024,
+                    current: 1024,
+                };
+            }
+            let original = limit.rlim_cur as usize;
+            let hard = if limit.rlim_max == libc::RLIM_INFINITY {
+                1 << 20
+            } else {
+                limit.rlim_max
+            };
+            let mut current = original;
+            if limit.rlim_cur < hard {
+                let raised = libc::rlimit {
+                    rlim_cur: hard,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    current = hard as usize;
+                }
+            }
+            FdLimits { original, current }
+        }
+    })
+}
+
+/// Client connections the proxy port holds with `max_connections=auto`: each being
+/// answered holds one app connection too, so half of what is left once the reserve is set
+/// aside (S6).
+pub fn auto_connections(fds: usize) -> usize {
+    (fds.saturating_sub(RESERVED_FDS) / 2).max(1)
+}
+
+/// Connections to the app with `max_app_connections=auto`: a quarter of the fd limit the
+/// app is given, at most `MAX_APP_CONNECTIONS`.
+pub fn auto_app_connections(app_fds: usize) -> usize {
+    (app_fds / 4).clamp(1, MAX_APP_CONNECTIONS)
+}
+
+/// What the data plane serves with, besides its settings.
+pub struct Wiring {
+    pub app_url: String,
+    pub checker: CheckerHandle,
+    pub metrics: Arc<Metrics>,
+    /// The `/status` document, rendered when asked.
+    pub status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+}
+
+/// Both ports, bound; served once started.
+pub struct DataPlane {
+    pub proxy: Arc<Port>,
+    pub admin: Arc<Port>,
+    pub max_app_connections: usize,
+    drain: std::sync::OnceLock<Arc<drain::DrainState>>,
+    log: Log,
+    pending: Mutex<Option<Pending>>,
+    running: Mutex<Option<Running>>,
+}
+
+struct Pending {
+    settings: ProxySettings,
+    proxy: std::net::TcpListener,
+    admin: std::net::TcpListener,
+}
+
+struct Running {
+    worker: Worker,
+    stop: oneshot::Sender<()>,
+    runtime: tokio::runtime::Handle,
+}
+
+fn bind(host: &str, port: u16) -> Result<std::net::TcpListener> {
+    let failed = |why: String| CoreError::Bind(format!("cannot listen on {host}:{port}: {why}"));
+    let address: SocketAddr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| failed(e.to_string()))?
+        .next()
+        .ok_or_else(|| failed("the host has no address".into()))?;
+    let listener = std::net::TcpListener::bind(address).map_err(|e| failed(e.to_string()))?;
+    // A backlog that holds a burst of clients while the runtime accepts.
+    // SAFETY: listen() on a socket this process owns; it changes only its backlog.
+    unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(listener)
+}
+
+impl DataPlane {
+    /// Bind both ports now (a port in use is an error here, before the app starts).
+    pub fn bind(settings: ProxySettings, log: Log) -> Result<DataPlane> {
+        let s = &settings;
+        let fds = fd_limits();
+        let cap = s
+            .max_connections
+            .unwrap_or_else(|| auto_connections(fds.current));
+        let safe = auto_connections(fds.current);
+        if cap > safe {
+            log.warn(format!(
+                "--max-connections {cap} is more than the fd limit allows ({} fds: {safe} \
+                 connections); a flood can exhaust runwarden's fds",
+                fds.current
+            ));
+        }
+        let max_app_connections = s
+            .max_app_connections
+            .unwrap_or_else(|| auto_app_connections(fds.original));
+        let timeouts = Timeouts::new(
+            Duration::from_secs_f64(s.header_timeout_seconds),
+            Duration::from_secs_f64(s.keep_alive_seconds),
+            Duration::from_secs_f64(s.send_timeout_seconds),
+        );
+        let proxy = bind(&s.host, s.port)?;
+        let admin = bind(&s.admin_host, s.admin_port)?;
+        Ok(DataPlane {
+            proxy: Port::new("proxy", cap, timeouts, log.clone()),
+            admin: Port::new("admin", ADMIN_CONNECTIONS, timeouts, log.clone()),
+            max_app_connections,
+            drain: std::sync::OnceLock::new(),
+            log,
+            pending: Mutex::new(Some(Pending {
+                settings,
+                proxy,
+                admin,
+            })),
+            running: Mutex::new(None),
+        })
+    }
+
+    /// Serve both ports on the data plane's runtime (`proxy_threads` threads).
+    pub fn start(&self, wiring: Wiring) -> Result<()> {
+        let Some(pending) = lock(&self.pending).take() else {
+            return Err(CoreError::State(
+                "the data plane was already started".into(),
+            ));
+        };
+        let threads = pending.settings.proxy_threads;
+        let runtime = if threads <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("runwarden-proxy")
+                .enable_all()
+                .build()
+        }
+        .map_err(|e| CoreError::State(format!("could not start the data plane: {e}")))?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = self.serve(pending, wiring);
+        let worker = Worker::spawn("proxy", move || {
+            runtime.block_on(async move {
+                served.await;
+                let _ = stopped.await;
+            });
+            runtime.shutdown_background();
+        })
+        .map_err(|e| CoreError::State(format!("could not start the data plane's thread: {e}")))?;
+        *lock(&self.running) = Some(Running {
+            worker,
+            stop,
+            runtime: handle,
+        });
+        Ok(())
+    }
+
+    /// The tasks that serve: both accept loops and the drain's course.
+    fn serve(
+        &self,
+        pending: Pending,
+        wiring: Wiring,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let Pending {
+            settings,
+            proxy,
+            admin,
+        } = pending;
+        let proxy_port = Arc::clone(&self.proxy);
+        let admin_port = Arc::clone(&self.admin);
+        let drain_state = Arc::clone(
+            self.drain
+                .get_or_init(|| drain::DrainState::new(wiring.checker.life())),
+        );
+        let max_app_connections = self.max_app_connections;
+        let log = self.log.clone();
+        async move {
+            let builder = Arc::new(server_builder());
+            let admin_service = admin::Admin(Arc::new(admin::AdminState {
+                life: wiring.checker.life(),
+                metrics: Arc::clone(&wiring.metrics),
+                status: wiring.status,
+            }));
+            let settings = &settings;
+            let stack = stack(
+                &wiring.checker,
+                &wiring.metrics,
+                &drain_state,
+                &log,
+                settings,
+                &wiring.app_url,
+                max_app_connections,
+            );
+            let (Ok(proxy), Ok(admin)) = (
+                tokio::net::TcpListener::from_std(proxy),
+                tokio::net::TcpListener::from_std(admin),
+            ) else {
+                log.warn("the data plane could not take its listeners".into());
+                return;
+            };
+            tokio::spawn(drain::course(
+                drain_state,
+                wiring.checker.clone(),
+                Arc::clone(&proxy_port),
+                settings.drain_timeout(),
+                log.clone(),
+            ));
+            tokio::spawn(
+                Arc::clone(&admin_port).run(admin, Arc::clone(&builder), move |_conn| {
+                    admin_service.clone()
+                }),
+            );
+            tokio::spawn(proxy_port.run(proxy, builder, move |conn| ConnService {
+                stack: stack.clone(),
+                conn,
+            }));
+        }
+    }
+
+    /// D2: a second stop signal; stop waiting for requests in flight.
+    pub fn hurry(&self) {
+        if let Some(drain) = self.drain.get() {
+            drain.hurry();
+        }
+    }
+
+    /// D6, after the drain: stop listening on the proxy port, answer what had arrived, let
+    /// idle connections linger for a request on its way, then close them; `Event::Closed`
+    /// says when. The admin port keeps answering until runwarden exits.
+    pub fn close(&self) {
+        let running = lock(&self.running);
+        let Some(running) = running.as_ref() else {
+            self.log.event(Event::Closed { cut: 0 });
+            return;
+        };
+        let proxy = Arc::clone(&self.proxy);
+        let log = self.log.clone();
+        running.runtime.spawn(async move {
+            let cut = proxy.close(tokio::time::Instant::now()).await;
+            log.event(Event::Closed { cut: cut as u64 });
+        });
+    }
+
+    /// Stop the runtime (every connection closes) and join its thread within `timeout`.
+    pub fn stop(&self, timeout: Duration) -> bool {
+        let Some(running) = lock(&self.running).take() else {
+            return true;
+        };
+        let _ = running.stop.send(());
+        running.worker.join_within(timeout)
+    }
+}
+
+/// hyper's server: HTTP/1.1 and HTTP/2 with prior knowledge, with their limits (S6).
+fn server_builder() -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(MAX_HEAD_BYTES)
+        .timer(TokioTimer::new())
+        // runwarden's own timeouts apply (conn.rs): hyper's would also be the keep-alive.
+        .header_read_timeout(None)
+        .half_close(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    builder
+}
+
+/// The proxy port's stack, in the order a request meets it.
+fn stack(
+    checker: &CheckerHandle,
+    metrics: &Arc<Metrics>,
+    drain_state: &Arc<drain::DrainState>,
+    log: &Log,
+    settings: &ProxySettings,
+    app_url: &str,
+    max_app_connections: usize,
+) -> impl Inner + Sync {
+    let address = client::AppAddress::parse(app_url).expect("the checker validated app_url");
+    let h9 = checker.h9();
+    let check_header =
+        HeaderName::from_bytes(settings.check_header.as_bytes()).expect("a validated header name");
+    let forward = forward::Forward {
+        client: client::build(&address, settings.app_protocol, max_app_connections),
+        address: Arc::new(address),
+        body_timeout: Duration::from_secs_f64(settings.client_body_timeout_seconds),
+        tunnel_idle: Duration::from_secs_f64(settings.tunnel_idle_timeout_seconds),
+        h9: h9.then(|| checker.clone()),
+        drain: Arc::clone(drain_state),
+        log: log.clone(),
+    };
+    let layers = (
+        metrics::MetricsLayer {
+            metrics: Arc::clone(metrics),
+        },
+        access_log::AccessLogLayer {
+            log: log.clone(),
+            on: settings.access_log,
+        },
+        refusals::Refusals {},
+        drain::DrainLayer {
+            state: Arc::clone(drain_state),
+        },
+        trigger::TriggerLayer {
+            header: check_header.clone(),
+            trusted: trigger::Trusted::new(&settings.check_trusted_sources),
+            checker: checker.clone(),
+        },
+        inflight::InFlightLayer {
+            checker: checker.clone(),
+            drain: Arc::clone(drain_state),
+            h9,
+        },
+        door::DoorLayer {
+            permits: Arc::new(Semaphore::new(max_app_connections)),
+        },
+        judge::JudgeLayer {
+            checker: checker.clone(),
+            header: check_header,
+        },
+        headers::Headers {},
+    );
+    let (m, a, r, d, t, i, o, j, h) = layers;
+    m.layer(a.layer(r.layer(d.layer(t.layer(i.layer(o.layer(j.layer(h.layer(forward)))))))))
+}
+
+/// The proxy port's service for one connection: the stack, with the connection's state
+/// on each request (the peer, the counts its timeouts read).
+#[derive(Clone)]
+struct ConnService<S> {
+    stack: S,
+    conn: Arc<ConnState>,
+}
+
+impl<S: Inner + Sync> hyper::service::Service<http::Request<Incoming>> for ConnService<S> {
+    type Response = http::Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Answer;
+
+    fn call(&self, mut request: Req) -> Answer {
+        let active = self.conn.request_started();
+        if request.version() == http::Version::HTTP_2 {
+            self.conn.set_h2();
+        }
+        let sniffed = self.conn.take_sniffed();
+        if sniffed != 0 {
+            request.extensions_mut().insert(refusals::Sniffed(sniffed));
+        }
+        request.extensions_mut().insert(Arc::clone(&self.conn));
+        let answer = tower::Service::call(&mut self.stack.clone(), request);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            let streaming = response.body().is_app();
+            if let Some(conn) = active.answered(streaming) {
+                response.body_mut().hook(Box::new(conn::Streaming(conn)));
+            }
+            Ok(response)
+        })
+    }
+}

@@ -1,0 +1,211 @@
+//! The layer that refuses what RFC 9112 refuses and hyper lets through (S3, S5): such a
+//! request never reaches the app, and its connection ends after the answer, as what
+//! follows on it cannot be trusted to be framed as the client meant.
+//!
+//! hyper refuses the rest itself: a malformed request line or header (400), a head past
+//! its size limit (431), conflicting or invalid lengths and HTTP/1.0 with a transfer coding
+//! (400).
+
+use http::header::{EXPECT, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, StatusCode, Version};
+
+use super::answer::refusal;
+use super::layer::{layer, ready, Answer, Req};
+use super::sniff;
+
+/// What the head's bytes showed that hyper's parse does not (`sniff.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct Sniffed(pub u8);
+
+layer! {
+    /// RFC 9112's refusals (S3).
+    Refusals => RefusalsService {}
+}
+
+impl<S: super::layer::Inner> RefusalsService<S> {
+    fn handle(&mut self, request: Req) -> Answer {
+        match refused(&request) {
+            Some((status, why)) => ready(refusal(status, why, request.version())),
+            None => self.inner.call(request),
+        }
+    }
+}
+
+/// Why RFC 9112 refuses this request, if it does.
+pub fn refused(request: &Req) -> Option<(StatusCode, &'static str)> {
+    let version = request.version();
+    if version >= Version::HTTP_2 {
+        return None; // h2 checks its own pseudo-headers and framing
+    }
+    let sniffed = request.extensions().get::<Sniffed>().map_or(0, |s| s.0);
+    if sniffed & sniff::BAD_VERSION != 0 {
+        return Some((
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "runwarden speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (prior knowledge)\n",
+        ));
+    }
+    let both = sniff::CONTENT_LENGTH | sniff::TRANSFER_ENCODING;
+    if sniffed & both == both {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "Content-Length and Transfer-Encoding in one head\n",
+        ));
+    }
+    let headers = request.headers();
+    let mut hosts = headers.get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some((StatusCode::BAD_REQUEST, "more than one Host header\n"));
+    }
+    match host {
+        None if version == Version::HTTP_11 => {
+            return Some((
+                StatusCode::BAD_REQUEST,
+                "an HTTP/1.1 request needs a Host header\n",
+            ));
+        }
+        Some(host) if !valid_host(host.as_bytes()) => {
+            return Some((
+                StatusCode::BAD_REQUEST,
+                "the Host header is not a host[:port]\n",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(why) = transfer_coding(headers) {
+        return Some(why);
+    }
+    if let Some(expect) = headers.get(EXPECT) {
+        if !expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+            return Some((
+                StatusCode::EXPECTATION_FAILED,
+                "the only Expect known is 100-continue\n",
+            ));
+        }
+    }
+    if request.method() == Method::CONNECT {
+        return Some((StatusCode::BAD_REQUEST, "CONNECT is not proxied\n"));
+    }
+    let uri = request.uri();
+    if uri.path() == "*" || !uri.path().starts_with('/') {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "the request target must be a path starting with '/'\n",
+        ));
+    }
+    if let Some(scheme) = uri.scheme_str() {
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Some((
+                StatusCode::BAD_REQUEST,
+                "an absolute-form target must be http\n",
+            ));
+        }
+    }
+    None
+}
+
+/// RFC 9112 6.1: a coding runwarden does not decode (anything but `chunked` alone) is 501.
+fn transfer_coding(headers: &HeaderMap) -> Option<(StatusCode, &'static str)> {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    let first = codings.next();
+    match (first, codings.next()) {
+        (None, _) => None,
+        (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some((
+            StatusCode::NOT_IMPLEMENTED,
+            "runwarden decodes no transfer coding but chunked, once\n",
+        )),
+    }
+}
+
+/// RFC 9112 3.2: `Host = uri-host [ ":" port ]`: a reg-name, an IPv4 address or an IP
+/// literal in brackets, and digits after one colon.
+pub fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().rposition(|b| *b == b':') {
+        Some(colon) if !host.starts_with(b"[") || host[..colon].ends_with(b"]") => {
+            (&host[..colon], Some(&host[colon + 1..]))
+        }
+        _ => (host, None),
+    };
+    if port.is_some_and(|p| !p.iter().all(u8::is_ascii_digit)) {
+        return false;
+    }
+    if let Some(literal) = name.strip_prefix(b"[").and_then(|n| n.strip_suffix(b"]")) {
+        return !literal.is_empty()
+            && literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+    }
+    name.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_host_must_be_a_host_and_maybe_a_port() {
+        for good in [
+            "x",
+            "app.example",
+            "app.example:8080",
+            "10.0.0.1:80",
+            "[::1]:8080",
+            "[::1]",
+            "",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in ["good.example evil", "a@b", "x:port", "[::1", "a/b", "x:1:2"] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn s3_only_chunked_alone_is_a_transfer_coding_runwarden_forwards() {
+        let with = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(TRANSFER_ENCODING, v.parse().unwrap());
+            }
+            transfer_coding(&headers)
+        };
+        assert!(with(&[]).is_none());
+        assert!(with(&["chunked"]).is_none());
+        assert!(with(&["Chunked"]).is_none());
+        for refused in [
+            &["gzip, chunked"][..],
+            &["gzip"],
+            &["chunked", "chunked"],
+            &["chunked, chunked"],
+        ] {
+            let status = with(refused).map(|(status, _)| status);
+            assert_eq!(status, Some(StatusCode::NOT_IMPLEMENTED), "{refused:?}");
+        }
+    }
+}
