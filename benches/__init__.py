@@ -1,8 +1,9 @@
 """runwarden's benchmark runner: `python -m benches [--smoke]`.
 
-Measures, side by side in one run, what the README promises: the interference of
+Measures, side by side in one run, what the README and SPEC P2 promise: the interference of
 GPU sampling and health checks with inference code, the cost of one NVML sample, the proxy's
-overhead against nginx and a direct connection, streaming, detection latency and footprint.
-Prints a table and rewrites `benches/RESULTS.md`. The Rust hot paths are in `benches/core.rs`
-(`cargo bench`).
+speed and CPU per request against nginx and a direct connection, streaming, WebSocket and gRPC
+against the app direct, detection latency, footprint, and the front door (HTTP/1's list and
+HTTP/2's attacks, against nginx). Prints a table and rewrites `benches/RESULTS.md`. The Rust
+hot paths are in `benches/core.rs` (`cargo bench`).
 """

@@ -1,13 +1,15 @@
 """`python -m benches [--smoke] [--only SECTIONS] [--results PATH] [--json PATH]`
 
-Runs the sections of issue 5 in one process tree, prints the table, and (for a full run)
-rewrites `benches/RESULTS.md`. `--smoke` runs every path in seconds and measures nothing
-worth keeping: CI runs it so the runner never rots; it writes no results unless asked.
+Runs the sections in one process tree, prints the table, and (for a full run) rewrites
+`benches/RESULTS.md`. `--smoke` runs every path in seconds and measures nothing worth
+keeping: CI runs it so the runner never rots; it writes no results unless asked.
+`--wrk-seconds` and `--rounds` shorten a sample run (its figures are then rougher).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -16,11 +18,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benches import detection, footprint, interference, proxy, report, servers
+from benches import detection, footprint, front_door, interference, protocols, proxy, report
 from benches.common import ROOT, Profile, log
 from benches.tools import ensure_tools
 
-SECTIONS = ("interference", "proxy", "detection", "footprint", "servers")
+RUNNERS: dict[str, Any] = {
+    "interference": interference,
+    "proxy": proxy,
+    "protocols": protocols,
+    "detection": detection,
+    "footprint": footprint,
+    "front_door": front_door,
+}
+SECTIONS = tuple(RUNNERS)
+NEEDS_TOOLS = ("proxy", "front_door")
+"""The sections that compare with nginx and drive wrk."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,16 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results", type=Path, help="the RESULTS.md to rewrite "
                         "(default: benches/RESULTS.md for a full run of every section, "
-                        "none for --smoke or --only)")  # fmt: skip
+                        "none for --smoke, --only or a shortened run)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--wrk-seconds", type=float, help="seconds per wrk run (default 4)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per comparison (default 2)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     profile = Profile.make(args.smoke)
+    if args.wrk_seconds is not None:
+        profile = dataclasses.replace(profile, wrk_seconds=max(1.0, args.wrk_seconds))
+    if args.rounds is not None:
+        profile = dataclasses.replace(profile, wrk_rounds=max(1, args.rounds))
+    shortened = args.wrk_seconds is not None or args.rounds is not None
     results_path = args.results
-    if results_path is None and not args.smoke and sections == list(SECTIONS):
+    if results_path is None and not (args.smoke or shortened) and sections == list(SECTIONS):
         results_path = ROOT / "benches" / "RESULTS.md"
 
     began = time.monotonic()
@@ -51,15 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         for section in sections:
             log(f"section {section}")
-            if section in ("proxy", "servers"):
+            if section in NEEDS_TOOLS:
                 missing = ensure_tools()
                 if missing:
-                    notes.append(f"proxy section skipped: {', '.join(missing)} not available")
+                    notes.append(f"{section} section skipped: {', '.join(missing)} not available")
                     log(notes[-1])
                     continue
-            runner = {"interference": interference, "proxy": proxy, "detection": detection,
-                      "footprint": footprint, "servers": servers}[section]  # fmt: skip
-            results[section] = runner.run(profile, tmp)  # type: ignore[attr-defined]
+            results[section] = RUNNERS[section].run(profile, tmp)
+    if shortened:
+        notes.append(f"shortened run: wrk {profile.wrk_seconds:g} s, {profile.wrk_rounds} round(s)")
     meta = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "wall_seconds": time.monotonic() - began,

@@ -7,6 +7,7 @@ GET /json (1 KiB JSON) · GET /health (answer set by POST /control/health?mode=p
 GET /status?code=N · GET /manual (asks runwarden for a manual check, H6) ·
 GET /download?size=N (streamed, 1 MiB chunks) · POST /upload (counts the bytes) ·
 GET /sse?n=N&interval=S (events carrying the send time, `time.monotonic_ns()`) ·
+GET /hold…?seconds=S (answers after S seconds; any path that starts so, each counted apart) ·
 ANY /echo (the head and body length as the app saw them) · GET /control/seen (requests
 seen, by path: what the front-door probes of `benches.front_door` read).
 """
@@ -71,6 +72,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         await respond(send, 200, json.dumps(head).encode(), json_type)
     elif path == "/control/seen":
         await respond(send, 200, json.dumps(STATE["seen"]).encode(), json_type)
+    elif path.startswith("/hold"):
+        await asyncio.sleep(float(query.get("seconds", "1")))
+        await respond(send, 200, b"{}", json_type)
     elif path == "/sse":
         await events(send, int(query.get("n", "100")), float(query.get("interval", "0.01")))
     else:

@@ -10,6 +10,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -34,6 +35,13 @@ class Profile:
     wrk_rounds: int = 2
     stream_bytes: int = 1 << 30
     sse_events: int = 400
+    messages: int = 20_000
+    """WebSocket messages per run over one connection."""
+    calls: int = 4_000
+    """gRPC unary calls per run."""
+    attack_frames: int = 1_000_000
+    """Frames a flood sends (SETTINGS, PING): enough that their unread answers outgrow the
+    sockets' buffers. The rapid reset opens a tenth as many streams."""
     footprint_seconds: float = 60.0
     notes: list[str] = field(default_factory=list)
 
@@ -50,6 +58,9 @@ class Profile:
             wrk_rounds=1,
             stream_bytes=16 << 20,
             sse_events=20,
+            messages=300,
+            calls=100,
+            attack_frames=20_000,
             footprint_seconds=2.0,
         )
 
@@ -64,7 +75,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes] | None = None, limit=20.0) -> None:
+def wait_listening(
+    port: int, proc: subprocess.Popen[bytes] | None = None, limit: float = 20.0
+) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -201,6 +214,48 @@ def cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (nginx's workers under its master)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return sorted(found)
+
+
+class RssWatch:
+    """Peak RSS of a process while something runs against it, polled every 20 ms."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.before = rss_mib(pid) if pid else 0.0
+        self.peak = self.before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.02):
+            with contextlib.suppress(OSError):  # the process may be gone: the peak stands
+                self.peak = max(self.peak, rss_mib(self.pid))  # type: ignore[arg-type]
+
+    def __enter__(self) -> RssWatch:
+        if self.pid:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.pid:
+            self._thread.join()
+
+    @property
+    def growth(self) -> float:
+        return self.peak - self.before
 
 
 def runwarden_serve(*options: str) -> list[str]:

@@ -1,7 +1,8 @@
-"""The front-door list of issue 9 as black-box probes, run against any HTTP proxy in front of
-`benches.app` (nginx, each candidate server, runwarden), so that all are judged by the same
-bytes. Each probe returns (passed, what it saw). The server-independent items (5, 6, 9, 10:
-drain, supervision, trust) are runwarden's own logic and are tested in `tests/`.
+"""Section 7, the front door: the HTTP/1 list of issue 9 as black-box probes, and HTTP/2's
+known attacks (`benches.h2_attacks`), run against nginx and runwarden side by side in front of
+`benches.app`, so that both are judged by the same bytes. Each probe returns (passed, what it
+saw). The server-independent items (5, 6, 9, 10: drain, supervision, trust) are runwarden's
+own logic and are tested in `tests/`, which also use this module's raw client.
 
     probe_all(proxy_port, app_port, header_timeout) -> {item: (passed, detail)}
 """
@@ -15,6 +16,12 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benches import h2_attacks
+from benches.common import PYTHON, Profile, free_port, log, running, runwarden_serve, wait_http
+from benches.tools import nginx
 
 Finding = tuple[bool, str]
 
@@ -209,3 +216,35 @@ def probe_all(port: int, app_port: int, header_timeout: float) -> dict[str, Find
         except OSError as exc:
             out[item] = (False, f"probe failed: {exc!r}")
     return out
+
+
+def run(profile: Profile, tmp: Path) -> dict[str, Any]:
+    """Both lists against nginx (HTTP/2 on a second port: nginx 1.22 speaks h2c only there)
+    and runwarden (both on one port), the header timeout set alike."""
+    header_timeout = 1.0 if profile.smoke else 3.0
+    app_port, port, admin = free_port(), free_port(), free_port()
+    args = runwarden_serve(
+        "--app-url", f"http://127.0.0.1:{app_port}", "--host", "127.0.0.1",
+        "--port", str(port), "--admin-host", "127.0.0.1", "--admin-port", str(admin),
+        "--log-level", "warning", "--no-gpu-monitoring",
+        "--header-timeout-seconds", str(header_timeout),
+    )  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(running([PYTHON, "-m", "benches.app", str(app_port)], port=app_port))
+        reference = stack.enter_context(
+            nginx(app_port, tmp / "nginx-front-door", header_timeout=header_timeout, h2=True)
+        )
+        proc = stack.enter_context(running(args, port=port, log_to=tmp / "front-door-rw.log"))
+        wait_http(f"http://127.0.0.1:{port}/json", proc)
+        assert reference.h2_port is not None
+        where = {"nginx": (reference.port, reference.h2_port, reference.pid),
+                 "runwarden": (port, port, proc.pid)}  # fmt: skip
+        http1, http2 = {}, {}
+        for name, (h1_port, h2_port, pid) in where.items():
+            log(f"front door: the HTTP/1 list against {name}")
+            http1[name] = probe_all(h1_port, app_port, header_timeout)
+            log(f"front door: HTTP/2's attacks against {name}")
+            http2[name] = h2_attacks.probe_all(h2_port, app_port, pid, profile.attack_frames)
+            for item, (ok, detail) in http2[name].items():
+                log(f"front door {name}, {item}: {'pass' if ok else 'FAILS'}: {detail}")
+    return {"http1": http1, "http2": http2, "header_timeout": header_timeout}

@@ -1,10 +1,13 @@
-"""Sections 3 and 4: the proxy's cost against nginx and against no proxy at all.
+"""Sections 3 and 4: the proxy's cost against nginx and against no proxy at all (SPEC P2).
 
 One app (`benches.app`) is reached three ways: directly (the limit), through nginx
-`proxy_pass` with a keep-alive upstream, and through `runwarden serve` (GPU monitoring of 8
-fake GPUs on, at its default 5 s). Small requests are driven by wrk at concurrency 1, 16
-and 64 in interleaved rounds; 1 GiB is downloaded and uploaded by curl; server-sent events
-carry their send time so each event's delay through a proxy can be read.
+`proxy_pass` with a keep-alive upstream (one worker), and through `runwarden serve` (GPU
+monitoring of 8 fake GPUs on, at its default 5 s), with `--proxy-threads 1` (the default) and
+2 side by side. Small requests are driven by wrk at concurrency 1, 16 and 64 in interleaved
+rounds, each run also timing the CPU the proxy's process and the app's spent on it
+(`/proc/PID/stat`, user + system) per request wrk completed: a measure that holds still on a
+shared machine where wall-clock ratios do not. 1 GiB is downloaded and uploaded by curl;
+server-sent events carry their send time so each event's delay through a proxy can be read.
 """
 
 from __future__ import annotations
@@ -13,117 +16,114 @@ import asyncio
 import contextlib
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benches.common import (
     PYTHON,
     Profile,
+    RssWatch,
+    cpu_seconds,
     fake_nvml_library,
     free_port,
     log,
     median,
     percentile,
-    rss_mib,
     running,
+    runwarden_serve,
     wait_http,
     write_gpus,
 )
 from benches.tools import nginx, wrk
 
 CONCURRENCY = (1, 16, 64)
-CLIENTS = ("aiohttp", "httpx")
-"""The other upstream clients runwarden is measured with (`benches/proxy_clients.py`)."""
+THREADS = (1, 2)
+"""runwarden's `--proxy-threads`, each a target of its own: how its throughput scales."""
+STREAMED = ("direct", "nginx", "runwarden")
+"""The targets of the streaming and SSE runs (threads change nothing for one stream)."""
 
 
-def client_row(client: str) -> str:
-    return f"runwarden, {client} client"
+def threads_row(threads: int) -> str:
+    return "runwarden" if threads == 1 else f"runwarden, {threads} threads"
+
+
+@dataclass
+class Target:
+    port: int
+    pid: int | None
+    """The process that proxies (nginx's worker, `runwarden serve`); none for direct."""
 
 
 @contextlib.contextmanager
-def runwarden(app_port: int, tmp: Path, client: str | None = None) -> Iterator[tuple[int, int]]:
-    """`runwarden serve` in front of the app; yields (its port, its pid). `client` swaps in
-    one of `CLIENTS` for runwarden's own upstream client."""
+def runwarden(app_port: int, tmp: Path, threads: int = 1) -> Iterator[Target]:
+    """`runwarden serve` in front of the app with `--proxy-threads threads`."""
     port, admin = free_port(), free_port()
-    name = client or "own"
-    env = write_gpus(tmp / f"proxy-gpus-{name}.json")
-    module = ["runwarden"] if client is None else ["benches.proxy_clients", client]
-    args = [
-        PYTHON, "-m", *module, "serve",
+    env = write_gpus(tmp / f"proxy-gpus-{threads}.json")
+    args = runwarden_serve(
         "--app-url", f"http://127.0.0.1:{app_port}", "--host", "127.0.0.1",
         "--port", str(port), "--admin-host", "127.0.0.1",
         "--admin-port", str(admin), "--log-level", "warning",
-        "--nvml-library", str(fake_nvml_library()),
-    ]  # fmt: skip
-    with running(args, port=port, env=env, log_to=tmp / f"runwarden-{name}.log") as proc:
+        "--nvml-library", str(fake_nvml_library()), "--proxy-threads", str(threads),
+    )  # fmt: skip
+    log_to = tmp / f"runwarden-proxy-{threads}.log"
+    with running(args, port=port, env=env, log_to=log_to) as proc:
         wait_http(f"http://127.0.0.1:{port}/json", proc)
-        yield port, proc.pid
+        yield Target(port, proc.pid)
 
 
 @contextlib.contextmanager
-def targets(profile: Profile, tmp: Path) -> Iterator[dict[str, tuple[int, int | None]]]:
-    """The app and the proxies: name -> (port, pid of the proxy process, if any)."""
+def targets(tmp: Path) -> Iterator[tuple[dict[str, Target], int]]:
+    """The app and the proxies in front of it: (name -> target, the app's pid)."""
     app_port = free_port()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(running([PYTHON, "-m", "benches.app", str(app_port)], port=app_port))
-        where: dict[str, tuple[int, int | None]] = {"direct": (app_port, None)}
-        where["nginx"] = (stack.enter_context(nginx(app_port, tmp / "nginx")), None)
-        where["runwarden"] = stack.enter_context(runwarden(app_port, tmp))
-        for client in CLIENTS if not profile.smoke else ():
-            where[client_row(client)] = stack.enter_context(runwarden(app_port, tmp, client))
-        yield where
+        app = stack.enter_context(running([PYTHON, "-m", "benches.app", str(app_port)],
+                                          port=app_port))  # fmt: skip
+        where = {"direct": Target(app_port, None)}
+        proxy = stack.enter_context(nginx(app_port, tmp / "nginx"))
+        where["nginx"] = Target(proxy.port, proxy.pid)
+        for threads in THREADS:
+            where[threads_row(threads)] = stack.enter_context(runwarden(app_port, tmp, threads))
+        yield where, app.pid
 
 
-def small_requests(profile: Profile, where: dict[str, tuple[int, int | None]]) -> dict[str, Any]:
+def timed_wrk(target: Target, app_pid: int, c: int, seconds: float) -> dict[str, float]:
+    """One wrk run, and the CPU time the proxy and the app spent per request it completed
+    (µs). /proc's clock ticks are 10 ms: over a run of seconds, a percent or so."""
+    before = {pid: cpu_seconds(pid) for pid in (target.pid, app_pid) if pid}
+    result = wrk(f"http://127.0.0.1:{target.port}/json", c, seconds)
+    spent = {pid: cpu_seconds(pid) - was for pid, was in before.items()}
+    done = result["requests"] or float("nan")
+    result["proxy_cpu_us"] = 1e6 * spent[target.pid] / done if target.pid else float("nan")
+    result["app_cpu_us"] = 1e6 * spent[app_pid] / done
+    return result
+
+
+def small_requests(profile: Profile, where: dict[str, Target], app_pid: int) -> dict[str, Any]:
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     for round_ in range(profile.wrk_rounds):
+        # Every other round in reverse, so no target always runs right after another.
+        names = list(where) if round_ % 2 == 0 else list(reversed(where))
         for c in CONCURRENCY:
-            for name, (port, _) in where.items():
-                url = f"http://127.0.0.1:{port}/json"
-                result = wrk(url, c, profile.wrk_seconds)
+            for name in names:
+                result = timed_wrk(where[name], app_pid, c, profile.wrk_seconds)
                 runs.setdefault((name, c), []).append(result)
                 log(
                     f"proxy round {round_ + 1} c={c} {name}: {result['rps']:.0f} req/s, "
-                    f"p50 {result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms"
+                    f"p50 {result['p50_ms']:.3f} ms, p99 {result['p99_ms']:.3f} ms, "
+                    f"CPU/request proxy {result['proxy_cpu_us']:.1f} µs, "
+                    f"app {result['app_cpu_us']:.1f} µs"
                 )
     table: dict[str, Any] = {}
-    for (name, c), results in runs.items():
-        table.setdefault(name, {})[c] = {
-            key: median([r[key] for r in results]) for key in results[0]
-        }
+    for name in where:  # the targets' order, not the last round's
+        for c in CONCURRENCY:
+            results = runs[(name, c)]
+            table.setdefault(name, {})[c] = {
+                key: median([r[key] for r in results]) for key in results[0]
+            }
     return table
-
-
-class RssWatch:
-    """Peak RSS of a process while a transfer runs, polled every 20 ms."""
-
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
-        self.before = rss_mib(pid) if pid else 0.0
-        self.peak = self.before
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, rss_mib(self.pid))  # type: ignore[arg-type]
-
-    def __enter__(self) -> RssWatch:
-        if self.pid:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self.pid:
-            self._thread.join()
-
-    @property
-    def growth(self) -> float:
-        return self.peak - self.before
 
 
 def curl(args: list[str], timeout: float) -> dict[str, float]:
@@ -140,13 +140,14 @@ def curl(args: list[str], timeout: float) -> dict[str, float]:
             "size_down": float(size_down), "size_up": float(size_up)}  # fmt: skip
 
 
-def streaming(profile: Profile, where: dict[str, tuple[int, int | None]], tmp: Path) -> Any:
+def streaming(profile: Profile, where: dict[str, Target], tmp: Path) -> Any:
     size = profile.stream_bytes
     body = tmp / "upload.bin"
     with body.open("wb") as f:  # sparse: reading it costs no disk
         f.truncate(size)
     out: dict[str, dict[str, float]] = {}
-    for name, (port, pid) in where.items():
+    for name in STREAMED:
+        port, pid = where[name].port, where[name].pid
         base = f"http://127.0.0.1:{port}"
         with RssWatch(pid) as down_rss:
             down = curl([f"{base}/download?size={size}"], timeout=120)
@@ -188,18 +189,18 @@ async def sse_delays(port: int, events: int, start_after: float) -> list[float]:
     return delays
 
 
-def sse(profile: Profile, where: dict[str, tuple[int, int | None]]) -> dict[str, Any]:
+def sse(profile: Profile, where: dict[str, Target]) -> dict[str, Any]:
     """Every target's stream at once (offset by a few ms so their events do not coincide),
     so the machine's noise falls on all of them alike."""
 
     async def all_streams() -> list[list[float]]:
         return await asyncio.gather(
-            *(sse_delays(port, profile.sse_events, 0.002 * i)
-              for i, (port, _) in enumerate(where.values()))
+            *(sse_delays(where[name].port, profile.sse_events, 0.002 * i)
+              for i, name in enumerate(STREAMED))
         )  # fmt: skip
 
     out = {}
-    for name, delays in zip(where, asyncio.run(all_streams()), strict=True):
+    for name, delays in zip(STREAMED, asyncio.run(all_streams()), strict=True):
         if len(delays) < 0.95 * profile.sse_events:
             raise RuntimeError(f"{name}: {len(delays)} of {profile.sse_events} events arrived")
         out[name] = {"p50_ms": 1000 * percentile(delays, 50),
@@ -209,9 +210,9 @@ def sse(profile: Profile, where: dict[str, tuple[int, int | None]]) -> dict[str,
 
 
 def run(profile: Profile, tmp: Path) -> dict[str, Any]:
-    with targets(profile, tmp) as where:
+    with targets(tmp) as (where, app_pid):
         return {
-            "small": small_requests(profile, where),
+            "small": small_requests(profile, where, app_pid),
             "streaming": streaming(profile, where, tmp),
             "sse": sse(profile, where),
         }

@@ -1,6 +1,7 @@
 //! Python bindings of the runwarden core. Only bindings live here: the logic is in the
 //! modules below, which know nothing of Python and are tested with `cargo test`.
 
+mod allocator;
 pub mod checker;
 pub mod error;
 pub mod events;

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use crate::error::Result;
-use crate::proxy::client::AppAddress;
+use crate::proxy::address::AppAddress;
 use crate::settings::{AppProtocol, CheckProtocol, HealthSettings, Method};
 use crate::verdict::ProbeReport;
 

@@ -152,6 +152,13 @@ async def hold(request: Request) -> Response:
     return JSONResponse({"held": True})
 
 
+async def counted_download(request: Request) -> Response:
+    """As /download, counting the requests that reached the app (`downloads`): a client that
+    pipelines and never reads must not get every request it sent run (S1, S6)."""
+    STATE["downloads"] = int(STATE.get("downloads", 0)) + 1  # type: ignore[call-overload]
+    return await download(request)
+
+
 routes = [
     Route("/health", health, methods=["GET", "POST"]),
     Route("/_control/health", control_health, methods=["POST"]),
@@ -162,6 +169,7 @@ routes = [
     Route("/sse", sse),
     Route("/echo/{rest:path}", echo, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     Route("/hold", hold),
+    Route("/counted/download", counted_download, methods=["GET"]),
 ]
 
 app = Starlette(routes=routes)

@@ -60,10 +60,11 @@ class AppServer:
             self.proc.wait(timeout=10)
 
 
-def start_app_server(port: int | None = None) -> AppServer:
+def start_app_server(port: int | None = None, script: str = "app_server.py") -> AppServer:
+    """A test app (`script` in tests/, given its port) in its own process, listening."""
     port = port or free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "app_server.py"), str(port)],
+        [sys.executable, str(HERE / script), str(port)],
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     wait_until_listening(port, proc)

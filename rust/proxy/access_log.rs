@@ -5,32 +5,25 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::body::{End, Hook};
+use super::body::Hook;
 use super::conn::ConnState;
-use super::layer::{layer, Answer, Req};
+use super::layer::{layer, Post, Req, Resp, Then};
 use super::log::Log;
 use crate::verdict::{AccessLine, Event};
 
 layer! {
     /// One line per request.
-    AccessLogLayer => AccessLogService { log: Log, on: bool }
+    AccessLogLayer => AccessLogService { log: Log, on: bool, conn: Arc<ConnState> }
+    future Then<S::Answer, Option<Line>>
 }
 
 impl<S: super::layer::Inner> AccessLogService<S> {
-    fn handle(&mut self, request: Req) -> Answer {
-        if !self.on {
-            return self.inner.call(request);
-        }
-        let client = request
-            .extensions()
-            .get::<Arc<ConnState>>()
-            .map(|conn| conn.peer.ip().to_string())
-            .unwrap_or_default();
-        let mut line = Line {
+    fn handle(&mut self, request: Req) -> Then<S::Answer, Option<Line>> {
+        let line = self.on.then(|| Line {
             log: self.log.clone(),
             began: Instant::now(),
             line: Some(AccessLine {
-                client,
+                client: self.conn.peer.ip().to_string(),
                 method: request.method().to_string(),
                 target: request
                     .uri()
@@ -44,28 +37,38 @@ impl<S: super::layer::Inner> AccessLogService<S> {
                 status: 499,
                 duration: Default::default(),
             }),
-        };
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = answer.await?;
-            if let Some(line) = &mut line.line {
-                line.status = response.status().as_u16();
-            }
-            response.body_mut().hook(Box::new(line));
-            Ok(response)
-        })
+        });
+        Then::later(self.inner.call(request), line)
     }
 }
 
-struct Line {
+impl<P: Post> Post for Option<P> {
+    fn post(self, response: Resp) -> Resp {
+        match self {
+            Some(post) => post.post(response),
+            None => response,
+        }
+    }
+}
+
+/// One request's line, written when its response ends (or the client leaves first).
+pub struct Line {
     log: Log,
     began: Instant,
     line: Option<AccessLine>,
 }
 
-impl Hook for Line {
-    fn ended(&mut self, _end: End) {}
+impl Post for Line {
+    fn post(mut self, mut response: Resp) -> Resp {
+        if let Some(line) = &mut self.line {
+            line.status = response.status().as_u16();
+        }
+        response.body_mut().hook(Box::new(self));
+        response
+    }
 }
+
+impl Hook for Line {}
 
 impl Drop for Line {
     fn drop(&mut self) {

@@ -16,9 +16,14 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::pool::Link;
 use crate::worker::lock;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The hooks an app's body usually gets (in flight, the door's permit, metrics, its
+/// connection's count), room made for them at once.
+const HOOKS: usize = 4;
 
 /// How a body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +72,8 @@ impl TunnelHooks {
 
 enum Inner {
     Full(Option<Bytes>),
-    App(Incoming),
+    /// The app's body, and the connection it comes on (HTTP/1.1), driven as it is read.
+    App(Incoming, Option<Box<Link>>),
     Tunnel(Arc<TunnelHooks>),
 }
 
@@ -75,6 +81,8 @@ pub struct ProxyBody {
     inner: Inner,
     hooks: Vec<Box<dyn Hook>>,
     ended: bool,
+    /// The app's trailers went by: nothing follows them, the body is whole.
+    trailed: bool,
 }
 
 impl ProxyBody {
@@ -85,24 +93,26 @@ impl ProxyBody {
     /// runwarden's own answer.
     pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         let bytes = bytes.into();
-        ProxyBody::new(Inner::Full((!bytes.is_empty()).then_some(bytes)))
+        ProxyBody::new(Inner::Full((!bytes.is_empty()).then_some(bytes)), 0)
     }
 
-    /// The app's body, streamed.
-    pub fn app(body: Incoming) -> ProxyBody {
-        ProxyBody::new(Inner::App(body))
+    /// The app's body, streamed; `link`: its HTTP/1.1 connection, back to the pool when the
+    /// body was read to its end.
+    pub fn app(body: Incoming, link: Option<Box<Link>>) -> ProxyBody {
+        ProxyBody::new(Inner::App(body, link), HOOKS)
     }
 
     /// A `101`'s empty body; hooks attached to it end when `tunnel` closes.
     pub fn tunnel(tunnel: Arc<TunnelHooks>) -> ProxyBody {
-        ProxyBody::new(Inner::Tunnel(tunnel))
+        ProxyBody::new(Inner::Tunnel(tunnel), HOOKS)
     }
 
-    fn new(inner: Inner) -> ProxyBody {
+    fn new(inner: Inner, hooks: usize) -> ProxyBody {
         ProxyBody {
             inner,
-            hooks: Vec::new(),
+            hooks: Vec::with_capacity(hooks),
             ended: false,
+            trailed: false,
         }
     }
 
@@ -119,9 +129,18 @@ impl ProxyBody {
         if std::mem::replace(&mut self.ended, true) {
             return;
         }
-        if let Inner::Tunnel(tunnel) = &self.inner {
-            tunnel.keep(std::mem::take(&mut self.hooks));
-            return;
+        match &mut self.inner {
+            Inner::Tunnel(tunnel) => {
+                tunnel.keep(std::mem::take(&mut self.hooks));
+                return;
+            }
+            Inner::App(_, link) => {
+                // Read to its end, the connection can serve again; else hyper closes it.
+                if let (Some(link), End::Complete) = (link.take(), end) {
+                    link.give_back();
+                }
+            }
+            Inner::Full(_) => {}
         }
         for hook in &mut self.hooks {
             hook.ended(end);
@@ -141,9 +160,12 @@ impl Body for ProxyBody {
         let polled = match &mut this.inner {
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Inner::Tunnel(_) => Poll::Ready(None),
-            Inner::App(body) => {
+            Inner::App(body, link) => {
                 for hook in &mut this.hooks {
                     hook.polled();
+                }
+                if let Some(link) = link {
+                    link.drive(cx);
                 }
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Pending => {
@@ -156,6 +178,7 @@ impl Body for ProxyBody {
                         for hook in &mut this.hooks {
                             hook.frame(&frame);
                         }
+                        this.trailed = frame.is_trailers();
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     Poll::Ready(Some(Err(error))) => {
@@ -175,7 +198,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full(bytes) => bytes.is_none(),
-            Inner::App(body) => body.is_end_stream(),
+            Inner::App(body, _) => body.is_end_stream(),
             Inner::Tunnel(_) => true,
         }
     }
@@ -185,7 +208,7 @@ impl Body for ProxyBody {
             Inner::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            Inner::App(body) => body.size_hint(),
+            Inner::App(body, _) => body.size_hint(),
             Inner::Tunnel(_) => SizeHint::with_exact(0),
         }
     }
@@ -195,7 +218,7 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper stops polling a body whose length it knows once the last byte is out, so a
         // body dropped at its end is complete.
-        let end = if self.is_end_stream() {
+        let end = if self.trailed || self.is_end_stream() {
             End::Complete
         } else {
             End::Dropped

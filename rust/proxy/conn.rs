@@ -8,12 +8,52 @@
 //! `keep_alive_seconds`).
 
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use std::future::{poll_fn, Future};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+/// A one-way flag the connection's task waits on without a lock: it is looked at on every
+/// wake of the task, which a `Notify` would make take a mutex.
+#[derive(Default)]
+struct Signal {
+    set: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    /// Set it; true if it was not set yet.
+    fn raise(&self) -> bool {
+        let first = !self.set.swap(true, Ordering::AcqRel);
+        if first {
+            self.waker.wake();
+        }
+        first
+    }
+
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_set() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.is_set() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
 
 /// Nanoseconds since the process's first call, never 0 (0 means "not set" below).
 pub fn now_nanos() -> u64 {
@@ -27,6 +67,10 @@ const NONE: u64 = 0;
 pub struct ConnState {
     pub id: u64,
     pub peer: SocketAddr,
+    /// The `X-Forwarded-For` of the connection's requests (S2).
+    pub forwarded_for: http::HeaderValue,
+    /// The client's socket, open while this state is (the connection's task holds it).
+    fd: RawFd,
     /// Requests whose response head is not yet sent (HTTP/2: streams).
     active: AtomicU32,
     /// Responses whose body is still being sent.
@@ -42,19 +86,21 @@ pub struct ConnState {
     h2: AtomicBool,
     /// What the head in hand showed of itself (`sniff.rs`).
     sniffed: AtomicU8,
-    killed: AtomicBool,
+    killed: Signal,
+    /// For whoever else waits on the kill (a tunnel).
     kill: Notify,
-    shutting_down: AtomicBool,
-    shutdown: Notify,
+    shutdown: Signal,
     /// Nothing is in flight on the connection any more.
     idle: Notify,
 }
 
 impl ConnState {
-    pub fn new(id: u64, peer: SocketAddr) -> ConnState {
+    pub fn new(id: u64, peer: SocketAddr, fd: RawFd) -> ConnState {
         ConnState {
             id,
             peer,
+            forwarded_for: super::headers::forwarded_for(peer.ip()),
+            fd,
             active: AtomicU32::new(0),
             streaming: AtomicU32::new(0),
             served: AtomicU64::new(0),
@@ -63,10 +109,9 @@ impl ConnState {
             write_blocked_since: AtomicU64::new(NONE),
             h2: AtomicBool::new(false),
             sniffed: AtomicU8::new(0),
-            killed: AtomicBool::new(false),
+            killed: Signal::default(),
             kill: Notify::new(),
-            shutting_down: AtomicBool::new(false),
-            shutdown: Notify::new(),
+            shutdown: Signal::default(),
             idle: Notify::new(),
         }
     }
@@ -114,6 +159,36 @@ impl ConnState {
         }
     }
 
+    /// Whether an HTTP/1 client closed its side (or reset it): looked at without reading,
+    /// for a request that waits while hyper reads nothing. HTTP/2 says so itself.
+    pub fn peer_gone(&self) -> bool {
+        if self.is_h2() {
+            return false;
+        }
+        let mut byte = 0u8;
+        // SAFETY: the fd is this connection's socket, open while its task (which holds this
+        // state's owner) runs; MSG_PEEK takes nothing from it.
+        let n = unsafe {
+            libc::recv(
+                self.fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => true,
+            n if n > 0 => false,
+            _ => {
+                let error = std::io::Error::last_os_error();
+                !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                )
+            }
+        }
+    }
+
     pub fn is_h2(&self) -> bool {
         self.h2.load(Ordering::Relaxed)
     }
@@ -141,13 +216,13 @@ impl ConnState {
 
     /// Close the connection now, whatever it is doing.
     pub fn kill(&self) {
-        if !self.killed.swap(true, Ordering::AcqRel) {
+        if self.killed.raise() {
             self.kill.notify_waiters();
         }
     }
 
     pub fn is_killed(&self) -> bool {
-        self.killed.load(Ordering::Acquire)
+        self.killed.is_set()
     }
 
     /// Returns once the connection is cut.
@@ -162,18 +237,7 @@ impl ConnState {
 
     /// Finish what is in hand, take nothing new (HTTP/2: GOAWAY).
     pub fn shut_down(&self) {
-        if !self.shutting_down.swap(true, Ordering::AcqRel) {
-            self.shutdown.notify_waiters();
-        }
-    }
-
-    async fn shutdown_asked(&self) {
-        let notified = self.shutdown.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if !self.shutting_down.load(Ordering::Acquire) {
-            notified.await;
-        }
+        self.shutdown.raise();
     }
 
     /// Returns once nothing is in flight on the connection (a tunnel has closed).
@@ -199,16 +263,22 @@ impl ConnState {
 /// HTTP/2 stream was reset) it leaves all the same.
 pub struct Active(Option<Arc<ConnState>>);
 
-impl Active {
-    /// The response head is out; `streaming` if its body is the app's and still to come
-    /// (`response_ended` follows).
-    pub fn answered(mut self, streaming: bool) -> Option<Arc<ConnState>> {
-        let conn = self.0.take()?;
+impl super::layer::Post for Active {
+    /// The response head is out; if its body is the app's and still to come, the
+    /// connection is streaming until it ends.
+    fn post(mut self, mut response: super::layer::Resp) -> super::layer::Resp {
+        let Some(conn) = self.0.take() else {
+            return response;
+        };
+        let streaming = response.body().is_app();
         if streaming {
             conn.streaming.fetch_add(1, Ordering::Relaxed);
         }
         conn.request_left(&conn.active);
-        streaming.then_some(conn)
+        if streaming {
+            response.body_mut().hook(Box::new(Streaming(conn)));
+        }
+        response
     }
 }
 
@@ -293,16 +363,19 @@ pub async fn serve<S>(
     let io = hyper_util::rt::TokioIo::new(super::io::Watched::new(stream, Arc::clone(&state)));
     let mut connection = Box::pin(builder.serve_connection_with_upgrades(io, service));
     let mut graceful = false;
-    loop {
-        tokio::select! {
-            biased;
-            () = state.killed() => return,
-            () = state.shutdown_asked(), if !graceful => {
-                graceful = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            _ = connection.as_mut() => break,
+    let killed = poll_fn(|cx| {
+        if state.killed.poll(cx).is_ready() {
+            return Poll::Ready(true);
         }
+        if !graceful && state.shutdown.poll(cx).is_ready() {
+            graceful = true;
+            connection.as_mut().graceful_shutdown();
+        }
+        connection.as_mut().poll(cx).map(|_| false)
+    })
+    .await;
+    if killed {
+        return;
     }
     // What hyper still holds of an unfinished exchange (the client left) goes now.
     drop(connection);

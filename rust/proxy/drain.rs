@@ -11,18 +11,23 @@
 //!   cuts it short), then answers or cuts what is left and says so; the ports close next
 //!   (`DataPlane::close`), or, in sidecar mode, the runner starts over.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
-use http::StatusCode;
+use http::{StatusCode, Version};
+use pin_project_lite::pin_project;
 use serde_json::json;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::answer::{close, json as json_answer, retry_elsewhere};
-use super::layer::{layer, ready, Answer, Req, Resp};
+use super::layer::{layer, Req, Resp};
 use super::listener::Port;
 use super::log::Log;
 use crate::checker::{CheckerHandle, LifeView};
@@ -37,6 +42,8 @@ const ANSWER_GRACE: Duration = Duration::from_millis(500);
 pub struct DrainState {
     life: watch::Receiver<LifeView>,
     deadline: watch::Sender<bool>,
+    /// Cancelled at the drain's deadline; a fresh one when the runner starts over (K2).
+    passed: RwLock<CancellationToken>,
     answered: AtomicU64,
     /// Tunnels closed at the deadline (they close themselves).
     pub tunnels_cut: AtomicU64,
@@ -50,6 +57,7 @@ impl DrainState {
         Arc::new(DrainState {
             life,
             deadline: watch::Sender::new(false),
+            passed: RwLock::new(CancellationToken::new()),
             answered: AtomicU64::new(0),
             tunnels_cut: AtomicU64::new(0),
             idle: Notify::new(),
@@ -66,50 +74,108 @@ impl DrainState {
     pub fn hurry(&self) {
         self.hurry.notify_one();
     }
+
+    /// Resolves at the drain's deadline (the drain layer's wait).
+    fn passed(&self) -> WaitForCancellationFutureOwned {
+        self.passed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .cancelled_owned()
+    }
+
+    fn set_passed(&self, passed: bool) {
+        self.deadline.send_replace(passed);
+        let mut token = self.passed.write().unwrap_or_else(|e| e.into_inner());
+        if passed {
+            token.cancel();
+        } else {
+            *token = CancellationToken::new();
+        }
+    }
 }
 
 layer! {
     /// D1, D6.
     DrainLayer => DrainService { state: Arc<DrainState> }
+    future DrainFuture<S::Answer>
 }
 
 impl<S: super::layer::Inner> DrainService<S> {
-    fn handle(&mut self, request: Req) -> Answer {
+    fn handle(&mut self, request: Req) -> DrainFuture<S::Answer> {
         let version = request.version();
         if let Some(verdict) = self.state.life.borrow().verdict.clone() {
-            return ready(refused(&verdict, "", version));
+            return DrainFuture::Now {
+                response: Some(Box::new(refused(&verdict, "", version))),
+            };
         }
-        let answer = self.inner.call(request);
-        let state = Arc::clone(&self.state);
-        let mut deadline = state.deadline();
-        Box::pin(async move {
-            tokio::select! {
-                biased;
-                response = answer => {
-                    let mut response = response?;
+        DrainFuture::Later {
+            passed: self.state.passed(),
+            inner: self.inner.call(request),
+            state: Arc::clone(&self.state),
+            version,
+        }
+    }
+}
+
+pin_project! {
+    /// The answer: the drain's refusal, or the inner service's (with `Connection: close` if
+    /// the runner started draining meanwhile), or the 503 to retry elsewhere if the drain's
+    /// deadline came first.
+    #[project = DrainProj]
+    pub enum DrainFuture<F> {
+        Now { response: Option<Box<Resp>> },
+        Later {
+            #[pin] inner: F,
+            #[pin] passed: WaitForCancellationFutureOwned,
+            state: Arc<DrainState>,
+            version: Version,
+        },
+    }
+}
+
+impl<F> Future for DrainFuture<F>
+where
+    F: Future<Output = Result<Resp, std::convert::Infallible>>,
+{
+    type Output = Result<Resp, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DrainProj::Now { response } => {
+                Poll::Ready(Ok(*response.take().expect("an answer is taken once")))
+            }
+            DrainProj::Later {
+                inner,
+                passed,
+                state,
+                version,
+            } => {
+                if let Poll::Ready(Ok(mut response)) = inner.poll(cx) {
                     let draining = state.life.borrow().draining();
                     if draining && response.status() != StatusCode::SWITCHING_PROTOCOLS {
-                        close(&mut response, version);
+                        close(&mut response, *version);
                     }
-                    Ok(response)
+                    return Poll::Ready(Ok(response));
                 }
-                _ = deadline.wait_for(|passed| *passed) => {
-                    state.answered.fetch_add(1, Ordering::Relaxed);
-                    let verdict = state.life.borrow().verdict.clone();
-                    let detail = "the request was still in flight when the drain timeout \
-                                  ended; retry it on another runner";
-                    Ok(match verdict {
-                        Some(verdict) => refused(&verdict, detail, version),
-                        None => retry_elsewhere(json_answer(StatusCode::SERVICE_UNAVAILABLE, &json!({}))),
-                    })
-                }
+                std::task::ready!(passed.poll(cx));
+                state.answered.fetch_add(1, Ordering::Relaxed);
+                let verdict = state.life.borrow().verdict.clone();
+                let detail = "the request was still in flight when the drain timeout ended; \
+                              retry it on another runner";
+                Poll::Ready(Ok(match verdict {
+                    Some(verdict) => refused(&verdict, detail, *version),
+                    None => {
+                        retry_elsewhere(json_answer(StatusCode::SERVICE_UNAVAILABLE, &json!({})))
+                    }
+                }))
             }
-        })
+        }
     }
 }
 
 /// The answer to a request the drain refuses: 503, Retry-After, the reason.
-fn refused(verdict: &Verdict, detail: &str, version: http::Version) -> Resp {
+fn refused(verdict: &Verdict, detail: &str, version: Version) -> Resp {
     let body = json!({
         "error": "runner is draining",
         "reason": verdict.reason.as_str(),
@@ -156,7 +222,7 @@ pub async fn course(
             ..Drained::default()
         };
         if drained.in_flight > 0 {
-            state.deadline.send_replace(true);
+            state.set_passed(true);
             let grace = Instant::now() + ANSWER_GRACE;
             while Instant::now() < grace {
                 let streaming = proxy.connections().iter().filter(|c| c.streaming()).count();
@@ -179,6 +245,6 @@ pub async fn course(
         if life.wait_for(|view| !view.draining()).await.is_err() {
             return;
         }
-        state.deadline.send_replace(false); // K2: the runner starts over
+        state.set_passed(false); // K2: the runner starts over
     }
 }

@@ -13,21 +13,24 @@ use http::{HeaderValue, Method, Request, StatusCode};
 use http_body::Body;
 use serde_json::json;
 
+use super::address::AppAddress;
 use super::answer::{json as json_answer, refusal, Unreachable};
 use super::body::{ProxyBody, TunnelHooks};
-use super::client::{AppAddress, AppClient};
 use super::conn::ConnState;
 use super::drain::DrainState;
-use super::layer::{Answer, Req, Resp};
+use super::layer::{Req, Resp};
 use super::log::Log;
+use super::pool::{Failure, Pool};
 use super::tunnel;
 use super::upload::{Broken, Fate, Outbound, Upload};
 use crate::checker::CheckerHandle;
 
-#[derive(Clone)]
-pub struct Forward {
-    pub client: AppClient,
-    pub address: Arc<AppAddress>,
+/// What forwarding needs, shared by every connection.
+pub struct Shared {
+    pub pool: Arc<Pool>,
+    /// The app speaks HTTP/2.
+    pub h2c: bool,
+    pub address: AppAddress,
     pub body_timeout: Duration,
     pub tunnel_idle: Duration,
     /// H9's accounting, when an H9 rule reads it.
@@ -35,6 +38,17 @@ pub struct Forward {
     pub drain: Arc<DrainState>,
     pub log: Log,
 }
+
+/// The bottom of one connection's stack.
+#[derive(Clone)]
+pub struct Forward {
+    pub shared: Arc<Shared>,
+    pub conn: Arc<ConnState>,
+}
+
+type Answer = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Resp, std::convert::Infallible>> + Send>,
+>;
 
 impl tower::Service<Req> for Forward {
     type Response = Resp;
@@ -49,23 +63,19 @@ impl tower::Service<Req> for Forward {
     }
 
     fn call(&mut self, mut request: Req) -> Answer {
-        let this = self.clone();
+        let this = Arc::clone(&self.shared);
         // The headers layer kept `Upgrade` only on a request it will tunnel.
         let client_side = request
             .headers()
             .contains_key(UPGRADE)
             .then(|| hyper::upgrade::on(&mut request));
-        let conn = request.extensions().get::<Arc<ConnState>>().cloned();
+        let conn = Arc::clone(&self.conn);
         let version = request.version();
         Box::pin(async move {
-            let method = request.method().clone();
-            let target = request
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_owned());
             let (mut parts, body) = request.into_parts();
-            parts.uri = this.address.uri(parts.uri.path_and_query());
-            parts.version = http::Version::HTTP_11; // hyper-util picks the app's own
+            let asked = (parts.method.clone(), parts.uri.clone());
+            parts.uri = this.address.uri(parts.uri.path_and_query(), this.h2c);
+            parts.version = http::Version::HTTP_11; // the pool speaks the app's own
             parts.extensions.clear();
             if !parts.headers.contains_key(HOST) {
                 // An HTTP/1.0 client may name no host: the app's own, then.
@@ -87,9 +97,10 @@ impl tower::Service<Req> for Forward {
             });
             let fate = Arc::new(Fate::default());
             let body = Upload::new(body, this.body_timeout, Arc::clone(&fate), this.h9.clone());
+            let upgrade = client_side.is_some();
             let mut result = this
-                .client
-                .request(Request::from_parts(parts, Outbound::Client(body)))
+                .pool
+                .send(Request::from_parts(parts, Outbound::Client(body)), upgrade)
                 .await;
             if let (Err(error), Some((method, uri, headers))) = (&result, again) {
                 if closed_unanswered(error) {
@@ -97,12 +108,12 @@ impl tower::Service<Req> for Forward {
                     *retry.method_mut() = method;
                     *retry.uri_mut() = uri;
                     *retry.headers_mut() = headers;
-                    result = this.client.request(retry).await;
+                    result = this.pool.send(retry, false).await;
                 }
             }
-            let mut response = match result {
-                Ok(response) => response,
-                Err(error) => return Ok(this.failed(&fate, &error, &method, target.as_deref())),
+            let (mut response, link) = match result {
+                Ok(answer) => answer,
+                Err(error) => return Ok(this.failed(&fate, &error, &asked.0, &asked.1)),
             };
             // The client's version, whatever the app spoke (hyper frames it for the client).
             *response.version_mut() = version;
@@ -110,13 +121,14 @@ impl tower::Service<Req> for Forward {
                 let Some(client_side) = client_side else {
                     return Ok(unreachable("the app switched protocols unasked", false));
                 };
+
                 let app_side = hyper::upgrade::on(&mut response);
                 let hooks = Arc::new(TunnelHooks::default());
                 tokio::spawn(tunnel::run(tunnel::Tunnel {
                     client: client_side,
                     app: app_side,
                     hooks: Arc::clone(&hooks),
-                    conn,
+                    conn: Some(conn),
                     idle: this.tunnel_idle,
                     drain: Arc::clone(&this.drain),
                     log: this.log.clone(),
@@ -124,21 +136,15 @@ impl tower::Service<Req> for Forward {
                 let (parts, _) = response.into_parts();
                 return Ok(Resp::from_parts(parts, ProxyBody::tunnel(hooks)));
             }
-            Ok(response.map(ProxyBody::app))
+            Ok(response.map(|body| ProxyBody::app(body, link)))
         })
     }
 }
 
-impl Forward {
+impl Shared {
     /// The answer when the app's request failed: the client's fault (400, 408) or the
     /// app's (502, R3).
-    fn failed(
-        &self,
-        fate: &Fate,
-        error: &hyper_util::client::legacy::Error,
-        method: &http::Method,
-        target: Option<&str>,
-    ) -> Resp {
+    fn failed(&self, fate: &Fate, error: &Failure, method: &Method, uri: &http::Uri) -> Resp {
         match fate.broken() {
             Some(Broken::TimedOut) => {
                 return refusal(
@@ -156,13 +162,16 @@ impl Forward {
             }
             None => {}
         }
-        let local = io_cause(error).is_some_and(crate::probe::is_local);
+        let local = match error {
+            Failure::Connect(io) => crate::probe::is_local(io),
+            Failure::Http(error) => io_cause(error).is_some_and(crate::probe::is_local),
+        };
         self.log.warn_limited(
             "unreachable",
             format!(
                 "app unreachable for {method} {}: {}",
-                target.unwrap_or("/"),
-                describe(error)
+                uri.path_and_query().map_or("/", |p| p.as_str()),
+                error
             ),
         );
         unreachable("runwarden could not reach the app; see its log", local)
@@ -179,26 +188,19 @@ fn idempotent(method: &Method) -> bool {
 
 /// The app's connection closed after the request was written and before any answer: a
 /// pooled connection the app had just closed (its keep-alive timeout), not a broken app.
-fn closed_unanswered(error: &hyper_util::client::legacy::Error) -> bool {
-    if error.is_connect() {
+fn closed_unanswered(error: &Failure) -> bool {
+    let Failure::Http(error) = error else {
         return false;
+    };
+    if error.is_incomplete_message() {
+        return true;
     }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
-            if hyper.is_incomplete_message() {
-                return true;
-            }
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            );
-        }
-        source = cause.source();
-    }
-    false
+    io_cause(error).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        )
+    })
 }
 
 fn unreachable(detail: &str, local: bool) -> Resp {
@@ -219,19 +221,4 @@ fn io_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std:
         source = cause.source();
     }
     None
-}
-
-/// The failure as a person reads it: its innermost cause.
-fn describe(error: &hyper_util::client::legacy::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text = cause.to_string();
-        source = cause.source();
-    }
-    if error.is_connect() {
-        format!("cannot connect: {text}")
-    } else {
-        text
-    }
 }

@@ -13,9 +13,11 @@ use http::header::{
 };
 use http::{HeaderMap, StatusCode, Version};
 
+use std::sync::Arc;
+
 use super::answer::SERVER_NAME;
 use super::conn::ConnState;
-use super::layer::{layer, Answer, Req};
+use super::layer::{layer, Post, Req, Resp, Then};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -57,32 +59,50 @@ pub fn is_reserved(name: &str) -> bool {
 
 layer! {
     /// S2, S4.
-    Headers => HeadersService {}
+    Headers => HeadersService { conn: Arc<ConnState> }
+    future Then<S::Answer, Answered>
 }
 
 impl<S: super::layer::Inner> HeadersService<S> {
-    fn handle(&mut self, mut request: Req) -> Answer {
-        let peer = request
-            .extensions()
-            .get::<std::sync::Arc<ConnState>>()
-            .map(|conn| conn.peer.ip());
+    fn handle(&mut self, mut request: Req) -> Then<S::Answer, Answered> {
         let tunnel = is_tunnel(&request);
-        let version = request.version();
-        let asked_upgrade = !tunnel && request.headers().contains_key(UPGRADE);
-        rewrite_request(&mut request, peer, tunnel);
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = answer.await?;
-            let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-            rewrite_response(response.headers_mut(), switched);
-            if asked_upgrade {
-                // The client asked to switch with a body: the body stayed a body, and what
-                // follows on the connection was meant for another protocol (S5).
-                super::answer::close(&mut response, version);
-            }
-            Ok(response)
-        })
+        let answered = Answered {
+            version: request.version(),
+            asked_upgrade: !tunnel && request.headers().contains_key(UPGRADE),
+        };
+        rewrite_request(&mut request, &self.conn.forwarded_for, tunnel);
+        Then::later(self.inner.call(request), answered)
     }
+}
+
+/// What the answer's headers need of its request.
+pub struct Answered {
+    version: Version,
+    /// The client asked to switch protocols, with a body: no tunnel.
+    asked_upgrade: bool,
+}
+
+impl Post for Answered {
+    fn post(self, mut response: Resp) -> Resp {
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        rewrite_response(response.headers_mut(), switched);
+        if self.asked_upgrade {
+            // The body stayed a body, and what follows on the connection was meant for
+            // another protocol (S5).
+            super::answer::close(&mut response, self.version);
+        }
+        response
+    }
+}
+
+/// The `X-Forwarded-For` a peer's requests carry: its address (an IPv4-mapped IPv6
+/// address as IPv4).
+pub fn forwarded_for(peer: IpAddr) -> HeaderValue {
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+        v4 => v4,
+    };
+    HeaderValue::from_str(&peer.to_string()).expect("an address is a header value")
 }
 
 /// An `Upgrade` runwarden tunnels: on HTTP/1.1, without a body, to anything but h2c (HTTP/2
@@ -102,7 +122,11 @@ fn is_tunnel<B>(request: &http::Request<B>) -> bool {
 }
 
 /// S2/S4 on the way to the app.
-pub fn rewrite_request<B>(request: &mut http::Request<B>, peer: Option<IpAddr>, tunnel: bool) {
+pub fn rewrite_request<B>(
+    request: &mut http::Request<B>,
+    forwarded_for: &HeaderValue,
+    tunnel: bool,
+) {
     // RFC 9112 3.2.2: an absolute-form target's authority is the Host; on HTTP/2 it is
     // `:authority`.
     let host = request
@@ -124,11 +148,13 @@ pub fn rewrite_request<B>(request: &mut http::Request<B>, peer: Option<IpAddr>, 
     let mut dropped: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
         let text = name.as_str();
-        let keep_upgrade = tunnel && name == UPGRADE;
-        if (HOP_BY_HOP.contains(&text) && !keep_upgrade)
+        if tunnel && name == UPGRADE {
+            continue;
+        }
+        if HOP_BY_HOP.contains(&text)
             || OWNED.contains(&text)
             || name == CONTENT_LENGTH
-            || name == HOST
+            || (name == HOST && host.is_none())
             || text.contains('_')
             || named.contains(name)
         {
@@ -147,15 +173,7 @@ pub fn rewrite_request<B>(request: &mut http::Request<B>, peer: Option<IpAddr>, 
     if let Some(host) = &host {
         headers.insert(HOST, host.clone());
     }
-    if let Some(peer) = peer {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-            v4 => v4,
-        };
-        if let Ok(value) = HeaderValue::from_str(&peer.to_string()) {
-            headers.insert(X_FORWARDED_FOR, value);
-        }
-    }
+    headers.insert(X_FORWARDED_FOR, forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host);
@@ -167,8 +185,10 @@ pub fn rewrite_response(headers: &mut HeaderMap, switched: bool) {
     let named = named_by_connection(headers);
     let mut dropped: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        let keep = switched && name == UPGRADE;
-        if (HOP_BY_HOP.contains(&name.as_str()) && !keep) || named.contains(name) {
+        if switched && name == UPGRADE {
+            continue;
+        }
+        if HOP_BY_HOP.contains(&name.as_str()) || named.contains(name) {
             dropped.push(name.clone());
         }
     }
@@ -233,7 +253,7 @@ mod tests {
             ("content-length", "5"),
             ("x-user", "kept"),
         ]);
-        rewrite_request(&mut r, Some("127.0.0.1".parse().unwrap()), false);
+        rewrite_request(&mut r, &forwarded_for("127.0.0.1".parse().unwrap()), false);
         let h = r.headers();
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -258,12 +278,17 @@ mod tests {
     fn s4_te_trailers_passes_on_http2_for_grpc_and_an_absolute_target_names_the_host() {
         let mut r = request(&[("host", "other.example"), ("te", "trailers")]);
         *r.uri_mut() = "http://public.example/echo?q=1".parse().unwrap();
-        rewrite_request(&mut r, None, false);
+        rewrite_request(
+            &mut r,
+            &forwarded_for("::ffff:10.0.0.1".parse().unwrap()),
+            false,
+        );
+        assert_eq!(r.headers()["x-forwarded-for"], "10.0.0.1");
         assert!(!r.headers().contains_key("te"), "hop-by-hop on HTTP/1.1");
         assert_eq!(r.headers()["host"], "public.example");
         let mut h2 = request(&[("te", "trailers")]);
         *h2.version_mut() = Version::HTTP_2;
-        rewrite_request(&mut h2, None, false);
+        rewrite_request(&mut h2, &forwarded_for("::1".parse().unwrap()), false);
         assert_eq!(h2.headers()["te"], "trailers");
     }
 

@@ -12,18 +12,19 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body::Frame;
 
-use super::body::{End, Hook};
+use super::body::Hook;
 use super::drain::DrainState;
-use super::layer::{layer, Answer, Req};
+use super::layer::{layer, Post, Req, Resp, Then};
 use crate::checker::CheckerHandle;
 
 layer! {
     /// D2, H9.
     InFlightLayer => InFlightService { checker: CheckerHandle, drain: Arc<DrainState>, h9: bool }
+    future Then<S::Answer, InFlight>
 }
 
 impl<S: super::layer::Inner> InFlightService<S> {
-    fn handle(&mut self, request: Req) -> Answer {
+    fn handle(&mut self, request: Req) -> Then<S::Answer, InFlight> {
         self.checker.request_started();
         let guard = InFlight {
             checker: self.checker.clone(),
@@ -31,17 +32,19 @@ impl<S: super::layer::Inner> InFlightService<S> {
             h9: self.h9,
             waiting_on_client: false,
         };
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = answer.await?;
-            response.body_mut().hook(Box::new(guard));
-            Ok(response)
-        })
+        Then::later(self.inner.call(request), guard)
+    }
+}
+
+impl Post for InFlight {
+    fn post(self, mut response: Resp) -> Resp {
+        response.body_mut().hook(Box::new(self));
+        response
     }
 }
 
 /// One request in flight; it leaves when dropped (before its answer, if the client left).
-struct InFlight {
+pub struct InFlight {
     checker: CheckerHandle,
     drain: Arc<DrainState>,
     h9: bool,
@@ -65,8 +68,6 @@ impl Hook for InFlight {
             }
         }
     }
-
-    fn ended(&mut self, _end: End) {}
 }
 
 impl Drop for InFlight {

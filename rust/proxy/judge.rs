@@ -12,48 +12,60 @@ use http_body::Frame;
 use super::answer::{Own, Unreachable};
 use super::body::{End, Hook};
 use super::grpc;
-use super::layer::{layer, Answer, Req};
+use super::layer::{layer, Post, Req, Resp, Then};
 use crate::checker::CheckerHandle;
 use crate::verdict::Reason;
 
 layer! {
     /// R1, R4, H6.
     JudgeLayer => JudgeService { checker: CheckerHandle, header: HeaderName }
+    future Then<S::Answer, Judge>
 }
 
 impl<S: super::layer::Inner> JudgeService<S> {
-    fn handle(&mut self, request: Req) -> Answer {
-        let answer = self.inner.call(request);
-        let checker = self.checker.clone();
-        let header = self.header.clone();
-        Box::pin(async move {
-            let mut response = answer.await?;
-            if let Some(unreachable) = response.extensions().get::<Unreachable>() {
-                if !unreachable.local {
-                    checker.response(502); // R3, R4: a dead app is noticed at once
-                }
-                return Ok(response);
+    fn handle(&mut self, request: Req) -> Then<S::Answer, Judge> {
+        let judge = Judge {
+            checker: self.checker.clone(),
+            header: self.header.clone(),
+        };
+        Then::later(self.inner.call(request), judge)
+    }
+}
+
+/// The judgement of one answer.
+pub struct Judge {
+    checker: CheckerHandle,
+    header: HeaderName,
+}
+
+impl Post for Judge {
+    fn post(self, mut response: Resp) -> Resp {
+        let Judge { checker, header } = self;
+        if let Some(unreachable) = response.extensions().get::<Unreachable>() {
+            if !unreachable.local {
+                checker.response(502); // R3, R4: a dead app is noticed at once
             }
-            if response.extensions().get::<Own>().is_some() {
-                return Ok(response);
+            return response;
+        }
+        if response.extensions().get::<Own>().is_some() {
+            return response;
+        }
+        let status = response.status().as_u16();
+        if matches!(status, 500 | 502 | 503 | 504) {
+            checker.response(status); // R1, R4
+        }
+        if grpc::is_grpc(response.headers()) {
+            match grpc::status(response.headers()) {
+                Some(code) => judge_grpc(&checker, code),
+                None => response
+                    .body_mut()
+                    .hook(Box::new(GrpcTrailers(checker.clone()))),
             }
-            let status = response.status().as_u16();
-            if matches!(status, 500 | 502 | 503 | 504) {
-                checker.response(status); // R1, R4
-            }
-            if grpc::is_grpc(response.headers()) {
-                match grpc::status(response.headers()) {
-                    Some(code) => judge_grpc(&checker, code),
-                    None => response
-                        .body_mut()
-                        .hook(Box::new(GrpcTrailers(checker.clone()))),
-                }
-            }
-            if response.headers_mut().remove(&header).is_some() {
-                response.body_mut().hook(Box::new(ManualCheck(checker)));
-            }
-            Ok(response)
-        })
+        }
+        if response.headers_mut().remove(&header).is_some() {
+            response.body_mut().hook(Box::new(ManualCheck(checker)));
+        }
+        response
     }
 }
 

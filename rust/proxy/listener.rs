@@ -216,7 +216,8 @@ impl Port {
                     }
                 }
             }
-            slots.insert(|index| Arc::new(ConnState::new(index as u64, peer)))
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            slots.insert(|index| Arc::new(ConnState::new(index as u64, peer, fd)))
         };
         let port = Arc::clone(self);
         let service = service(Arc::clone(&state));

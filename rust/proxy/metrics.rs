@@ -6,49 +6,50 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::answer::Own;
-use super::body::{End, Hook};
-use super::layer::{layer, Answer, Req};
+use super::body::Hook;
+use super::layer::{layer, Post, Req, Resp, Then};
 use crate::metrics::{Metrics, Source};
 
 layer! {
     /// Requests by status and source; their duration.
     MetricsLayer => MetricsService { metrics: Arc<Metrics> }
+    future Then<S::Answer, Timed>
 }
 
 impl<S: super::layer::Inner> MetricsService<S> {
-    fn handle(&mut self, request: Req) -> Answer {
-        let mut timed = Timed {
+    fn handle(&mut self, request: Req) -> Then<S::Answer, Timed> {
+        let timed = Timed {
             metrics: Arc::clone(&self.metrics),
             began: Instant::now(),
             answered: false,
         };
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let mut response = answer.await?;
-            let source = if response.extensions().get::<Own>().is_some() {
-                Source::Runwarden
-            } else {
-                Source::App
-            };
-            timed.metrics.request(response.status().as_u16(), source);
-            timed.answered = true;
-            response.body_mut().hook(Box::new(timed));
-            Ok(response)
-        })
+        Then::later(self.inner.call(request), timed)
     }
 }
 
 /// A request being answered; its time is taken when its response ends, or when the
 /// client leaves before any answer.
-struct Timed {
+pub struct Timed {
     metrics: Arc<Metrics>,
     began: Instant,
     answered: bool,
 }
 
-impl Hook for Timed {
-    fn ended(&mut self, _end: End) {}
+impl Post for Timed {
+    fn post(mut self, mut response: Resp) -> Resp {
+        let source = if response.extensions().get::<Own>().is_some() {
+            Source::Runwarden
+        } else {
+            Source::App
+        };
+        self.metrics.request(response.status().as_u16(), source);
+        self.answered = true;
+        response.body_mut().hook(Box::new(self));
+        response
+    }
 }
+
+impl Hook for Timed {}
 
 impl Drop for Timed {
     fn drop(&mut self) {

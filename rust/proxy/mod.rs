@@ -21,10 +21,10 @@
 //! lingering close. The drain's course (`drain::course`) is the one owner of draining.
 
 pub mod access_log;
+pub mod address;
 pub mod admin;
 pub mod answer;
 pub mod body;
-pub mod client;
 pub mod conn;
 pub mod door;
 pub mod drain;
@@ -38,6 +38,7 @@ pub mod layer;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod pool;
 pub mod refusals;
 pub mod sniff;
 pub mod trigger;
@@ -65,7 +66,7 @@ use crate::verdict::Event;
 use crate::worker::{lock, Worker};
 use body::ProxyBody;
 use conn::{ConnState, Timeouts};
-use layer::{Answer, Inner, Req};
+use layer::{Inner, Req};
 use listener::Port;
 use log::Log;
 
@@ -298,7 +299,7 @@ impl DataPlane {
                 status: wiring.status,
             }));
             let settings = &settings;
-            let stack = stack(
+            let stack = Stack::new(
                 &wiring.checker,
                 &wiring.metrics,
                 &drain_state,
@@ -327,7 +328,7 @@ impl DataPlane {
                 }),
             );
             tokio::spawn(proxy_port.run(proxy, builder, move |conn| ConnService {
-                stack: stack.clone(),
+                stack: stack.build(&conn),
                 conn,
             }));
         }
@@ -386,66 +387,107 @@ fn server_builder() -> Builder<TokioExecutor> {
     builder
 }
 
-/// The proxy port's stack, in the order a request meets it.
-fn stack(
-    checker: &CheckerHandle,
-    metrics: &Arc<Metrics>,
-    drain_state: &Arc<drain::DrainState>,
-    log: &Log,
-    settings: &ProxySettings,
-    app_url: &str,
-    max_app_connections: usize,
-) -> impl Inner + Sync {
-    let address = client::AppAddress::parse(app_url).expect("the checker validated app_url");
-    let h9 = checker.h9();
-    let check_header =
-        HeaderName::from_bytes(settings.check_header.as_bytes()).expect("a validated header name");
-    let forward = forward::Forward {
-        client: client::build(&address, settings.app_protocol, max_app_connections),
-        address: Arc::new(address),
-        body_timeout: Duration::from_secs_f64(settings.client_body_timeout_seconds),
-        tunnel_idle: Duration::from_secs_f64(settings.tunnel_idle_timeout_seconds),
-        h9: h9.then(|| checker.clone()),
-        drain: Arc::clone(drain_state),
-        log: log.clone(),
-    };
-    let layers = (
-        metrics::MetricsLayer {
-            metrics: Arc::clone(metrics),
-        },
-        access_log::AccessLogLayer {
-            log: log.clone(),
-            on: settings.access_log,
-        },
-        refusals::Refusals {},
-        drain::DrainLayer {
-            state: Arc::clone(drain_state),
-        },
-        trigger::TriggerLayer {
-            header: check_header.clone(),
-            trusted: trigger::Trusted::new(&settings.check_trusted_sources),
-            checker: checker.clone(),
-        },
-        inflight::InFlightLayer {
-            checker: checker.clone(),
-            drain: Arc::clone(drain_state),
-            h9,
-        },
-        door::DoorLayer {
-            permits: Arc::new(Semaphore::new(max_app_connections)),
-        },
-        judge::JudgeLayer {
-            checker: checker.clone(),
-            header: check_header,
-        },
-        headers::Headers {},
-    );
-    let (m, a, r, d, t, i, o, j, h) = layers;
-    m.layer(a.layer(r.layer(d.layer(t.layer(i.layer(o.layer(j.layer(h.layer(forward)))))))))
+/// What every connection's stack is built from.
+struct Stack {
+    checker: CheckerHandle,
+    metrics: Arc<Metrics>,
+    drain: Arc<drain::DrainState>,
+    log: Log,
+    access_log: bool,
+    check_header: HeaderName,
+    trusted: trigger::Trusted,
+    h9: bool,
+    permits: Arc<Semaphore>,
+    forward: Arc<forward::Shared>,
 }
 
-/// The proxy port's service for one connection: the stack, with the connection's state
-/// on each request (the peer, the counts its timeouts read).
+impl Stack {
+    fn new(
+        checker: &CheckerHandle,
+        metrics: &Arc<Metrics>,
+        drain_state: &Arc<drain::DrainState>,
+        log: &Log,
+        settings: &ProxySettings,
+        app_url: &str,
+        max_app_connections: usize,
+    ) -> Stack {
+        let address = address::AppAddress::parse(app_url).expect("the checker validated app_url");
+        let h9 = checker.h9();
+        Stack {
+            checker: checker.clone(),
+            metrics: Arc::clone(metrics),
+            drain: Arc::clone(drain_state),
+            log: log.clone(),
+            access_log: settings.access_log,
+            check_header: HeaderName::from_bytes(settings.check_header.as_bytes())
+                .expect("a validated header name"),
+            trusted: trigger::Trusted::new(&settings.check_trusted_sources),
+            h9,
+            permits: Arc::new(Semaphore::new(max_app_connections)),
+            forward: Arc::new(forward::Shared {
+                pool: pool::Pool::new(&address, settings.app_protocol, max_app_connections),
+                h2c: settings.app_protocol == crate::settings::AppProtocol::H2c,
+                address,
+                body_timeout: Duration::from_secs_f64(settings.client_body_timeout_seconds),
+                tunnel_idle: Duration::from_secs_f64(settings.tunnel_idle_timeout_seconds),
+                h9: h9.then(|| checker.clone()),
+                drain: Arc::clone(drain_state),
+                log: log.clone(),
+            }),
+        }
+    }
+
+    /// One connection's stack, in the order a request meets it.
+    fn build(&self, conn: &Arc<ConnState>) -> impl Inner + Sync {
+        let forward = forward::Forward {
+            shared: Arc::clone(&self.forward),
+            conn: Arc::clone(conn),
+        };
+        let layers = (
+            metrics::MetricsLayer {
+                metrics: Arc::clone(&self.metrics),
+            },
+            access_log::AccessLogLayer {
+                log: self.log.clone(),
+                on: self.access_log,
+                conn: Arc::clone(conn),
+            },
+            refusals::Refusals {
+                conn: Arc::clone(conn),
+            },
+            drain::DrainLayer {
+                state: Arc::clone(&self.drain),
+            },
+            trigger::TriggerLayer {
+                header: self.check_header.clone(),
+                trusted: self.trusted.clone(),
+                checker: self.checker.clone(),
+                conn: Arc::clone(conn),
+            },
+            inflight::InFlightLayer {
+                checker: self.checker.clone(),
+                drain: Arc::clone(&self.drain),
+                h9: self.h9,
+            },
+            door::DoorLayer {
+                permits: Arc::clone(&self.permits),
+                conn: Arc::clone(conn),
+            },
+            judge::JudgeLayer {
+                checker: self.checker.clone(),
+                header: self.check_header.clone(),
+            },
+            headers::Headers {
+                conn: Arc::clone(conn),
+            },
+        );
+        let (m, a, r, d, t, i, o, j, h) = layers;
+        m.layer(a.layer(r.layer(d.layer(t.layer(i.layer(o.layer(j.layer(h.layer(forward)))))))))
+    }
+}
+
+/// The proxy port's service for one connection: its stack, and the counts its timeouts
+/// read.
 #[derive(Clone)]
 struct ConnService<S> {
     stack: S,
@@ -455,26 +497,14 @@ struct ConnService<S> {
 impl<S: Inner + Sync> hyper::service::Service<http::Request<Incoming>> for ConnService<S> {
     type Response = http::Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Answer;
+    type Future = layer::Then<S::Answer, conn::Active>;
 
-    fn call(&self, mut request: Req) -> Answer {
+    fn call(&self, request: Req) -> Self::Future {
         let active = self.conn.request_started();
         if request.version() == http::Version::HTTP_2 {
             self.conn.set_h2();
         }
-        let sniffed = self.conn.take_sniffed();
-        if sniffed != 0 {
-            request.extensions_mut().insert(refusals::Sniffed(sniffed));
-        }
-        request.extensions_mut().insert(Arc::clone(&self.conn));
         let answer = tower::Service::call(&mut self.stack.clone(), request);
-        Box::pin(async move {
-            let mut response = answer.await?;
-            let streaming = response.body().is_app();
-            if let Some(conn) = active.answered(streaming) {
-                response.body_mut().hook(Box::new(conn::Streaming(conn)));
-            }
-            Ok(response)
-        })
+        layer::Then::later(answer, active)
     }
 }

@@ -9,35 +9,37 @@
 use http::header::{EXPECT, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Version};
 
-use super::answer::refusal;
-use super::layer::{layer, ready, Answer, Req};
-use super::sniff;
+use std::sync::Arc;
 
-/// What the head's bytes showed that hyper's parse does not (`sniff.rs`).
-#[derive(Debug, Clone, Copy)]
-pub struct Sniffed(pub u8);
+use super::answer::refusal;
+use super::conn::ConnState;
+use super::layer::{layer, Req, Then};
+use super::sniff;
 
 layer! {
     /// RFC 9112's refusals (S3).
-    Refusals => RefusalsService {}
+    Refusals => RefusalsService { conn: Arc<ConnState> }
+    future Then<S::Answer, ()>
 }
 
 impl<S: super::layer::Inner> RefusalsService<S> {
-    fn handle(&mut self, request: Req) -> Answer {
-        match refused(&request) {
-            Some((status, why)) => ready(refusal(status, why, request.version())),
-            None => self.inner.call(request),
+    fn handle(&mut self, request: Req) -> Then<S::Answer, ()> {
+        // Taken now, in the call that starts the request: the head it read is this one's.
+        let sniffed = self.conn.take_sniffed();
+        match refused(&request, sniffed) {
+            Some((status, why)) => Then::now(refusal(status, why, request.version())),
+            None => Then::later(self.inner.call(request), ()),
         }
     }
 }
 
-/// Why RFC 9112 refuses this request, if it does.
-pub fn refused(request: &Req) -> Option<(StatusCode, &'static str)> {
+/// Why RFC 9112 refuses this request, if it does; `sniffed`: what its head showed
+/// (`sniff.rs`).
+pub fn refused<B>(request: &http::Request<B>, sniffed: u8) -> Option<(StatusCode, &'static str)> {
     let version = request.version();
     if version >= Version::HTTP_2 {
         return None; // h2 checks its own pseudo-headers and framing
     }
-    let sniffed = request.extensions().get::<Sniffed>().map_or(0, |s| s.0);
     if sniffed & sniff::BAD_VERSION != 0 {
         return Some((
             StatusCode::HTTP_VERSION_NOT_SUPPORTED,

@@ -4,141 +4,142 @@
 //! 9110 15.6.6 and nginx say 505; and it accepts a head with both `Content-Length` and
 //! `Transfer-Encoding` (it frames by the coding and closes afterwards), which the front door
 //! refuses as nginx does, since two framings in one head are how requests are smuggled.
-//! Neither is visible once hyper has parsed the head, so the head's first bytes are watched
-//! on their way in: a head that starts while its connection is idle is scanned, line by
-//! line, until its end. A request line whose version is not HTTP/1 has its version
-//! rewritten to HTTP/1.1 in place (same length), so hyper parses it and the refusals layer
-//! answers 505. No byte is copied or held: the scan keeps a few bytes of state.
+//! Neither is visible once hyper has parsed the head, so the head's bytes are looked at on
+//! their way in: a head that starts while its connection is idle is scanned line by line
+//! (jumping from one line feed to the next) until its end. A request line whose version is
+//! not HTTP/1 has its version rewritten to HTTP/1.1 in place (same length), so hyper parses
+//! it and the refusals layer answers 505. No byte is copied or held.
 
 /// What a head showed.
 pub const BAD_VERSION: u8 = 1;
 pub const CONTENT_LENGTH: u8 = 2;
 pub const TRANSFER_ENCODING: u8 = 4;
 
-/// The longest header name looked for.
+/// The longest header name looked for ("transfer-encoding").
 const NAME: usize = 17;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 enum State {
     /// Not in a head.
     #[default]
     Off,
-    /// In the request line; the last 8 bytes seen.
-    RequestLine { tail: [u8; 8], seen: usize },
-    /// At a line's start, or in a header name (its first bytes, lowercased).
-    Name {
-        name: [u8; NAME],
-        len: usize,
-        at_start: bool,
-    },
-    /// In a header's value or past the name's first bytes.
+    /// In the request line.
+    RequestLine,
+    /// In a header line's name: its first bytes so far (`len` of them).
+    Name { len: usize },
+    /// In the rest of a line.
     Rest,
 }
 
 #[derive(Debug, Default)]
 pub struct Sniffer {
     state: State,
+    /// The request line's last 8 bytes (its version), when it spans reads.
+    tail: [u8; 8],
+    tail_len: usize,
+    name: [u8; NAME],
     found: u8,
 }
 
 impl Sniffer {
     /// A new head begins with the next byte.
     pub fn start(&mut self) {
-        self.state = State::RequestLine {
-            tail: [0; 8],
-            seen: 0,
-        };
+        self.state = State::RequestLine;
+        self.tail_len = 0;
         self.found = 0;
     }
 
     pub fn active(&self) -> bool {
-        !matches!(self.state, State::Off)
+        self.state != State::Off
     }
 
     /// Scan `bytes`; rewrite a non-HTTP/1 version on a request line seen whole in them.
     /// Returns what the head showed once it has ended.
     pub fn scan(&mut self, bytes: &mut [u8]) -> Option<u8> {
-        let mut line_start = 0;
-        for i in 0..bytes.len() {
-            let byte = bytes[i];
-            match &mut self.state {
+        let mut at = 0;
+        while at < bytes.len() {
+            match self.state {
                 State::Off => return None,
-                State::RequestLine { tail, seen } => {
-                    if byte == b'\n' {
-                        let end = if i > 0 && bytes[i - 1] == b'\r' {
-                            i - 1
-                        } else {
-                            i
-                        };
-                        self.request_line(bytes, line_start, end);
-                        self.state = State::Name {
-                            name: [0; NAME],
-                            len: 0,
-                            at_start: true,
-                        };
-                    } else if byte != b'\r' {
-                        tail.rotate_left(1);
-                        tail[7] = byte;
-                        *seen += 1;
+                State::RequestLine => match memchr::memchr(b'\n', &bytes[at..]) {
+                    Some(offset) => {
+                        let end = at + offset;
+                        self.request_line(bytes, at, end);
+                        self.state = State::Name { len: 0 };
+                        at = end + 1;
                     }
-                }
-                State::Name {
-                    name,
-                    len,
-                    at_start,
-                } => match byte {
-                    b'\r' => {}
-                    b'\n' if *at_start => {
-                        self.state = State::Off; // the empty line: the head ends
-                        return Some(self.found);
+                    None => {
+                        self.keep_tail(&bytes[at..]);
+                        return None;
                     }
-                    b'\n' => {
-                        self.state = State::Name {
-                            name: [0; NAME],
-                            len: 0,
-                            at_start: true,
-                        }
-                    }
-                    b':' => {
-                        let name = &name[..*len];
-                        if name == b"content-length" {
-                            self.found |= CONTENT_LENGTH;
-                        } else if name == b"transfer-encoding" {
-                            self.found |= TRANSFER_ENCODING;
-                        }
-                        self.state = State::Rest;
-                    }
-                    _ if *len < NAME => {
-                        name[*len] = byte.to_ascii_lowercase();
-                        *len += 1;
-                        *at_start = false;
-                    }
-                    _ => self.state = State::Rest,
                 },
-                State::Rest => {
-                    if byte == b'\n' {
-                        self.state = State::Name {
-                            name: [0; NAME],
-                            len: 0,
-                            at_start: true,
-                        };
+                State::Name { len } => {
+                    let byte = bytes[at];
+                    at += 1;
+                    match byte {
+                        b'\r' if len == 0 => {}
+                        b'\n' if len == 0 => {
+                            self.state = State::Off; // the empty line: the head ends
+                            return Some(self.found);
+                        }
+                        b'\n' => self.state = State::Name { len: 0 },
+                        b':' => {
+                            match &self.name[..len] {
+                                b"content-length" => self.found |= CONTENT_LENGTH,
+                                b"transfer-encoding" => self.found |= TRANSFER_ENCODING,
+                                _ => {}
+                            }
+                            self.state = State::Rest;
+                        }
+                        _ if len < NAME => {
+                            self.name[len] = byte.to_ascii_lowercase();
+                            self.state = State::Name { len: len + 1 };
+                        }
+                        _ => self.state = State::Rest,
                     }
                 }
-            }
-            if byte == b'\n' {
-                line_start = i + 1;
+                State::Rest => match memchr::memchr(b'\n', &bytes[at..]) {
+                    Some(offset) => {
+                        at += offset + 1;
+                        self.state = State::Name { len: 0 };
+                    }
+                    None => return None,
+                },
             }
         }
         None
     }
 
-    /// A request line ends at `end`: its last token is the version.
+    /// The request line's last bytes, for a line that continues in the next read.
+    fn keep_tail(&mut self, bytes: &[u8]) {
+        for &byte in bytes.iter().filter(|b| **b != b'\r') {
+            if self.tail_len == self.tail.len() {
+                self.tail.copy_within(1.., 0);
+                self.tail_len -= 1;
+            }
+            self.tail[self.tail_len] = byte;
+            self.tail_len += 1;
+        }
+    }
+
+    /// The request line ends at the line feed at `end` (it began before `start` if it
+    /// spanned reads): its last token is the version.
     fn request_line(&mut self, bytes: &mut [u8], start: usize, end: usize) {
-        let State::RequestLine { tail, seen } = &self.state else {
-            return;
+        let line_end = if end > start && bytes[end - 1] == b'\r' {
+            end - 1
+        } else {
+            end
         };
-        let version = *tail;
-        if *seen < 8 || !version.starts_with(b"HTTP/") || version[6] != b'.' {
+        let here = line_end - start;
+        let version: [u8; 8] = if here >= 8 {
+            bytes[line_end - 8..line_end].try_into().expect("8 bytes")
+        } else {
+            self.keep_tail(&bytes[start..line_end]);
+            if self.tail_len < 8 {
+                return;
+            }
+            self.tail
+        };
+        if !version.starts_with(b"HTTP/") || version[6] != b'.' {
             return; // not a version hyper would take as one: its own 400 stands
         }
         let (major, minor) = (version[5], version[7]);
@@ -146,9 +147,9 @@ impl Sniffer {
             return;
         }
         self.found |= BAD_VERSION;
-        // The line is whole in these bytes: let hyper read it as HTTP/1.1.
-        if end >= start + 8 && bytes[end - 8..end] == version {
-            bytes[end - 8..end].copy_from_slice(b"HTTP/1.1");
+        if here >= 8 {
+            // The version is in these bytes: let hyper read the line as HTTP/1.1.
+            bytes[line_end - 8..line_end].copy_from_slice(b"HTTP/1.1");
         }
     }
 }
@@ -180,6 +181,12 @@ mod tests {
         let (found, seen) = sniff(&[b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"]);
         assert_eq!(found, Some(0));
         assert!(seen.starts_with(b"GET /x HTTP/1.1\r\n"));
+        let (found, _) = sniff(&[b"GET /x HT", b"TP/3.0\r\nHost: x\r\n\r\n"]);
+        assert_eq!(
+            found,
+            Some(BAD_VERSION),
+            "a version split across reads is seen"
+        );
     }
 
     #[test]

@@ -3,17 +3,22 @@
 //! never forwarded. From any other peer the header is removed and the request goes on as
 //! an ordinary one, so no client can turn a slow moment of the app into checks that count.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http::header::HeaderName;
 use http::StatusCode;
 use ipnet::IpNet;
+use pin_project_lite::pin_project;
 use serde_json::json;
+use tokio::sync::oneshot;
 
 use super::answer::json as json_answer;
 use super::conn::ConnState;
-use super::layer::{layer, ready, Answer, Req, Resp};
+use super::layer::{layer, Req, Resp};
 use crate::checker::{CheckWait, CheckerHandle};
 use crate::status::outcome_json;
 use crate::verdict::{Outcome, Trigger};
@@ -43,33 +48,66 @@ impl Trusted {
 
 layer! {
     /// H5.
-    TriggerLayer => TriggerService { header: HeaderName, trusted: Trusted, checker: CheckerHandle }
+    TriggerLayer => TriggerService {
+        header: HeaderName,
+        trusted: Trusted,
+        checker: CheckerHandle,
+        conn: Arc<ConnState>,
+    }
+    future TriggerFuture<S::Answer>
 }
 
 impl<S: super::layer::Inner> TriggerService<S> {
-    fn handle(&mut self, mut request: Req) -> Answer {
-        if !request.headers().contains_key(&self.header) {
-            return self.inner.call(request);
+    fn handle(&mut self, mut request: Req) -> TriggerFuture<S::Answer> {
+        if request.headers().contains_key(&self.header) {
+            if !self.trusted.contains(self.conn.peer.ip()) {
+                request.headers_mut().remove(&self.header);
+            } else {
+                return match self.checker.trigger_and_wait(Trigger::Gateway) {
+                    CheckWait::Latest(outcome) => TriggerFuture::Now {
+                        response: Some(Box::new(answer(&outcome))),
+                    },
+                    CheckWait::Pending(outcome) => TriggerFuture::Check { outcome },
+                };
+            }
         }
-        let trusted = request
-            .extensions()
-            .get::<Arc<ConnState>>()
-            .is_some_and(|conn| self.trusted.contains(conn.peer.ip()));
-        if !trusted {
-            request.headers_mut().remove(&self.header);
-            return self.inner.call(request);
+        TriggerFuture::Pass {
+            inner: self.inner.call(request),
         }
-        match self.checker.trigger_and_wait(Trigger::Gateway) {
-            CheckWait::Latest(outcome) => ready(answer(&outcome)),
-            CheckWait::Pending(outcome) => Box::pin(async move {
-                Ok(match outcome.await {
+    }
+}
+
+pin_project! {
+    /// The inner service's answer, or the check's.
+    #[project = TriggerProj]
+    pub enum TriggerFuture<F> {
+        Pass { #[pin] inner: F },
+        Now { response: Option<Box<Resp>> },
+        Check { #[pin] outcome: oneshot::Receiver<Outcome> },
+    }
+}
+
+impl<F> Future for TriggerFuture<F>
+where
+    F: Future<Output = Result<Resp, std::convert::Infallible>>,
+{
+    type Output = Result<Resp, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            TriggerProj::Pass { inner } => inner.poll(cx),
+            TriggerProj::Now { response } => {
+                Poll::Ready(Ok(*response.take().expect("an answer is taken once")))
+            }
+            TriggerProj::Check { outcome } => {
+                Poll::Ready(Ok(match std::task::ready!(outcome.poll(cx)) {
                     Ok(outcome) => answer(&outcome),
                     Err(_) => json_answer(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &json!({"passed": false, "reason": "the check was abandoned: the runner is starting over or stopping"}),
                     ),
-                })
-            }),
+                }))
+            }
         }
     }
 }

@@ -1,55 +1,10 @@
-//! The client towards the app: hyper-util's pooled client, on a connector that always
-//! dials the configured app (S2: the upstream address is never taken from a request).
-//!
-//! HTTP/1.1 keeps a pool of keep-alive connections; `--app-protocol h2c` speaks HTTP/2
-//! with prior knowledge over one multiplexed connection. A request that found its pooled
-//! connection closed before it was written is retried on a fresh one (hyper-util's
-//! `retry_canceled_requests`); one that was written is never sent twice.
-
-use std::future::Future;
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+//! Where the app is: the one address every request and check goes to (S2: the upstream
+//! address is fixed by configuration and never taken from a request).
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
-use super::upload::Outbound;
 use crate::error::{bad_setting, Result};
-use crate::settings::AppProtocol;
-
-/// How long an idle pooled connection to the app is kept.
-const POOL_IDLE: Duration = Duration::from_secs(60);
-
-/// Dials the app, whatever the request's URI says.
-#[derive(Clone)]
-pub struct Dial {
-    address: Arc<str>,
-}
-
-impl tower::Service<Uri> for Dial {
-    type Response = TokioIo<TcpStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let address = Arc::clone(&self.address);
-        Box::pin(async move {
-            let stream = TcpStream::connect(&*address).await?;
-            stream.set_nodelay(true)?;
-            Ok(TokioIo::new(stream))
-        })
-    }
-}
 
 /// Where the app is: its authority, and the path prefix it is mounted under.
 #[derive(Clone, Debug)]
@@ -92,12 +47,15 @@ impl AppAddress {
         format!("{host}:{port}")
     }
 
-    /// The app's URI for a client's path and query.
-    pub fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+    /// The app's URI for a client's path and query: in origin form for HTTP/1.1 (the
+    /// request line), absolute for HTTP/2 (its `:scheme` and `:authority`).
+    pub fn uri(&self, path_and_query: Option<&PathAndQuery>, absolute: bool) -> Uri {
         let target = path_and_query.map_or("/", |p| p.as_str());
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
+        if absolute {
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(self.authority.clone());
+        }
         parts.path_and_query = Some(if self.prefix.is_empty() {
             path_and_query
                 .cloned()
@@ -111,24 +69,6 @@ impl AppAddress {
     }
 }
 
-pub type AppClient = Client<Dial, Outbound>;
-
-pub fn build(address: &AppAddress, protocol: AppProtocol, max_idle: usize) -> AppClient {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_timer(TokioTimer::new())
-        .pool_max_idle_per_host(max_idle)
-        .set_host(false)
-        .retry_canceled_requests(true)
-        // A response head is bounded as a request's is (S6): an app's endless head is a 502.
-        .http1_max_buf_size(super::MAX_HEAD_BYTES)
-        .http2_only(protocol == AppProtocol::H2c);
-    builder.build(Dial {
-        address: address.dial().into(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,14 +78,19 @@ mod tests {
         let plain = AppAddress::parse("http://127.0.0.1:8000").unwrap();
         assert_eq!(plain.dial(), "127.0.0.1:8000");
         assert_eq!(
-            plain.uri(Some(&"/x?y=1".parse().unwrap())).to_string(),
+            plain
+                .uri(Some(&"/x?y=1".parse().unwrap()), true)
+                .to_string(),
             "http://127.0.0.1:8000/x?y=1"
         );
+        assert_eq!(plain.uri(Some(&"/x?y=1".parse().unwrap()), false), "/x?y=1");
         let prefixed = AppAddress::parse("http://localhost:9/v1/").unwrap();
         assert_eq!(prefixed.prefix, "/v1");
         assert_eq!(
-            prefixed.uri(Some(&"/health".parse().unwrap())).to_string(),
-            "http://localhost:9/v1/health"
+            prefixed
+                .uri(Some(&"/health".parse().unwrap()), false)
+                .to_string(),
+            "/v1/health"
         );
         for bad in [
             "127.0.0.1:8000",
