@@ -8,7 +8,7 @@ dev:  ## build the extension in place (editable install) with the test extra
 	$(PYTHON) -m pip install -e '.[test]'
 
 install-test:  ## what the tests need: the package (if missing) and its test extra
-	@$(PYTHON) -c "import runwarden._core, pytest, httpx, psutil" 2>/dev/null \
+	@$(PYTHON) -c "import runwarden._core, pytest, httpx, h2, psutil, websockets, grpc, starlette" 2>/dev/null \
 		|| $(PYTHON) -m pip install -e '.[test]'
 
 fake-nvml:  ## the fake libnvidia-ml.so.1 used by the GPU tests

@@ -43,11 +43,11 @@ LIVE = {  # field: how far the two reads may be apart (they are a few ms apart)
 
 def runwarden_samples(library: str | None, count: int) -> tuple[list[dict[str, Any]], list[float]]:
     """`count` samples from runwarden's own sampler: the last one, and what each cost."""
-    from runwarden import GpuSamples, GpuSettings, HealthCheck, Warden
+    from runwarden import GpuSamples, GpuSettings, HealthSettings, Warden
 
     async def run() -> tuple[list[dict[str, Any]], list[float]]:
         gpu = GpuSettings(gpu_sample_seconds=0.05, nvml_library=library)
-        warden = Warden(HealthCheck(period_seconds=3600), "http://127.0.0.1:9", gpu)
+        warden = Warden(HealthSettings(period_seconds=3600), "http://127.0.0.1:9", gpu)
         costs: list[float] = []
         last: list[dict[str, Any]] = []
         done = asyncio.get_running_loop().create_future()
@@ -146,7 +146,7 @@ def interference(library: str | None, rounds: int = 6) -> dict[str, Any] | None:
         return None
     if not torch.cuda.is_available():
         return None
-    from runwarden import GpuSettings, HealthCheck, Warden
+    from runwarden import GpuSettings, HealthSettings, Warden
 
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -164,7 +164,7 @@ def interference(library: str | None, rounds: int = 6) -> dict[str, Any] | None:
 
     async def sampled() -> float:
         gpu = GpuSettings(gpu_sample_seconds=0.1, nvml_library=library)
-        warden = Warden(HealthCheck(period_seconds=3600), "http://127.0.0.1:9", gpu)
+        warden = Warden(HealthSettings(period_seconds=3600), "http://127.0.0.1:9", gpu)
         await warden.start()
         result = await asyncio.to_thread(tflops)
         await warden.stop()

@@ -82,14 +82,14 @@ def other_threads_cpu() -> float:
 
 async def segment(monitor: str, seconds: float, app_url: str, library: str) -> dict[str, Any]:
     """One measurement with one monitor running: throughput, then loop lag."""
-    from runwarden import GpuSamples, GpuSettings, HealthCheck, Warden
+    from runwarden import GpuSamples, GpuSettings, HealthSettings, Warden
 
     warden = sampler = None
     costs: list[float] = []
     checks: list[float] = []
     on_loop: list[float] = []
     if monitor == "runwarden":
-        health = HealthCheck(period_seconds=1 / HZ, start_period_seconds=0, timeout_seconds=1.0)
+        health = HealthSettings(period_seconds=1 / HZ, start_period_seconds=0, timeout_seconds=1.0)
         gpu = GpuSettings(gpu_sample_seconds=1 / HZ, nvml_library=library)
         warden = Warden(health, app_url, gpu)
         warden.on_gpu(lambda e: costs.append(e.cost_seconds) if isinstance(e, GpuSamples) else None)
@@ -160,9 +160,9 @@ def sample_costs(count: int, library: str) -> dict[str, float]:
     and its `samples` turned into dicts (what /metrics reads)."""
     import select
 
-    from runwarden import Core, GpuSamples, GpuSettings, HealthCheck
+    from runwarden import Core, GpuSamples, GpuSettings, HealthSettings
 
-    core = Core(HealthCheck(period_seconds=3600), "http://127.0.0.1:9",
+    core = Core(HealthSettings(period_seconds=3600), "http://127.0.0.1:9",
                 GpuSettings(gpu_sample_seconds=0.02, nvml_library=library))  # fmt: skip
     sampler = PynvmlSampler()
     ours: list[float] = []

@@ -536,7 +536,7 @@ def constraints() -> None:
         pins[canonicalize_name(req.name)] = specs[0].version if specs else ""
     check(pins, f"{len(pins)} pins, each name==version")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for text in project["dependencies"]:
+    for text in [*project["dependencies"], *project["optional-dependencies"]["demo"]]:
         req = Requirement(text)
         pin = pins.get(canonicalize_name(req.name))
         check(

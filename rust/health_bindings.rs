@@ -10,19 +10,19 @@ use crate::verdict::{Outcome, Verdict};
 use crate::{repr_of, to_py};
 
 /// The health-check settings of SPEC H, validated (H7). Immutable.
-#[pyclass(frozen, module = "runwarden._core", name = "HealthCheck")]
+#[pyclass(frozen, module = "runwarden._core", name = "HealthSettings")]
 #[derive(Clone)]
-pub struct PyHealthCheck {
+pub struct PyHealthSettings {
     pub inner: HealthSettings,
 }
 
 #[pymethods]
-impl PyHealthCheck {
+impl PyHealthSettings {
     #[new]
     #[pyo3(signature = (**kwargs))]
     fn new(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
         let settings: HealthSettings = from_kwargs(kwargs)?;
-        Ok(PyHealthCheck {
+        Ok(PyHealthSettings {
             inner: settings.validate().map_err(to_py)?,
         })
     }
@@ -42,12 +42,12 @@ impl PyHealthCheck {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        repr_of("HealthCheck", &self.to_dict(py)?)
+        repr_of("HealthSettings", &self.to_dict(py)?)
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
         other
-            .cast::<PyHealthCheck>()
+            .cast::<PyHealthSettings>()
             .is_ok_and(|o| o.get().inner == self.inner)
     }
 }

@@ -2,7 +2,6 @@
 //! modules below, which know nothing of Python and are tested with `cargo test`.
 
 mod allocator;
-pub mod checker;
 pub mod error;
 pub mod events;
 mod gpu_bindings;
@@ -15,6 +14,7 @@ pub mod policy;
 pub mod probe;
 pub mod proxy;
 mod proxy_bindings;
+pub mod runner;
 pub mod scheduler;
 pub mod setting;
 mod setting_bindings;
@@ -32,14 +32,14 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use checker::Checker;
 use error::CoreError;
 use events::EventQueue;
 use gpu_bindings::{PyGpuFinding, PyGpuMonitoring, PyGpuSamples, PyGpuSettings};
-use health_bindings::{PyCheckOutcome, PyHealthCheck, PyVerdict};
+use health_bindings::{PyCheckOutcome, PyHealthSettings, PyVerdict};
 use nvml::GpuMonitor;
 use proxy::DataPlane;
 use proxy_bindings::{PyAccessLine, PyDrained, PyLogLine, PyPortsClosed, PyProxySettings};
+use runner::Runner;
 use scheduler::TriggerAnswer;
 use settings::{AppProtocol, GpuMetrics};
 use verdict::{Event, Reason, Trigger};
@@ -107,12 +107,12 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
     })
 }
 
-/// The core: the checker's threads, GPU monitoring's, and the data plane's.
+/// The core: the runner's threads, GPU monitoring's, and the data plane's.
 #[pyclass(frozen, module = "runwarden._core", name = "Core")]
 pub struct PyCore {
     started: Instant,
     events: Arc<EventQueue>,
-    checker: Checker,
+    runner: Runner,
     gpu: Option<Arc<GpuMonitor>>,
     gpu_metrics: GpuMetrics,
     app_url: String,
@@ -132,15 +132,15 @@ impl PyCore {
             Box::new(move || monitor.as_ref().and_then(|m| m.state().driver_version));
         let series = Arc::new(metrics::GpuSeries::new(self.gpu_metrics, driver_version));
         let live = metrics::Live::new(
-            self.checker.handle(),
+            self.runner.handle(),
             vec![Arc::clone(&plane.proxy), Arc::clone(&plane.admin)],
         );
         let metrics = metrics::Metrics::new(live, series, &self.python);
         let observer = Arc::clone(&metrics);
         self.events.observe(move |event| observer.observe(event));
-        let (started, checker, gpu, port, info) = (
+        let (started, runner, gpu, port, info) = (
             self.started,
-            self.checker.handle(),
+            self.runner.handle(),
             self.gpu.clone(),
             Arc::clone(&plane.proxy),
             Arc::clone(&self.info),
@@ -148,7 +148,7 @@ impl PyCore {
         let status = Box::new(move || {
             status::document(&status::Parts {
                 started,
-                checker: &checker,
+                runner: &runner,
                 gpu: gpu.as_ref().map(|g| g.state()),
                 proxy: &port,
                 info: &info,
@@ -156,7 +156,7 @@ impl PyCore {
         });
         plane.start(proxy::Wiring {
             app_url: self.app_url.clone(),
-            checker: self.checker.handle(),
+            runner: self.runner.handle(),
             metrics,
             status,
         })?;
@@ -171,7 +171,7 @@ impl PyCore {
     #[pyo3(signature = (health, app_url, gpu = None, proxy = None))]
     fn new(
         py: Python<'_>,
-        health: &Bound<'_, PyHealthCheck>,
+        health: &Bound<'_, PyHealthSettings>,
         app_url: &str,
         gpu: Option<&Bound<'_, PyGpuSettings>>,
         proxy: Option<&Bound<'_, PyProxySettings>>,
@@ -185,21 +185,20 @@ impl PyCore {
         let protocol = proxy
             .as_ref()
             .map_or(AppProtocol::Http1, |p| p.app_protocol);
-        let checker =
-            Checker::new(health, app_url, protocol, Arc::clone(&events)).map_err(to_py)?;
+        let runner = Runner::new(health, app_url, protocol, Arc::clone(&events)).map_err(to_py)?;
         let gpu_settings = gpu.map(|g| g.get().inner.clone());
         let gpu_metrics = gpu_settings
             .as_ref()
             .map_or(GpuMetrics::Off, |g| g.gpu_metrics);
         let gpu = gpu_settings
-            .map(|g| GpuMonitor::new(g, Arc::clone(&events), checker.drainer()).map(Arc::new))
+            .map(|g| GpuMonitor::new(g, Arc::clone(&events), runner.drainer()).map(Arc::new))
             .transpose()
             .map_err(to_py)?;
         let version = py.version_info();
         Ok(PyCore {
             started,
             events,
-            checker,
+            runner,
             gpu,
             gpu_metrics,
             app_url: app_url.to_owned(),
@@ -219,7 +218,7 @@ impl PyCore {
             }
             py.detach(|| self.start_plane(settings)).map_err(to_py)?;
         }
-        self.checker.start().map_err(to_py)?;
+        self.runner.start().map_err(to_py)?;
         if let Some(gpu) = &self.gpu {
             gpu.start().map_err(to_py)?;
         }
@@ -235,11 +234,11 @@ impl PyCore {
     }
 
     fn app_started(&self) {
-        self.checker.restart_clock()
+        self.runner.restart_clock()
     }
 
     fn restart(&self) -> bool {
-        self.checker.restart()
+        self.runner.restart()
     }
 
     /// D2: a second stop signal: stop waiting for requests in flight.
@@ -275,7 +274,7 @@ impl PyCore {
         Ok(py.detach(|| {
             let plane_stopped = self.plane.get().is_none_or(|p| p.stop(timeout));
             let gpu_stopped = self.gpu.as_ref().is_none_or(|g| g.stop(timeout));
-            self.checker.stop(timeout) && gpu_stopped && plane_stopped
+            self.runner.stop(timeout) && gpu_stopped && plane_stopped
         }))
     }
 
@@ -289,7 +288,7 @@ impl PyCore {
                 )))
             }
         };
-        match self.checker.trigger(trigger) {
+        match self.runner.trigger(trigger) {
             TriggerAnswer::Pending(id) => Ok(id.into_pyobject(py)?.into_any().unbind()),
             TriggerAnswer::Latest(outcome) => {
                 Ok(Py::new(py, PyCheckOutcome { inner: *outcome })?.into_any())
@@ -298,7 +297,7 @@ impl PyCore {
     }
 
     fn manual_check(&self) {
-        self.checker.manual()
+        self.runner.manual()
     }
 
     fn replace(
@@ -312,23 +311,23 @@ impl PyCore {
             .ok_or_else(|| {
                 PyValueError::new_err(format!("unknown replacement reason {reason:?}"))
             })?;
-        verdict_to_py(py, self.checker.drain(reason, detail))
+        verdict_to_py(py, self.runner.drain(reason, detail))
     }
 
     fn shutdown(&self, py: Python<'_>, detail: String) -> PyResult<Option<Py<PyVerdict>>> {
-        verdict_to_py(py, self.checker.drain(Reason::Shutdown, detail))
+        verdict_to_py(py, self.runner.drain(Reason::Shutdown, detail))
     }
 
     fn verdict(&self, py: Python<'_>) -> PyResult<Option<Py<PyVerdict>>> {
-        verdict_to_py(py, self.checker.verdict())
+        verdict_to_py(py, self.runner.verdict())
     }
 
     fn finish(&self) -> Option<i32> {
-        self.checker.finish()
+        self.runner.finish()
     }
 
     fn in_flight(&self) -> u64 {
-        self.checker.traffic().in_flight()
+        self.runner.traffic().in_flight()
     }
 
     fn event_fd(&self) -> i32 {
@@ -344,7 +343,7 @@ impl PyCore {
     }
 
     fn history(&self, py: Python<'_>) -> PyResult<Vec<Py<PyCheckOutcome>>> {
-        self.checker
+        self.runner
             .history()
             .into_iter()
             .map(|inner| Py::new(py, PyCheckOutcome { inner }))
@@ -352,7 +351,7 @@ impl PyCore {
     }
 
     fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        json_bindings::to_dict(py, &status::life_json(&self.checker.handle()))
+        json_bindings::to_dict(py, &status::life_json(&self.runner.handle()))
     }
 
     /// GPU monitoring's state for `/status`; None when it was not asked for.
@@ -376,7 +375,7 @@ fn fd_limits() -> (usize, usize) {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("SettingsError", m.py().get_type::<SettingsError>())?;
-    m.add_class::<PyHealthCheck>()?;
+    m.add_class::<PyHealthSettings>()?;
     m.add_class::<PyCheckOutcome>()?;
     m.add_class::<PyVerdict>()?;
     // The tables Python builds its command line, exit codes and docs from.

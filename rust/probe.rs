@@ -4,7 +4,7 @@
 //! `--check-protocol http` sends `GET` (or `POST`) to the health path and passes on a 2xx;
 //! over HTTP/1.1, or HTTP/2 with prior knowledge when the app speaks h2c. `grpc` asks
 //! the standard gRPC health service (`grpc.health.v1.Health/Check`, as Kubernetes' gRPC probe
-//! does) and passes on `SERVING`. The checker bounds every check by `timeout_seconds`.
+//! does) and passes on `SERVING`. The runner bounds every check by `timeout_seconds`.
 
 use std::time::{Duration, Instant};
 
@@ -341,8 +341,8 @@ fn status_name(status: u64) -> String {
     }
 }
 
-/// How long a check may take before the checker gives up on it, with a margin for the
-/// checker's own deadline to come first.
+/// How long a check may take before the runner gives up on it, with a margin for the
+/// runner's own deadline to come first.
 pub fn bound(timeout: Duration) -> Duration {
     timeout + Duration::from_millis(100)
 }

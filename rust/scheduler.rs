@@ -2,7 +2,7 @@
 //!
 //! It takes events (a tick of the clock, a finished probe, a trigger, an app response)
 //! with the time they happened and returns actions (start a probe, emit an event).
-//! Threads, sockets and clocks live in `checker.rs`; here every rule is deterministic,
+//! Threads, sockets and clocks live in `runner.rs`; here every rule is deterministic,
 //! so the tests below drive it with made-up times and no sleeps.
 
 use std::collections::VecDeque;

@@ -135,7 +135,7 @@ settings! {
         keep_alive_seconds: f64 = 75.0, POSITIVE;
         /// a request body that sends nothing for this long is answered 408 and its request at the app aborted (nginx's client_body_timeout)
         client_body_timeout_seconds: f64 = 60.0, POSITIVE;
-        /// a client that takes no byte of its response for this long is disconnected (nginx's send_timeout)
+        /// a client that takes no byte of its response (on HTTP/2: opens no window for it) for this long is disconnected (nginx's send_timeout)
         send_timeout_seconds: f64 = 60.0, POSITIVE;
         /// a WebSocket or other upgraded connection that moves no byte either way for this long is closed
         tunnel_idle_timeout_seconds: f64 = 300.0, POSITIVE;

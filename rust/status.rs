@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use crate::checker::CheckerHandle;
 use crate::nvml::sample::GpuSample;
 use crate::nvml::{Found, MonitorState};
 use crate::proxy::listener::Port;
+use crate::runner::RunnerHandle;
 use crate::verdict::{Outcome, Verdict};
 use crate::worker::lock;
 
@@ -116,8 +116,8 @@ pub fn gpu_json(state: &MonitorState) -> Value {
 }
 
 /// The runner's life, as `/status` and `Core.state()` show it.
-pub fn life_json(checker: &CheckerHandle) -> Value {
-    let snap = checker.snapshot();
+pub fn life_json(runner: &RunnerHandle) -> Value {
+    let snap = runner.snapshot();
     let verdict = snap.verdict.as_ref();
     json!({
         "state": snap.state,
@@ -150,14 +150,14 @@ impl Info {
 /// What `/status` is made of.
 pub struct Parts<'a> {
     pub started: Instant,
-    pub checker: &'a CheckerHandle,
+    pub runner: &'a RunnerHandle,
     pub gpu: Option<MonitorState>,
     pub proxy: &'a Port,
     pub info: &'a Info,
 }
 
 pub fn document(parts: &Parts<'_>) -> Value {
-    let mut life = match life_json(parts.checker) {
+    let mut life = match life_json(parts.runner) {
         Value::Object(map) => map,
         _ => Map::new(),
     };
@@ -183,7 +183,7 @@ pub fn document(parts: &Parts<'_>) -> Value {
     );
     out.insert(
         "in_flight".into(),
-        json!(parts.checker.traffic().in_flight()),
+        json!(parts.runner.traffic().in_flight()),
     );
     out.insert(
         "connections".into(),
@@ -194,7 +194,7 @@ pub fn document(parts: &Parts<'_>) -> Value {
     out.insert("settings".into(), parts.info.get("settings"));
     out.insert(
         "checks".into(),
-        parts.checker.history().iter().map(outcome_json).collect(),
+        parts.runner.history().iter().map(outcome_json).collect(),
     );
     let gpu = match &parts.gpu {
         Some(state) => {

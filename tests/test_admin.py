@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import httpx
 from conftest import AppServer, parse_metrics, poll
 
@@ -83,3 +86,22 @@ def test_A_livez_fails_once_replacing(app_server: AppServer, runwarden):
             client.get("/predict", params={"status": "503"})
             poll(lambda: httpx.get(f"{rw.admin_url}/livez").status_code == 503)
             assert "app_503" in httpx.get(f"{rw.admin_url}/livez").text
+
+
+def test_A_S6_an_admin_keep_alive_connection_outlives_the_header_timeout(
+    app_server: AppServer, runwarden
+):
+    """A/S6: a scraper's keep-alive connection to the admin port is timed as the proxy
+    port's are: once its requests are answered it is idle (keep_alive_seconds), not a head
+    that never finished (header_timeout_seconds), so the next scrape on it is answered."""
+    rw = runwarden(app_server.url, "--header-timeout-seconds", "1", wait_ready=True)
+    request = b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", rw.admin_port), timeout=5) as sock:
+        sock.sendall(request)
+        first = sock.recv(65536)
+        # Idle past the header timeout (and its sweep); one connection throughout.
+        time.sleep(2.0)
+        sock.sendall(request)
+        second = sock.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200"), first
+    assert second.startswith(b"HTTP/1.1 200"), f"the connection was closed: {second!r}"

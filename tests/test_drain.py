@@ -142,13 +142,13 @@ def test_D1_the_verdict_drains_before_any_other_event_of_its_batch_is_handled(
 ) -> None:
     """D1: the verdict reaches its listener in the loop turn it arrives, before the check
     outcome that caused it, so no request of that turn can be admitted after it."""
-    from runwarden import HealthCheck, Warden
+    from runwarden import HealthSettings, Warden
 
     app_server.set_health("fail500")
     order: list[str] = []
 
     async def scenario() -> None:
-        settings = HealthCheck(
+        settings = HealthSettings(
             start_period_seconds=0, period_seconds=0.1, timeout_seconds=1, failure_threshold=1
         )
         warden = Warden(settings, app_server.url)

@@ -15,6 +15,10 @@ import sys
 import threading
 import time
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import httpx
 import psutil
 import pytest
@@ -247,6 +251,43 @@ def test_S6_hole_3_a_client_that_does_not_read_is_disconnected_at_the_send_timeo
     assert took < 10, f"disconnected {took:.1f} s after the request, send timeout 1 s"
     assert rw.proc.poll() is None
     assert httpx.get(f"{rw.url}/echo/after", timeout=5).status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_S6_hole_3_an_http2_client_that_opens_no_window_is_disconnected_at_the_send_timeout(
+    app_server: AppServer, runwarden
+):
+    """S6 (hole 3 on HTTP/2): a client that sets its streams' flow-control window to 0 and
+    never opens it writes nothing to block on, yet holds its response, and with it an app
+    connection. With --send-timeout-seconds 1 and one app connection at a time, its
+    connection is closed at the send timeout and the next client's request is answered."""
+    rw = runwarden(
+        app_server.url,
+        "--no-call-regularly",
+        "--send-timeout-seconds",
+        "1",
+        "--max-app-connections",
+        "1",
+    )
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    headers = [(":method", "GET"), (":path", "/download?size=1000000&length=1"),
+               (":scheme", "http"), (":authority", "x")]  # fmt: skip
+    with socket.create_connection(("127.0.0.1", rw.port), timeout=5) as sock:
+        conn.send_headers(1, headers, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        poll(lambda: rw.status()["in_flight"] == 1)
+        started = time.monotonic()
+        answer = httpx.get(f"{rw.url}/echo/next", timeout=30)
+        took = time.monotonic() - started
+        received, end = _read_to_end(sock, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert took < 10, f"the next request waited {took:.1f} s, send timeout 1 s"
+    assert end in ("eof", "reset"), "the stalled client's connection is still open"
+    events = conn.receive_data(received)
+    assert not any(isinstance(e, h2.events.DataReceived) for e in events), events
+    assert rw.proc.poll() is None
 
 
 def _fill_the_cap(rw, app_server: AppServer, count: int) -> list[socket.socket]:  # type: ignore[no-untyped-def]

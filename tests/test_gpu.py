@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from runwarden import GpuFinding, GpuMonitoring, GpuSamples, GpuSettings, HealthCheck, Warden
+from runwarden import GpuFinding, GpuMonitoring, GpuSamples, GpuSettings, HealthSettings, Warden
 from runwarden.testing import FakeNvml, fake_nvml_dir
 
 # The app is never checked in these tests: a period of an hour keeps the probe quiet.
-QUIET = HealthCheck(period_seconds=3600)
+QUIET = HealthSettings(period_seconds=3600)
 
 
 @pytest.fixture(scope="session")

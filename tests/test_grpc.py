@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 from conftest import AppServer, Runwarden, poll, start_app_server
-
 from runwarden import exit_codes
 
 GRPC = ("--app-protocol", "h2c", "--check-protocol", "grpc")
@@ -94,9 +93,7 @@ def test_R1_grpc_unavailable_is_the_apps_503_and_replaces_the_runner(
     assert "the app answered gRPC status UNAVAILABLE (14)" in rw.log()
 
 
-def test_H4_grpc_health_checks_replace_an_app_reporting_not_serving(
-    grpc_app: AppServer, runwarden
-):
+def test_H4_grpc_health_checks_replace_an_app_reporting_not_serving(grpc_app: AppServer, runwarden):
     """H4 over the gRPC health protocol: checks pass on SERVING; once the app reports
     NOT_SERVING, failure_threshold failures replace the runner (health_check)."""
     rw = _serve(runwarden, grpc_app)

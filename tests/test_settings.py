@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import clean_env
-from runwarden import GpuSettings, HealthCheck, ProxySettings, SettingsError
+from runwarden import GpuSettings, HealthSettings, ProxySettings, SettingsError
 from runwarden.cli import parse
 from runwarden.settings import GPU, HEALTH, PROXY, SIDECAR, SPECS, ConfigError, Spec, markdown
 
@@ -119,9 +119,9 @@ def test_C_every_setting_is_read_from_its_environment_variable(spec: Spec) -> No
 
 
 def test_H7_the_python_keyword_defaults_are_the_tables() -> None:
-    """H7: HealthCheck(), ProxySettings() and GpuSettings() hold exactly the table's
+    """H7: HealthSettings(), ProxySettings() and GpuSettings() hold exactly the table's
     defaults."""
-    assert HealthCheck().to_dict() == {s.name: s.default for s in HEALTH}
+    assert HealthSettings().to_dict() == {s.name: s.default for s in HEALTH}
     assert ProxySettings().to_dict() == {s.name: s.default for s in PROXY}
     assert GpuSettings().to_dict() == {s.name: s.default for s in GPU}
 
@@ -137,7 +137,7 @@ def _stub_defaults(cls: str) -> dict[str, Any]:
 
 def test_H7_the_stub_signatures_are_the_tables() -> None:
     """H7: _core.pyi's keyword defaults (a copy a type checker needs) equal the table."""
-    assert _stub_defaults("HealthCheck") == {s.name: s.default for s in HEALTH}
+    assert _stub_defaults("HealthSettings") == {s.name: s.default for s in HEALTH}
     assert _stub_defaults("ProxySettings") == {s.name: s.default for s in PROXY}
     assert _stub_defaults("GpuSettings") == {s.name: s.default for s in GPU}
 
@@ -179,7 +179,7 @@ def test_H7_errors_carry_the_setting_as_data(args: list[str], setting: str) -> N
     cli = "--" + setting.replace("_", "-")
     assert str(caught.value).startswith(f"{cli} (env RUNWARDEN_{setting.upper()}): {setting}")
     with pytest.raises(SettingsError) as core:
-        (GpuSettings if setting.startswith("gpu") else HealthCheck)(**{setting: _bad(setting)})
+        (GpuSettings if setting.startswith("gpu") else HealthSettings)(**{setting: _bad(setting)})
     assert core.value.setting == setting
 
 

@@ -81,7 +81,9 @@ class ScriptedApp:
 
 
 @pytest.fixture
-def scripted(runwarden: Callable[..., Runwarden]) -> Iterator[Callable[..., tuple[ScriptedApp, Runwarden]]]:
+def scripted(
+    runwarden: Callable[..., Runwarden],
+) -> Iterator[Callable[..., tuple[ScriptedApp, Runwarden]]]:
     apps: list[ScriptedApp] = []
 
     def start(handler: Handler, prefix: str = "") -> tuple[ScriptedApp, Runwarden]:
@@ -306,7 +308,7 @@ def test_S4_informational_answers_are_skipped_and_trailers_are_not_headers(scrip
     ids=["garbage", "oversized head", "unasked upgrade"],
 )
 def test_R3_a_response_that_is_not_acceptable_http_is_a_502(scripted, raw: bytes):
-    app, rw = scripted(answer(raw))
+    _, rw = scripted(answer(raw))
     assert get(rw).startswith(b"HTTP/1.1 502")
 
 

@@ -62,5 +62,7 @@ def test_D2_D6_a_websocket_is_served_while_draining_and_cut_at_the_deadline(
     assert 1.5 <= cut_after < 6, cut_after
     assert rw.wait_exit() == 0
     log = rw.log()
-    assert "drain ended with 1 request(s) still in flight: 0 answered 503 with Retry-After, " \
-        "1 cut mid-response" in log, log
+    assert (
+        "drain ended with 1 request(s) still in flight: 0 answered 503 with Retry-After, "
+        "1 cut mid-response" in log
+    ), log

@@ -32,7 +32,7 @@ __all__ = [
     "GpuMonitoring",
     "GpuSamples",
     "GpuSettings",
-    "HealthCheck",
+    "HealthSettings",
     "LogLine",
     "PortsClosed",
     "ProxySettings",
@@ -61,7 +61,7 @@ class SettingsError(ValueError):
     """The setting's name, as data."""
 
 @final
-class HealthCheck:
+class HealthSettings:
     """The health-check settings of SPEC H, validated (H7). Immutable. The defaults here are
     copies of `SETTINGS`'; tests/test_settings.py checks they agree."""
 
@@ -98,7 +98,7 @@ class HealthCheck:
         stall_seconds: float | None = None,
         trigger_interval_seconds: float = 1.0,
         history_size: int = 100,
-    ) -> HealthCheck: ...
+    ) -> HealthSettings: ...
     @property
     def effective_start_period_seconds(self) -> float:
         """H1: max(start_period_seconds, startup_timeout_seconds)."""
@@ -345,12 +345,13 @@ def fd_limits() -> tuple[int, int]:
 
 @final
 class Core:
-    """The core's threads: the checker, GPU monitoring, and (with `proxy`) the data plane that
-    serves both ports. Create, `start()`, read events, `stop()`."""
+    """The core's threads: the runner's (its life and checks), GPU monitoring's, and (with
+    `proxy`) the data plane's, which serves both ports. Create, `start()`, read events,
+    `stop()`."""
 
     def __new__(
         cls,
-        health: HealthCheck,
+        health: HealthSettings,
         app_url: str,
         gpu: GpuSettings | None = None,
         proxy: ProxySettings | None = None,

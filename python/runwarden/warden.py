@@ -28,7 +28,7 @@ from runwarden._core import (
     GpuMonitoring,
     GpuSamples,
     GpuSettings,
-    HealthCheck,
+    HealthSettings,
     LogLine,
     PortsClosed,
     ProxySettings,
@@ -57,7 +57,7 @@ class Warden:
 
     def __init__(
         self,
-        health: HealthCheck,
+        health: HealthSettings,
         app_url: str,
         gpu: GpuSettings | None = None,
         proxy: ProxySettings | None = None,

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
-use crate::checker::CheckerHandle;
 use crate::proxy::listener::Port;
+use crate::runner::RunnerHandle;
 
 const STATES: [&str; 5] = ["starting", "ready", "replacing", "stopping", "stopped"];
 
 pub struct Live {
-    checker: CheckerHandle,
+    runner: RunnerHandle,
     ports: Vec<Arc<Port>>,
     descs: Vec<Desc>,
 }
@@ -64,7 +64,7 @@ const FAMILIES: [Family; 6] = [
 ];
 
 impl Live {
-    pub fn new(checker: CheckerHandle, ports: Vec<Arc<Port>>) -> Live {
+    pub fn new(runner: RunnerHandle, ports: Vec<Arc<Port>>) -> Live {
         let descs = FAMILIES
             .iter()
             .map(|f| {
@@ -73,7 +73,7 @@ impl Live {
             })
             .collect();
         Live {
-            checker,
+            runner,
             ports,
             descs,
         }
@@ -134,8 +134,8 @@ impl Collector for Live {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let snapshot = self.checker.snapshot();
-        let in_flight = self.checker.traffic().in_flight() as f64;
+        let snapshot = self.runner.snapshot();
+        let in_flight = self.runner.traffic().in_flight() as f64;
         let values: [Vec<Sample>; 6] = [
             STATES
                 .iter()

@@ -8,8 +8,6 @@
 //! readiness then would let one flood take every runner out of its Service at once.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,9 +18,10 @@ use tokio::sync::watch;
 
 use super::answer::SERVER_NAME;
 use super::body::ProxyBody;
-use crate::checker::LifeView;
+use super::conn::ConnState;
 use crate::lifecycle::Phase;
 use crate::metrics::Metrics;
+use crate::runner::LifeView;
 
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 
@@ -33,17 +32,24 @@ pub struct AdminState {
     pub status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
 }
 
+/// The admin port's service for one connection.
 #[derive(Clone)]
-pub struct Admin(pub Arc<AdminState>);
+pub struct Admin {
+    pub state: Arc<AdminState>,
+    /// The connection, whose timeouts count its requests as the proxy port's do.
+    pub conn: Arc<ConnState>,
+}
 
 impl hyper::service::Service<Request<Incoming>> for Admin {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+    type Future = std::future::Ready<Result<Response<ProxyBody>, Infallible>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let response = self.answer(&request);
-        Box::pin(std::future::ready(Ok(response)))
+        // The head is in: the header timeout stops, and the connection is idle again once
+        // the answer, made here at once, is handed over.
+        let _active = self.conn.request_started();
+        std::future::ready(Ok(self.answer(&request)))
     }
 }
 
@@ -68,7 +74,7 @@ impl Admin {
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return response;
         }
-        let state = &self.0;
+        let state = &self.state;
         match route {
             "/livez" => {
                 let life = state.life.borrow();

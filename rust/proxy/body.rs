@@ -83,6 +83,10 @@ pub struct ProxyBody {
     ended: bool,
     /// The app's trailers went by: nothing follows them, the body is whole.
     trailed: bool,
+    /// The app broke off its body; said to hyper on the next poll, once what hyper holds
+    /// of the body has had its chance to reach the client (hyper drops its write buffer
+    /// with a connection whose body failed).
+    failed: Option<BoxError>,
 }
 
 impl ProxyBody {
@@ -113,6 +117,7 @@ impl ProxyBody {
             hooks: Vec::with_capacity(hooks),
             ended: false,
             trailed: false,
+            failed: None,
         }
     }
 
@@ -157,6 +162,10 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(error) = this.failed.take() {
+            this.end(End::Failed);
+            return Poll::Ready(Some(Err(error)));
+        }
         let polled = match &mut this.inner {
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Inner::Tunnel(_) => Poll::Ready(None),
@@ -182,8 +191,10 @@ impl Body for ProxyBody {
                         return Poll::Ready(Some(Ok(frame)));
                     }
                     Poll::Ready(Some(Err(error))) => {
-                        this.end(End::Failed);
-                        return Poll::Ready(Some(Err(error.into())));
+                        // hyper flushes what it holds before it polls again.
+                        this.failed = Some(error.into());
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
                     }
                     Poll::Ready(None) => Poll::Ready(None),
                 }
@@ -218,7 +229,9 @@ impl Drop for ProxyBody {
     fn drop(&mut self) {
         // hyper stops polling a body whose length it knows once the last byte is out, so a
         // body dropped at its end is complete.
-        let end = if self.trailed || self.is_end_stream() {
+        let end = if self.failed.is_some() {
+            End::Failed
+        } else if self.trailed || self.is_end_stream() {
             End::Complete
         } else {
             End::Dropped

@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use std::future::{poll_fn, Future};
@@ -82,6 +82,10 @@ pub struct ConnState {
     head_since: AtomicU64,
     /// Since when a write waits on a client that does not read (`NONE`: none).
     write_blocked_since: AtomicU64,
+    /// HTTP/2: for each response streaming, since when a frame handed to hyper waits for
+    /// the client to open its flow-control window (`NONE`: it does not). A stalled stream
+    /// writes nothing, so `write_blocked_since` would never see it.
+    stalls: Mutex<Vec<Arc<AtomicU64>>>,
     /// The client spoke HTTP/2 (prior knowledge).
     h2: AtomicBool,
     /// What the head in hand showed of itself (`sniff.rs`).
@@ -107,6 +111,7 @@ impl ConnState {
             idle_since: AtomicU64::new(now_nanos()),
             head_since: AtomicU64::new(NONE),
             write_blocked_since: AtomicU64::new(NONE),
+            stalls: Mutex::new(Vec::new()),
             h2: AtomicBool::new(false),
             sniffed: AtomicU8::new(0),
             killed: Signal::default(),
@@ -120,8 +125,9 @@ impl ConnState {
         self.active.load(Ordering::Relaxed) + self.streaming.load(Ordering::Relaxed) > 0
     }
 
-    pub fn streaming(&self) -> bool {
-        self.streaming.load(Ordering::Relaxed) > 0
+    /// Responses whose body is still being sent (a tunnel: while it is open).
+    pub fn streaming(&self) -> u32 {
+        self.streaming.load(Ordering::Relaxed)
     }
 
     /// Whether bytes arriving now begin a new HTTP/1 head: none is in hand or begun.
@@ -157,6 +163,18 @@ impl ConnState {
         } else if !blocked && since != NONE {
             self.write_blocked_since.store(NONE, Ordering::Relaxed);
         }
+    }
+
+    /// Since when the longest-waiting HTTP/2 stream has waited for its client's window.
+    fn stalled_since(&self) -> Option<u64> {
+        if !self.is_h2() {
+            return None;
+        }
+        crate::worker::lock(&self.stalls)
+            .iter()
+            .map(|since| since.load(Ordering::Relaxed))
+            .filter(|&since| since != NONE)
+            .min()
     }
 
     /// Whether an HTTP/1 client closed its side (or reset it): looked at without reading,
@@ -276,7 +294,15 @@ impl super::layer::Post for Active {
         }
         conn.request_left(&conn.active);
         if streaming {
-            response.body_mut().hook(Box::new(Streaming(conn)));
+            // Until hyper first asks for the body, it waits for a window too.
+            let stall = conn.is_h2().then(|| {
+                let stall = Arc::new(AtomicU64::new(now_nanos()));
+                crate::worker::lock(&conn.stalls).push(Arc::clone(&stall));
+                stall
+            });
+            response
+                .body_mut()
+                .hook(Box::new(Streaming { conn, stall }));
         }
         response
     }
@@ -290,14 +316,35 @@ impl Drop for Active {
     }
 }
 
-/// A streaming response's end, for its connection.
-pub struct Streaming(pub Arc<ConnState>);
+/// A streaming response, for its connection: its end, and (HTTP/2) whether it waits on
+/// its client.
+pub struct Streaming {
+    conn: Arc<ConnState>,
+    stall: Option<Arc<AtomicU64>>,
+}
 
-impl super::body::Hook for Streaming {}
+impl super::body::Hook for Streaming {
+    /// hyper asks for the next frame: the client took the last one.
+    fn polled(&mut self) {
+        if let Some(stall) = &self.stall {
+            stall.store(NONE, Ordering::Relaxed);
+        }
+    }
+
+    /// A frame goes to hyper, which sends it once the client's window has room.
+    fn frame(&mut self, _frame: &http_body::Frame<bytes::Bytes>) {
+        if let Some(stall) = &self.stall {
+            stall.store(now_nanos(), Ordering::Relaxed);
+        }
+    }
+}
 
 impl Drop for Streaming {
     fn drop(&mut self) {
-        self.0.request_left(&self.0.streaming);
+        if let Some(stall) = self.stall.take() {
+            crate::worker::lock(&self.conn.stalls).retain(|s| !Arc::ptr_eq(s, &stall));
+        }
+        self.conn.request_left(&self.conn.streaming);
     }
 }
 
@@ -318,12 +365,27 @@ impl Timeouts {
         }
     }
 
-    /// Why `conn` should be closed at `now`, if it should. `linger`: the port is closing,
-    /// and an idle connection waits only that long for a request already on its way.
-    pub fn expired(&self, conn: &ConnState, now: u64, linger: Option<u64>) -> Option<&'static str> {
+    /// Why `conn` should be closed at `now`, if it should. `closing`: since when the port
+    /// is closing, and how long an idle connection then waits for a request already on its
+    /// way (counted from the close or from its last answer, whichever came later).
+    pub fn expired(
+        &self,
+        conn: &ConnState,
+        now: u64,
+        closing: Option<(u64, u64)>,
+    ) -> Option<&'static str> {
         let blocked = conn.write_blocked_since.load(Ordering::Relaxed);
         if blocked != NONE && now.saturating_sub(blocked) > self.send {
             return Some("the client took no byte of its response within send_timeout_seconds");
+        }
+        if conn
+            .stalled_since()
+            .is_some_and(|since| now.saturating_sub(since) > self.send)
+        {
+            // hyper holds the frame until the window opens: only the connection can go.
+            return Some(
+                "an HTTP/2 client opened no window for its response within send_timeout_seconds",
+            );
         }
         let idle_since = conn.idle_since()?;
         let h2 = conn.h2.load(Ordering::Relaxed);
@@ -333,8 +395,9 @@ impl Timeouts {
                 .then_some("the request head did not arrive within header_timeout_seconds");
         }
         let idle = now.saturating_sub(idle_since);
-        if let Some(linger) = linger {
-            return (idle > linger).then_some("closing: the connection was idle");
+        if let Some((since, linger)) = closing {
+            let waited = now.saturating_sub(idle_since.max(since));
+            return (waited > linger).then_some("closing: the connection was idle");
         }
         if conn.served.load(Ordering::Relaxed) == 0 && !h2 {
             return (idle > self.header)

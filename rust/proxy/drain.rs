@@ -30,7 +30,7 @@ use super::answer::{close, json as json_answer, retry_elsewhere};
 use super::layer::{layer, Req, Resp};
 use super::listener::Port;
 use super::log::Log;
-use crate::checker::{CheckerHandle, LifeView};
+use crate::runner::{LifeView, RunnerHandle};
 use crate::verdict::{Drained, Event, Verdict};
 
 pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-runwarden-draining");
@@ -41,12 +41,10 @@ const ANSWER_GRACE: Duration = Duration::from_millis(500);
 /// What the drain layer and the drain's course share.
 pub struct DrainState {
     life: watch::Receiver<LifeView>,
-    deadline: watch::Sender<bool>,
-    /// Cancelled at the drain's deadline; a fresh one when the runner starts over (K2).
+    /// Cancelled at the drain's deadline; a fresh one once the drain has ended, for the
+    /// runner that starts over (K2).
     passed: RwLock<CancellationToken>,
     answered: AtomicU64,
-    /// Tunnels closed at the deadline (they close themselves).
-    pub tunnels_cut: AtomicU64,
     /// The in-flight count reached 0.
     pub idle: Notify,
     hurry: Notify,
@@ -56,18 +54,11 @@ impl DrainState {
     pub fn new(life: watch::Receiver<LifeView>) -> Arc<DrainState> {
         Arc::new(DrainState {
             life,
-            deadline: watch::Sender::new(false),
             passed: RwLock::new(CancellationToken::new()),
             answered: AtomicU64::new(0),
-            tunnels_cut: AtomicU64::new(0),
             idle: Notify::new(),
             hurry: Notify::new(),
         })
-    }
-
-    /// True from the drain's deadline until the runner starts over.
-    pub fn deadline(&self) -> watch::Receiver<bool> {
-        self.deadline.subscribe()
     }
 
     /// A second stop signal: stop waiting for requests in flight.
@@ -85,7 +76,6 @@ impl DrainState {
     }
 
     fn set_passed(&self, passed: bool) {
-        self.deadline.send_replace(passed);
         let mut token = self.passed.write().unwrap_or_else(|e| e.into_inner());
         if passed {
             token.cancel();
@@ -194,7 +184,7 @@ fn refused(verdict: &Verdict, detail: &str, version: Version) -> Resp {
 /// what is left at the deadline, say so (`Event::Drained`), and wait for a restart (K2).
 pub async fn course(
     state: Arc<DrainState>,
-    checker: CheckerHandle,
+    runner: RunnerHandle,
     proxy: Arc<Port>,
     timeout: Duration,
     log: Log,
@@ -204,7 +194,7 @@ pub async fn course(
         if life.wait_for(LifeView::draining).await.is_err() {
             return;
         }
-        let traffic = checker.traffic();
+        let traffic = runner.traffic();
         let deadline = Instant::now() + timeout;
         loop {
             let idle = state.idle.notified();
@@ -225,26 +215,34 @@ pub async fn course(
             state.set_passed(true);
             let grace = Instant::now() + ANSWER_GRACE;
             while Instant::now() < grace {
-                let streaming = proxy.connections().iter().filter(|c| c.streaming()).count();
-                if traffic.in_flight() <= streaming as u64 {
+                let streaming: u64 = proxy
+                    .connections()
+                    .iter()
+                    .map(|c| c.streaming() as u64)
+                    .sum();
+                if traffic.in_flight() <= streaming {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            // Streams and tunnels still running are cut with their connections.
             let mut cut = 0;
             for conn in proxy.connections() {
-                if conn.streaming() {
+                let streaming = conn.streaming();
+                if streaming > 0 {
                     conn.kill();
-                    cut += 1;
+                    cut += u64::from(streaming);
                 }
             }
             drained.answered = state.answered.swap(0, Ordering::Relaxed);
-            drained.cut = cut + state.tunnels_cut.swap(0, Ordering::Relaxed);
+            drained.cut = cut;
+            // Nothing waits on this drain's deadline any more; a request let in once the
+            // runner starts over (K2) must not meet it.
+            state.set_passed(false);
         }
         log.event(Event::Drained(drained));
         if life.wait_for(|view| !view.draining()).await.is_err() {
             return;
         }
-        state.set_passed(false); // K2: the runner starts over
     }
 }

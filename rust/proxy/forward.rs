@@ -17,13 +17,12 @@ use super::address::AppAddress;
 use super::answer::{json as json_answer, refusal, Unreachable};
 use super::body::{ProxyBody, TunnelHooks};
 use super::conn::ConnState;
-use super::drain::DrainState;
+use super::inflight::ClientWait;
 use super::layer::{Req, Resp};
 use super::log::Log;
 use super::pool::{Failure, Pool};
 use super::tunnel;
 use super::upload::{Broken, Fate, Outbound, Upload};
-use crate::checker::CheckerHandle;
 
 /// What forwarding needs, shared by every connection.
 pub struct Shared {
@@ -33,9 +32,6 @@ pub struct Shared {
     pub address: AppAddress,
     pub body_timeout: Duration,
     pub tunnel_idle: Duration,
-    /// H9's accounting, when an H9 rule reads it.
-    pub h9: Option<CheckerHandle>,
-    pub drain: Arc<DrainState>,
     pub log: Log,
 }
 
@@ -76,6 +72,7 @@ impl tower::Service<Req> for Forward {
             let asked = (parts.method.clone(), parts.uri.clone());
             parts.uri = this.address.uri(parts.uri.path_and_query(), this.h2c);
             parts.version = http::Version::HTTP_11; // the pool speaks the app's own
+            let wait = parts.extensions.remove::<Arc<ClientWait>>();
             parts.extensions.clear();
             if !parts.headers.contains_key(HOST) {
                 // An HTTP/1.0 client may name no host: the app's own, then.
@@ -96,7 +93,7 @@ impl tower::Service<Req> for Forward {
                 )
             });
             let fate = Arc::new(Fate::default());
-            let body = Upload::new(body, this.body_timeout, Arc::clone(&fate), this.h9.clone());
+            let body = Upload::new(body, this.body_timeout, Arc::clone(&fate), wait);
             let upgrade = client_side.is_some();
             let mut result = this
                 .pool
@@ -128,9 +125,8 @@ impl tower::Service<Req> for Forward {
                     client: client_side,
                     app: app_side,
                     hooks: Arc::clone(&hooks),
-                    conn: Some(conn),
+                    conn,
                     idle: this.tunnel_idle,
-                    drain: Arc::clone(&this.drain),
                     log: this.log.clone(),
                 }));
                 let (parts, _) = response.into_parts();

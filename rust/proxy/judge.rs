@@ -13,19 +13,19 @@ use super::answer::{Own, Unreachable};
 use super::body::{End, Hook};
 use super::grpc;
 use super::layer::{layer, Post, Req, Resp, Then};
-use crate::checker::CheckerHandle;
+use crate::runner::RunnerHandle;
 use crate::verdict::Reason;
 
 layer! {
     /// R1, R4, H6.
-    JudgeLayer => JudgeService { checker: CheckerHandle, header: HeaderName }
+    JudgeLayer => JudgeService { runner: RunnerHandle, header: HeaderName }
     future Then<S::Answer, Judge>
 }
 
 impl<S: super::layer::Inner> JudgeService<S> {
     fn handle(&mut self, request: Req) -> Then<S::Answer, Judge> {
         let judge = Judge {
-            checker: self.checker.clone(),
+            runner: self.runner.clone(),
             header: self.header.clone(),
         };
         Then::later(self.inner.call(request), judge)
@@ -34,16 +34,16 @@ impl<S: super::layer::Inner> JudgeService<S> {
 
 /// The judgement of one answer.
 pub struct Judge {
-    checker: CheckerHandle,
+    runner: RunnerHandle,
     header: HeaderName,
 }
 
 impl Post for Judge {
     fn post(self, mut response: Resp) -> Resp {
-        let Judge { checker, header } = self;
+        let Judge { runner, header } = self;
         if let Some(unreachable) = response.extensions().get::<Unreachable>() {
             if !unreachable.local {
-                checker.response(502); // R3, R4: a dead app is noticed at once
+                runner.response(502); // R3, R4: a dead app is noticed at once
             }
             return response;
         }
@@ -52,41 +52,41 @@ impl Post for Judge {
         }
         let status = response.status().as_u16();
         if matches!(status, 500 | 502 | 503 | 504) {
-            checker.response(status); // R1, R4
+            runner.response(status); // R1, R4
         }
         if grpc::is_grpc(response.headers()) {
             match grpc::status(response.headers()) {
-                Some(code) => judge_grpc(&checker, code),
+                Some(code) => judge_grpc(&runner, code),
                 None => response
                     .body_mut()
-                    .hook(Box::new(GrpcTrailers(checker.clone()))),
+                    .hook(Box::new(GrpcTrailers(runner.clone()))),
             }
         }
         if response.headers_mut().remove(&header).is_some() {
-            response.body_mut().hook(Box::new(ManualCheck(checker)));
+            response.body_mut().hook(Box::new(ManualCheck(runner)));
         }
         response
     }
 }
 
-fn judge_grpc(checker: &CheckerHandle, code: u32) {
+fn judge_grpc(runner: &RunnerHandle, code: u32) {
     match grpc::judged_as(code) {
         Some(503) => {
             let detail = format!(
                 "the app answered gRPC status {} ({code})",
                 grpc::code_name(code)
             );
-            checker.drain(Reason::App503, detail);
+            runner.drain(Reason::App503, detail);
         }
         Some(status) => {
-            checker.response(status);
+            runner.response(status);
         }
         None => {}
     }
 }
 
 /// R1, R4 on a gRPC answer's trailers, as they pass.
-struct GrpcTrailers(CheckerHandle);
+struct GrpcTrailers(RunnerHandle);
 
 impl Hook for GrpcTrailers {
     fn frame(&mut self, frame: &Frame<Bytes>) {
@@ -97,7 +97,7 @@ impl Hook for GrpcTrailers {
 }
 
 /// H6: a check once the answer is sent, or broke off, or was dropped.
-struct ManualCheck(CheckerHandle);
+struct ManualCheck(RunnerHandle);
 
 impl Hook for ManualCheck {
     fn ended(&mut self, _end: End) {

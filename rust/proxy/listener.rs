@@ -99,8 +99,12 @@ pub struct Port {
     timeouts: Timeouts,
     slots: Mutex<Slots>,
     refused: AtomicU64,
-    closing: AtomicBool,
+    /// Since when the port is closing (`now_nanos`; 0: it is not).
+    closing_since: AtomicU64,
     stop: Notify,
+    /// The listener is gone, and every connection the kernel had accepted is admitted.
+    accepting_ended: AtomicBool,
+    ended: Notify,
     left: Notify,
     log: Log,
 }
@@ -113,8 +117,10 @@ impl Port {
             timeouts,
             slots: Mutex::new(Slots::default()),
             refused: AtomicU64::new(0),
-            closing: AtomicBool::new(false),
+            closing_since: AtomicU64::new(0),
             stop: Notify::new(),
+            accepting_ended: AtomicBool::new(false),
+            ended: Notify::new(),
             left: Notify::new(),
             log,
         })
@@ -122,6 +128,28 @@ impl Port {
 
     pub fn open(&self) -> usize {
         lock(&self.slots).open
+    }
+
+    /// Since when the port is closing, if it is.
+    fn closing(&self) -> Option<u64> {
+        Some(self.closing_since.load(Ordering::Acquire)).filter(|&since| since != 0)
+    }
+
+    fn accepting_ended(&self) -> bool {
+        self.accepting_ended.load(Ordering::Acquire)
+    }
+
+    /// Returns once `run` has stopped accepting and admitted what the kernel had accepted.
+    async fn accepted_all(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.accepting_ended() {
+                return;
+            }
+            ended.await;
+        }
     }
 
     /// Clients answered 503 at the cap since start.
@@ -182,6 +210,8 @@ impl Port {
                 }
             }
         }
+        self.accepting_ended.store(true, Ordering::Release);
+        self.ended.notify_waiters();
     }
 
     fn admit<S>(
@@ -231,7 +261,7 @@ impl Port {
 
     fn tick(&self) -> Duration {
         let t = &self.timeouts;
-        let shortest = if self.closing.load(Ordering::Acquire) {
+        let shortest = if self.closing().is_some() {
             LINGER.as_nanos() as u64
         } else {
             t.header.min(t.keep_alive).min(t.send)
@@ -242,17 +272,16 @@ impl Port {
     async fn sweep(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.tick()).await;
-            let linger = self
-                .closing
-                .load(Ordering::Acquire)
-                .then_some(LINGER.as_nanos() as u64);
+            let closing = self
+                .closing()
+                .map(|since| (since, LINGER.as_nanos() as u64));
             let now = now_nanos();
             for conn in self.connections() {
-                if self.timeouts.expired(&conn, now, linger).is_some() {
+                if self.timeouts.expired(&conn, now, closing).is_some() {
                     conn.kill();
                 }
             }
-            if self.closing.load(Ordering::Acquire) && self.open() == 0 {
+            if closing.is_some() && self.accepting_ended() && self.open() == 0 {
                 return;
             }
         }
@@ -261,8 +290,11 @@ impl Port {
     /// D6: stop listening, answer what had arrived, and wait until every connection is
     /// closed or `deadline` passes; then cut the rest. How many had to be cut.
     pub async fn close(&self, deadline: Instant) -> usize {
-        self.closing.store(true, Ordering::Release);
+        self.closing_since.store(now_nanos(), Ordering::Release);
         self.stop.notify_one();
+        let deadline = deadline.max(Instant::now() + LINGER);
+        // Every connection the kernel had accepted is one of ours before any is counted.
+        let _ = tokio::time::timeout_at(deadline, self.accepted_all()).await;
         for conn in self.connections() {
             // HTTP/2: GOAWAY. HTTP/1.1 is left to the sweeper's linger: hyper's graceful
             // close would drop an idle connection at once, and with it a request the
@@ -271,7 +303,6 @@ impl Port {
                 conn.shut_down();
             }
         }
-        let deadline = deadline.max(Instant::now() + LINGER);
         loop {
             let left = self.left.notified();
             if self.open() == 0 {

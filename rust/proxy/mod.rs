@@ -58,9 +58,9 @@ use hyper_util::server::conn::auto::Builder;
 use tokio::sync::{oneshot, Semaphore};
 use tower::Layer;
 
-use crate::checker::CheckerHandle;
 use crate::error::{CoreError, Result};
 use crate::metrics::Metrics;
+use crate::runner::RunnerHandle;
 use crate::settings::ProxySettings;
 use crate::verdict::Event;
 use crate::worker::{lock, Worker};
@@ -146,7 +146,7 @@ pub fn auto_app_connections(app_fds: usize) -> usize {
 /// What the data plane serves with, besides its settings.
 pub struct Wiring {
     pub app_url: String,
-    pub checker: CheckerHandle,
+    pub runner: RunnerHandle,
     pub metrics: Arc<Metrics>,
     /// The `/status` document, rendered when asked.
     pub status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
@@ -287,20 +287,20 @@ impl DataPlane {
         let admin_port = Arc::clone(&self.admin);
         let drain_state = Arc::clone(
             self.drain
-                .get_or_init(|| drain::DrainState::new(wiring.checker.life())),
+                .get_or_init(|| drain::DrainState::new(wiring.runner.life())),
         );
         let max_app_connections = self.max_app_connections;
         let log = self.log.clone();
         async move {
             let builder = Arc::new(server_builder());
-            let admin_service = admin::Admin(Arc::new(admin::AdminState {
-                life: wiring.checker.life(),
+            let admin_state = Arc::new(admin::AdminState {
+                life: wiring.runner.life(),
                 metrics: Arc::clone(&wiring.metrics),
                 status: wiring.status,
-            }));
+            });
             let settings = &settings;
             let stack = Stack::new(
-                &wiring.checker,
+                &wiring.runner,
                 &wiring.metrics,
                 &drain_state,
                 &log,
@@ -317,14 +317,17 @@ impl DataPlane {
             };
             tokio::spawn(drain::course(
                 drain_state,
-                wiring.checker.clone(),
+                wiring.runner.clone(),
                 Arc::clone(&proxy_port),
                 settings.drain_timeout(),
                 log.clone(),
             ));
             tokio::spawn(
-                Arc::clone(&admin_port).run(admin, Arc::clone(&builder), move |_conn| {
-                    admin_service.clone()
+                Arc::clone(&admin_port).run(admin, Arc::clone(&builder), move |conn| {
+                    admin::Admin {
+                        state: Arc::clone(&admin_state),
+                        conn,
+                    }
                 }),
             );
             tokio::spawn(proxy_port.run(proxy, builder, move |conn| ConnService {
@@ -389,7 +392,7 @@ fn server_builder() -> Builder<TokioExecutor> {
 
 /// What every connection's stack is built from.
 struct Stack {
-    checker: CheckerHandle,
+    runner: RunnerHandle,
     metrics: Arc<Metrics>,
     drain: Arc<drain::DrainState>,
     log: Log,
@@ -403,7 +406,7 @@ struct Stack {
 
 impl Stack {
     fn new(
-        checker: &CheckerHandle,
+        runner: &RunnerHandle,
         metrics: &Arc<Metrics>,
         drain_state: &Arc<drain::DrainState>,
         log: &Log,
@@ -411,10 +414,10 @@ impl Stack {
         app_url: &str,
         max_app_connections: usize,
     ) -> Stack {
-        let address = address::AppAddress::parse(app_url).expect("the checker validated app_url");
-        let h9 = checker.h9();
+        let address = address::AppAddress::parse(app_url).expect("the runner validated app_url");
+        let h9 = runner.h9();
         Stack {
-            checker: checker.clone(),
+            runner: runner.clone(),
             metrics: Arc::clone(metrics),
             drain: Arc::clone(drain_state),
             log: log.clone(),
@@ -430,8 +433,6 @@ impl Stack {
                 address,
                 body_timeout: Duration::from_secs_f64(settings.client_body_timeout_seconds),
                 tunnel_idle: Duration::from_secs_f64(settings.tunnel_idle_timeout_seconds),
-                h9: h9.then(|| checker.clone()),
-                drain: Arc::clone(drain_state),
                 log: log.clone(),
             }),
         }
@@ -461,11 +462,11 @@ impl Stack {
             trigger::TriggerLayer {
                 header: self.check_header.clone(),
                 trusted: self.trusted.clone(),
-                checker: self.checker.clone(),
+                runner: self.runner.clone(),
                 conn: Arc::clone(conn),
             },
             inflight::InFlightLayer {
-                checker: self.checker.clone(),
+                runner: self.runner.clone(),
                 drain: Arc::clone(&self.drain),
                 h9: self.h9,
             },
@@ -474,7 +475,7 @@ impl Stack {
                 conn: Arc::clone(conn),
             },
             judge::JudgeLayer {
-                checker: self.checker.clone(),
+                runner: self.runner.clone(),
                 header: self.check_header.clone(),
             },
             headers::Headers {

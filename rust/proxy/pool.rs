@@ -35,8 +35,12 @@ use super::upload::Outbound;
 use crate::settings::AppProtocol;
 use crate::worker::lock;
 
-/// How long an idle connection to the app is kept.
-const IDLE: Duration = Duration::from_secs(60);
+/// How long an idle connection to the app is kept: less than the keep-alive of the servers
+/// apps run on (uvicorn's and Node's 5 s, gunicorn's 2 s for sync workers aside), so the
+/// app seldom closes one just as a request is written to it.
+const IDLE: Duration = Duration::from_secs(4);
+/// How long dialling the app may take before the request is a 502.
+const CONNECT: Duration = Duration::from_secs(5);
 
 type Request = http::Request<Outbound>;
 type Response = http::Response<Incoming>;
@@ -92,10 +96,11 @@ impl Link {
         !self.ended && !self.sender.is_closed() && self.sender.is_ready()
     }
 
-    /// Its answer was read to the end: back to the pool, if it can serve again.
+    /// Its answer was read to the end: back to the pool, if it can serve again. Not while
+    /// the request's body is still being sent (the app answered before reading it all): no
+    /// one would drive it there, so the connection is closed and the upload ends.
     pub fn give_back(mut self: Box<Self>) {
-        self.drive(&mut Context::from_waker(Waker::noop()));
-        if self.ended || self.sender.is_closed() {
+        if !self.usable() {
             return;
         }
         let pool = Arc::clone(&self.pool);
@@ -182,8 +187,9 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<TokioIo<TcpStream>, Failure> {
-        let stream = TcpStream::connect(&self.dial)
+        let stream = tokio::time::timeout(CONNECT, TcpStream::connect(&self.dial))
             .await
+            .map_err(|_| Failure::Connect(io::Error::from(io::ErrorKind::TimedOut)))?
             .map_err(Failure::Connect)?;
         stream.set_nodelay(true).map_err(Failure::Connect)?;
         Ok(TokioIo::new(stream))

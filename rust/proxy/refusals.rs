@@ -37,17 +37,17 @@ impl<S: super::layer::Inner> RefusalsService<S> {
 /// (`sniff.rs`).
 pub fn refused<B>(request: &http::Request<B>, sniffed: u8) -> Option<(StatusCode, &'static str)> {
     let version = request.version();
-    if version >= Version::HTTP_2 {
-        return None; // h2 checks its own pseudo-headers and framing
-    }
-    if sniffed & sniff::BAD_VERSION != 0 {
+    // HTTP/2 framing is h2's to check (it refuses connection-specific headers, a transfer
+    // coding among them); its Host, authority, method and target are checked here too.
+    let h1 = version < Version::HTTP_2;
+    if h1 && sniffed & sniff::BAD_VERSION != 0 {
         return Some((
             StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             "runwarden speaks HTTP/1.0, HTTP/1.1 and HTTP/2 (prior knowledge)\n",
         ));
     }
     let both = sniff::CONTENT_LENGTH | sniff::TRANSFER_ENCODING;
-    if sniffed & both == both {
+    if h1 && sniffed & both == both {
         return Some((
             StatusCode::BAD_REQUEST,
             "Content-Length and Transfer-Encoding in one head\n",
@@ -73,6 +73,16 @@ pub fn refused<B>(request: &http::Request<B>, sniffed: u8) -> Option<(StatusCode
             ));
         }
         _ => {}
+    }
+    // An absolute-form target's (or HTTP/2's `:authority`) becomes the app's Host: no
+    // userinfo, nothing but host[:port].
+    if let Some(authority) = request.uri().authority() {
+        if !valid_host(authority.as_str().as_bytes()) {
+            return Some((
+                StatusCode::BAD_REQUEST,
+                "the request's authority is not a host[:port]\n",
+            ));
+        }
     }
     if let Some(why) = transfer_coding(headers) {
         return Some(why);
@@ -169,6 +179,57 @@ pub fn valid_host(host: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(version: Version, method: &str, target: &str, hosts: &[&str]) -> http::Request<()> {
+        let mut builder = http::Request::builder()
+            .version(version)
+            .method(method)
+            .uri(target);
+        for host in hosts {
+            builder = builder.header(HOST, *host);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn status(request: &http::Request<()>) -> Option<StatusCode> {
+        refused(request, 0).map(|(status, _)| status)
+    }
+
+    #[test]
+    fn s3_http2_requests_meet_the_same_host_method_and_authority_checks() {
+        let h2 = Version::HTTP_2;
+        assert_eq!(
+            status(&request(h2, "GET", "http://app.example/x", &[])),
+            None
+        );
+        assert_eq!(
+            status(&request(h2, "GET", "/x", &[])),
+            None,
+            "no Host on HTTP/2"
+        );
+        let bad = StatusCode::BAD_REQUEST;
+        assert_eq!(
+            status(&request(h2, "CONNECT", "app.example:443", &[])),
+            Some(bad)
+        );
+        assert_eq!(status(&request(h2, "GET", "/x", &["a", "b"])), Some(bad));
+        assert_eq!(status(&request(h2, "GET", "/x", &["a b"])), Some(bad));
+        assert_eq!(
+            status(&request(h2, "GET", "http://user@app.example/x", &[])),
+            Some(bad)
+        );
+    }
+
+    #[test]
+    fn s3_an_absolute_form_authority_with_userinfo_is_refused() {
+        let h1 = Version::HTTP_11;
+        let absolute = |target| status(&request(h1, "GET", target, &["x"]));
+        assert_eq!(absolute("http://app.example:8080/x"), None);
+        assert_eq!(
+            absolute("http://user:pw@app.example/x"),
+            Some(StatusCode::BAD_REQUEST)
+        );
+    }
 
     #[test]
     fn s3_host_must_be_a_host_and_maybe_a_port() {

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::answer::json as json_answer;
 use super::conn::ConnState;
 use super::layer::{layer, Req, Resp};
-use crate::checker::{CheckWait, CheckerHandle};
+use crate::runner::{CheckWait, RunnerHandle};
 use crate::status::outcome_json;
 use crate::verdict::{Outcome, Trigger};
 
@@ -51,7 +51,7 @@ layer! {
     TriggerLayer => TriggerService {
         header: HeaderName,
         trusted: Trusted,
-        checker: CheckerHandle,
+        runner: RunnerHandle,
         conn: Arc<ConnState>,
     }
     future TriggerFuture<S::Answer>
@@ -63,7 +63,7 @@ impl<S: super::layer::Inner> TriggerService<S> {
             if !self.trusted.contains(self.conn.peer.ip()) {
                 request.headers_mut().remove(&self.header);
             } else {
-                return match self.checker.trigger_and_wait(Trigger::Gateway) {
+                return match self.runner.trigger_and_wait(Trigger::Gateway) {
                     CheckWait::Latest(outcome) => TriggerFuture::Now {
                         response: Some(Box::new(answer(&outcome))),
                     },

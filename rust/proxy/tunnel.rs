@@ -2,7 +2,8 @@
 //! bytes are copied both ways as they come. The tunnel is in flight while open (its `101`'s
 //! hooks end only when it closes, so the drain waits for it and the door's permit is
 //! held), closes when it moves no byte either way for `tunnel_idle_timeout_seconds`, and
-//! is cut at the drain's deadline (D6).
+//! is cut with its connection (at the drain's deadline, D6, its connection is streaming and
+//! is cut).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,16 +17,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::body::{End, TunnelHooks};
 use super::conn::{now_nanos, ConnState};
-use super::drain::DrainState;
 use super::log::Log;
 
 pub struct Tunnel {
     pub client: OnUpgrade,
     pub app: OnUpgrade,
     pub hooks: Arc<TunnelHooks>,
-    pub conn: Option<Arc<ConnState>>,
+    pub conn: Arc<ConnState>,
     pub idle: Duration,
-    pub drain: Arc<DrainState>,
     pub log: Log,
 }
 
@@ -43,23 +42,12 @@ pub async fn run(tunnel: Tunnel) {
     let moved = Arc::new(AtomicU64::new(now_nanos()));
     let mut client = Touched::new(TokioIo::new(client), Arc::clone(&moved));
     let mut app = Touched::new(TokioIo::new(app), Arc::clone(&moved));
-    let mut deadline = tunnel.drain.deadline();
-    let kill = async {
-        match &tunnel.conn {
-            Some(conn) => conn.killed().await,
-            None => std::future::pending().await,
-        }
-    };
     let end = tokio::select! {
         copied = tokio::io::copy_bidirectional(&mut client, &mut app) => {
             if copied.is_ok() { End::Complete } else { End::Failed }
         }
         () = idle(&moved, tunnel.idle) => End::Complete,
-        _ = deadline.wait_for(|passed| *passed) => {
-            tunnel.drain.tunnels_cut.fetch_add(1, Ordering::Relaxed);
-            End::Dropped
-        }
-        () = kill => End::Dropped,
+        () = tunnel.conn.killed() => End::Dropped,
     };
     drop((client, app));
     tunnel.hooks.closed(end);

@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::body::BoxError;
-use crate::checker::CheckerHandle;
+use super::inflight::ClientWait;
 
 /// Why a request body failed, as the client is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,7 @@ pub struct Upload {
     moved: bool,
     fate: Arc<Fate>,
     /// H9's accounting, when an H9 rule reads it.
-    h9: Option<CheckerHandle>,
+    wait: Option<Arc<ClientWait>>,
     waiting_on_client: bool,
 }
 
@@ -81,7 +81,7 @@ impl Upload {
         body: Incoming,
         timeout: Duration,
         fate: Arc<Fate>,
-        h9: Option<CheckerHandle>,
+        wait: Option<Arc<ClientWait>>,
     ) -> Upload {
         Upload {
             body,
@@ -89,15 +89,15 @@ impl Upload {
             timer: None,
             moved: true,
             fate,
-            h9,
+            wait,
             waiting_on_client: false,
         }
     }
 
     fn client_moved(&mut self) {
         if std::mem::take(&mut self.waiting_on_client) {
-            if let Some(checker) = &self.h9 {
-                checker.client_wait_finished();
+            if let Some(wait) = &self.wait {
+                wait.finished();
             }
         }
     }
@@ -114,10 +114,9 @@ impl Body for Upload {
         let this = self.get_mut();
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Pending => {
-                if !this.waiting_on_client {
-                    this.waiting_on_client = true;
-                    if let Some(checker) = &this.h9 {
-                        checker.traffic().client_wait_started();
+                if !std::mem::replace(&mut this.waiting_on_client, true) {
+                    if let Some(wait) = &this.wait {
+                        wait.started();
                     }
                 }
                 let deadline = Instant::now() + this.timeout;
@@ -136,8 +135,8 @@ impl Body for Upload {
             Poll::Ready(Some(Ok(frame))) => {
                 this.client_moved();
                 this.moved = true;
-                if let Some(checker) = &this.h9 {
-                    checker.traffic().progress();
+                if let Some(wait) = &this.wait {
+                    wait.progress();
                 }
                 // Trailers never become headers (S5); runwarden forwards none of them.
                 match frame.into_data() {

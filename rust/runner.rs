@@ -1,4 +1,5 @@
-//! The threads around the scheduler: one that keeps time, and one that runs the probes.
+//! The runner: its life (readiness, the verdict, the drain's start) and the threads around
+//! the scheduler that decides it: one that keeps time, and one that runs the probes.
 //!
 //! The scheduler decides; this file only does what it says. Probes run as tasks on a small
 //! runtime of their own (never the data plane's), so a hung app never stalls the clock and a
@@ -185,11 +186,11 @@ impl Shared {
     }
 }
 
-/// What the data plane and the bindings may ask of the checker; cheap to clone.
+/// What the data plane and the bindings may ask of the runner; cheap to clone.
 #[derive(Clone)]
-pub struct CheckerHandle(Arc<Shared>);
+pub struct RunnerHandle(Arc<Shared>);
 
-impl CheckerHandle {
+impl RunnerHandle {
     fn with_scheduler<T>(&self, f: impl FnOnce(&mut Scheduler, Duration) -> (T, Vec<Action>)) -> T {
         let (value, actions) = {
             let mut scheduler = self.0.lock();
@@ -345,29 +346,29 @@ impl CheckerHandle {
     }
 }
 
-/// The health checker of one app: owns the clock thread and the probes' runtime, and
-/// stops them within a bound.
-pub struct Checker {
-    handle: CheckerHandle,
+/// One app's runner: owns its life, the clock thread and the probes' runtime, and stops
+/// them within a bound.
+pub struct Runner {
+    handle: RunnerHandle,
     thread: Mutex<Option<Worker>>,
     probes: Mutex<Option<(Worker, oneshot::Sender<()>)>>,
 }
 
-impl Deref for Checker {
-    type Target = CheckerHandle;
+impl Deref for Runner {
+    type Target = RunnerHandle;
 
-    fn deref(&self) -> &CheckerHandle {
+    fn deref(&self) -> &RunnerHandle {
         &self.handle
     }
 }
 
-impl Checker {
+impl Runner {
     pub fn new(
         settings: HealthSettings,
         app_url: &str,
         app: AppProtocol,
         events: Arc<EventQueue>,
-    ) -> Result<Checker> {
+    ) -> Result<Runner> {
         let settings = settings.validate()?;
         let probe = Probe::new(app_url, &settings, app)?;
         let (probes, handle) = probe_runtime()?;
@@ -378,8 +379,8 @@ impl Checker {
             state: scheduler.life().state(),
             verdict: None,
         };
-        Ok(Checker {
-            handle: CheckerHandle(Arc::new(Shared {
+        Ok(Runner {
+            handle: RunnerHandle(Arc::new(Shared {
                 base,
                 stall_detection: scheduler.settings().stall_seconds.is_some(),
                 scheduler: Mutex::new(scheduler),
@@ -397,7 +398,7 @@ impl Checker {
         })
     }
 
-    pub fn handle(&self) -> CheckerHandle {
+    pub fn handle(&self) -> RunnerHandle {
         self.handle.clone()
     }
 
@@ -405,7 +406,7 @@ impl Checker {
     pub fn start(&self) -> Result<()> {
         let mut slot = lock(&self.thread);
         if slot.is_some() || self.handle.0.stop.load(Ordering::Acquire) {
-            return Err(CoreError::State("the checker was already started".into()));
+            return Err(CoreError::State("the runner was already started".into()));
         }
         self.restart_clock();
         let shared = Arc::clone(&self.handle.0);
@@ -439,7 +440,7 @@ impl Checker {
     }
 }
 
-impl Drop for Checker {
+impl Drop for Runner {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(2));
     }
@@ -464,7 +465,7 @@ fn probe_runtime() -> Result<((Worker, oneshot::Sender<()>), tokio::runtime::Han
     Ok(((worker, stop), handle))
 }
 
-/// The checker's state at one moment, for `/status`.
+/// The runner's state at one moment, for `/status`.
 pub struct Snapshot {
     pub age: Duration,
     /// starting, ready, replacing, stopping or stopped (`Lifecycle::state`).
@@ -524,20 +525,20 @@ mod tests {
             ..Default::default()
         };
         let events = queue();
-        let checker = Checker::new(
+        let runner = Runner::new(
             settings,
             &healthy_app(),
             AppProtocol::Http1,
             Arc::clone(&events),
         )
         .unwrap();
-        checker.start().unwrap();
+        runner.start().unwrap();
         match wait_for_event(&events) {
             Event::Check(outcome) => assert!(outcome.report.passed(), "{outcome:?}"),
             other => panic!("{other:?}"),
         }
         let started = Instant::now();
-        assert!(checker.stop(Duration::from_secs(2)));
+        assert!(runner.stop(Duration::from_secs(2)));
         assert!(started.elapsed() < Duration::from_millis(500));
     }
 
@@ -558,11 +559,10 @@ mod tests {
             ..Default::default()
         };
         let events = queue();
-        let checker =
-            Checker::new(settings, &url, AppProtocol::Http1, Arc::clone(&events)).unwrap();
-        checker.start().unwrap();
+        let runner = Runner::new(settings, &url, AppProtocol::Http1, Arc::clone(&events)).unwrap();
+        runner.start().unwrap();
         let started = Instant::now();
-        let TriggerAnswer::Pending(id) = checker.trigger(Trigger::Gateway) else {
+        let TriggerAnswer::Pending(id) = runner.trigger(Trigger::Gateway) else {
             panic!("expected a new check");
         };
         match wait_for_event(&events) {
@@ -579,14 +579,14 @@ mod tests {
 
     #[test]
     fn starting_twice_is_an_error() {
-        let checker = Checker::new(
+        let runner = Runner::new(
             HealthSettings::default(),
             "http://127.0.0.1:9",
             AppProtocol::Http1,
             queue(),
         )
         .unwrap();
-        checker.start().unwrap();
-        assert!(checker.start().is_err());
+        runner.start().unwrap();
+        assert!(runner.start().is_err());
     }
 }
