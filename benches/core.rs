@@ -186,7 +186,7 @@ fn scheduler_decision(c: &mut Criterion) {
     let cycle = |scheduler: &mut Scheduler, now: &mut Duration| {
         *now += period;
         let started = scheduler.tick(*now, traffic);
-        let Some(Action::StartCheck { id }) = started.first() else {
+        let Some(Action::StartCheck { id, .. }) = started.first() else {
             panic!("a due check should start: {started:?}");
         };
         let finished = scheduler.finish(*id, passed(), *now + Duration::from_millis(1), traffic);

@@ -42,6 +42,10 @@ from benches.tools import nginx, wrk
 CONCURRENCY = (1, 16, 64)
 THREADS = (1, 2)
 """runwarden's `--proxy-threads`, each a target of its own: how its throughput scales."""
+DOOR_LIMIT = 8
+"""A target with `--max-concurrency 8` (and a queue no run fills): what the door's limit
+costs, and, above 8 clients, the wait in its queue (SPEC Q2)."""
+DOOR_ROW = f"runwarden, --max-concurrency {DOOR_LIMIT}"
 STREAMED = ("direct", "nginx", "runwarden")
 """The targets of the streaming and SSE runs (threads change nothing for one stream)."""
 
@@ -58,17 +62,21 @@ class Target:
 
 
 @contextlib.contextmanager
-def runwarden(app_port: int, tmp: Path, threads: int = 1) -> Iterator[Target]:
-    """`runwarden serve` in front of the app with `--proxy-threads threads`."""
+def runwarden(
+    app_port: int, tmp: Path, threads: int = 1, *options: str, name: str = ""
+) -> Iterator[Target]:
+    """`runwarden serve` in front of the app with `--proxy-threads threads` and `options`."""
     port, admin = free_port(), free_port()
-    env = write_gpus(tmp / f"proxy-gpus-{threads}.json")
+    name = name or f"{threads}"
+    env = write_gpus(tmp / f"proxy-gpus-{name}.json")
     args = runwarden_serve(
         "--app-url", f"http://127.0.0.1:{app_port}", "--host", "127.0.0.1",
         "--port", str(port), "--admin-host", "127.0.0.1",
         "--admin-port", str(admin), "--log-level", "warning",
         "--nvml-library", str(fake_nvml_library()), "--proxy-threads", str(threads),
+        *options,
     )  # fmt: skip
-    log_to = tmp / f"runwarden-proxy-{threads}.log"
+    log_to = tmp / f"runwarden-proxy-{name}.log"
     with running(args, port=port, env=env, log_to=log_to) as proc:
         wait_http(f"http://127.0.0.1:{port}/json", proc)
         yield Target(port, proc.pid)
@@ -86,6 +94,9 @@ def targets(tmp: Path) -> Iterator[tuple[dict[str, Target], int]]:
         where["nginx"] = Target(proxy.port, proxy.pid)
         for threads in THREADS:
             where[threads_row(threads)] = stack.enter_context(runwarden(app_port, tmp, threads))
+        limited = runwarden(app_port, tmp, 1, "--max-concurrency", str(DOOR_LIMIT),
+                            "--max-queue", "10000", name="door")  # fmt: skip
+        where[DOOR_ROW] = stack.enter_context(limited)
         yield where, app.pid
 
 

@@ -172,7 +172,20 @@ def proxy_targets(p: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                 f"{_f(ratio)}x ({_f(w[1]['p50_ms'], 3)} vs {_f(n[1]['p50_ms'], 3)} ms)",
                 ratio <= 1.05))  # fmt: skip
     for name, by_c in s.items():
-        if name.startswith("runwarden, "):  # another --proxy-threads
+        if "--max-concurrency" in name:  # SPEC Q: the door with a limit
+            added = by_c[1]["p50_ms"] - w[1]["p50_ms"]
+            cpu, free = by_c[1]["proxy_cpu_us"], w[1]["proxy_cpu_us"]
+            out.append((f"3. {name} against no limit, at concurrency 1", "ratio, no target",
+                        f"p50 {_f(added * 1000, 0)} µs added; CPU per request {_f(cpu, 1)} "
+                        f"vs {_f(free, 1)} µs", None))  # fmt: skip
+            wait = by_c[64]["p50_ms"] - w[64]["p50_ms"]
+            rps = 100 * _ratio(by_c[64]["rps"], w[64]["rps"])
+            cpu, free = by_c[64]["proxy_cpu_us"], w[64]["proxy_cpu_us"]
+            out.append((f"3. {name} against no limit, at concurrency 64 (56 wait)",
+                        "ratio, no target", f"requests/s {_f(rps, 0)}%; p50 {_f(wait, 3)} ms "
+                        f"added; CPU per request {_f(cpu, 1)} vs {_f(free, 1)} µs",
+                        None))  # fmt: skip
+        elif name.startswith("runwarden, "):  # another --proxy-threads
             ratio = _ratio(by_c[64]["rps"], w[64]["rps"])
             cpu, cpu_one = by_c[64]["proxy_cpu_us"], w[64]["proxy_cpu_us"]
             out.append((f"3. {name} / 1 thread, requests/s at concurrency 64",
@@ -277,7 +290,11 @@ def proxy_tables(p: dict[str, Any], stream_bytes: int) -> list[str]:
                 f"| {_f(m['p99_ms'], 3)} | {_f(m['proxy_cpu_us'], 1)} "
                 f"| {_f(m['app_cpu_us'], 1)} | {int(m['errors'] + m['socket_errors'])} |"
             )
-    threads = {name: by_c for name, by_c in p["small"].items() if name.startswith("runwarden")}
+    threads = {
+        name: by_c
+        for name, by_c in p["small"].items()
+        if name.startswith("runwarden") and "--max-concurrency" not in name
+    }
     lines += ["", "runwarden's `--proxy-threads` side by side (the same rounds):", "",
               "| target | c=16 req/s | c=64 req/s | CPU µs/request c=16 | CPU µs/request c=64 |",
               "|---|---:|---:|---:|---:|"]  # fmt: skip

@@ -350,6 +350,43 @@ def pod_monitor(templates: Sequence[Mapping[str, Any]]) -> None:
         )
 
 
+def keda() -> None:
+    path = DEPLOY / "kubernetes" / "keda-scaledobject.yaml"
+    deployments = {
+        d["metadata"]["name"]
+        for other in (DEPLOY / "kubernetes").glob("*.yaml")
+        for d in yaml.safe_load_all(other.read_text())
+        if d and d["kind"] == "Deployment"
+    }
+    section("kubernetes: keda-scaledobject.yaml (a CRD: kubernetes-validate has no schema for it)")
+    scaled = yaml.safe_load(path.read_text())
+    check(
+        scaled["apiVersion"] == "keda.sh/v1alpha1" and scaled["kind"] == "ScaledObject",
+        "a keda.sh/v1alpha1 ScaledObject",
+    )
+    spec = scaled["spec"]
+    known = {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "cooldownPeriod",
+             "pollingInterval", "triggers", "idleReplicaCount", "fallback", "advanced"}  # fmt: skip
+    check(set(spec) <= known, f"known spec fields ({', '.join(sorted(spec))})")
+    target = spec["scaleTargetRef"]["name"]
+    check(target in deployments, f"scales a Deployment of the examples ({target})")
+    check(
+        1 <= spec.get("minReplicaCount", 0) <= spec["maxReplicaCount"],
+        "1 <= minReplicaCount <= maxReplicaCount (a runner is never scaled to zero here)",
+    )
+    # The metric it reads is one runwarden serves (the core's /metrics families).
+    served = (ROOT / "rust" / "metrics" / "live.rs").read_text()
+    for trigger in spec["triggers"]:
+        meta = trigger["metadata"]
+        check(trigger["type"] == "prometheus", "a prometheus trigger")
+        names = set(re.findall(r"\b(runwarden_[a-z_]+)\b", meta["query"]))
+        check(
+            names and all(f'name: "{n}"' in served for n in names),
+            f"its query reads series runwarden serves ({', '.join(sorted(names))})",
+        )
+        check(float(meta["threshold"]) > 0, f"threshold {meta['threshold']} > 0")
+
+
 # --- ECS ------------------------------------------------------------------------------------
 
 
@@ -562,6 +599,7 @@ def main() -> int:
     check(image.get("EXPOSE") == [PROXY_PORT, ADMIN_PORT], f"EXPOSE {PROXY_PORT} {ADMIN_PORT}")
     command_line("ENTRYPOINT + CMD", [*image["ENTRYPOINT"], *image["CMD"]], {}, sidecar=False)
     pod_monitor(kubernetes(image))
+    keda()
     ecs(image)
     nomad(image)
     systemd()

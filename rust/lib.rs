@@ -2,6 +2,7 @@
 //! modules below, which know nothing of Python and are tested with `cargo test`.
 
 mod allocator;
+pub mod door;
 pub mod error;
 pub mod events;
 mod gpu_bindings;
@@ -185,7 +186,15 @@ impl PyCore {
         let protocol = proxy
             .as_ref()
             .map_or(AppProtocol::Http1, |p| p.app_protocol);
-        let runner = Runner::new(health, app_url, protocol, Arc::clone(&events)).map_err(to_py)?;
+        let admission = match &proxy {
+            Some(p) => runner::Admission {
+                door: door::Door::new(proxy::door_limits(p)),
+                window_bound: p.drain_timeout(),
+            },
+            None => runner::Admission::default(),
+        };
+        let runner = Runner::new(health, app_url, protocol, Arc::clone(&events), admission)
+            .map_err(to_py)?;
         let gpu_settings = gpu.map(|g| g.get().inner.clone());
         let gpu_metrics = gpu_settings
             .as_ref()

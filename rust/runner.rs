@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
+use crate::door::{Door, Limits};
 use crate::error::{CoreError, Result};
 use crate::events::EventQueue;
 use crate::lifecycle::Phase;
@@ -47,6 +48,23 @@ impl LifeView {
     }
 }
 
+/// How requests reach the app (SPEC Q): the door they pass, and how long a thorough check
+/// waits for the runner to itself before it is skipped as busy (Q1: the drain timeout).
+pub struct Admission {
+    pub door: Arc<Door>,
+    pub window_bound: Duration,
+}
+
+impl Default for Admission {
+    /// No limit the door would hold a request for; the drain timeout's default.
+    fn default() -> Admission {
+        Admission {
+            door: Door::new(Limits::permits(usize::MAX / 2)),
+            window_bound: Duration::from_secs(30),
+        }
+    }
+}
+
 /// What a check trigger (H5, R4) gets: an outcome now, or one to wait for.
 pub enum CheckWait {
     Latest(Box<Outcome>),
@@ -67,6 +85,7 @@ pub struct Shared {
     waiters: Mutex<HashMap<u64, Vec<oneshot::Sender<Outcome>>>>,
     /// Whether a request entering an idle runner sets a stall deadline (H9).
     stall_detection: bool,
+    admission: Admission,
 }
 
 impl Shared {
@@ -84,16 +103,25 @@ impl Shared {
         let mut life_changed = false;
         for action in actions {
             match action {
-                Action::StartCheck { id } => {
+                Action::StartCheck { id, exclusive } => {
                     changed = true;
                     let shared = Arc::clone(self);
                     let bound = crate::probe::bound(self.lock().settings().timeout());
                     self.probes.spawn(async move {
+                        let _window = if exclusive {
+                            match shared.window(id).await {
+                                Some(window) => Some(window),
+                                None => return,
+                            }
+                        } else {
+                            None
+                        };
                         let probe = shared.probe.clone();
                         // At the deadline the scheduler has recorded a timeout already.
                         if let Ok(report) = tokio::time::timeout(bound, probe.run()).await {
                             shared.probe_finished(id, report);
                         }
+                        // The held requests go on once the probe is done or abandoned.
                     });
                 }
                 Action::Emit(event) => {
@@ -139,6 +167,35 @@ impl Shared {
             .flatten()
         {
             let _ = waiter.send(outcome.clone());
+        }
+    }
+
+    /// Q1: have the runner to itself for check `id`, or report the check busy.
+    async fn window(self: &Arc<Self>, id: u64) -> Option<crate::door::Window> {
+        let asked = std::time::Instant::now();
+        let bound = self.admission.window_bound;
+        match self.admission.door.exclusive(bound).await {
+            Ok(window) => {
+                let now = self.now();
+                self.lock().began(id, now);
+                self.wake.notify_all(); // the check's timeout is a new deadline
+                Some(window)
+            }
+            Err(busy) => {
+                let detail = format!(
+                    "not run: {} request(s) were still at the app after {}s (exclusive checks \
+                     wait at most drain_timeout_seconds for the runner to themselves)",
+                    busy.at_app,
+                    crate::scheduler::trim_float(bound.as_secs_f64())
+                );
+                let actions = {
+                    let now = self.now();
+                    self.lock().busy(id, detail, asked.elapsed(), now)
+                };
+                self.act(actions);
+                self.wake.notify_all();
+                None
+            }
         }
     }
 
@@ -296,6 +353,11 @@ impl RunnerHandle {
         &self.0.traffic
     }
 
+    /// The door requests pass to reach the app (SPEC Q).
+    pub fn door(&self) -> &Arc<Door> {
+        &self.0.admission.door
+    }
+
     /// Whether H9's accounting is read by any rule (`allow_on_busy`, `stall_seconds`).
     pub fn h9(&self) -> bool {
         self.0.stall_detection || self.0.lock().settings().allow_on_busy
@@ -368,6 +430,7 @@ impl Runner {
         app_url: &str,
         app: AppProtocol,
         events: Arc<EventQueue>,
+        admission: Admission,
     ) -> Result<Runner> {
         let settings = settings.validate()?;
         let probe = Probe::new(app_url, &settings, app)?;
@@ -392,6 +455,7 @@ impl Runner {
                 probes: handle,
                 life: watch::Sender::new(view),
                 waiters: Mutex::new(HashMap::new()),
+                admission,
             })),
             thread: Mutex::new(None),
             probes: Mutex::new(Some(probes)),
@@ -530,6 +594,7 @@ mod tests {
             &healthy_app(),
             AppProtocol::Http1,
             Arc::clone(&events),
+            Admission::default(),
         )
         .unwrap();
         runner.start().unwrap();
@@ -559,7 +624,14 @@ mod tests {
             ..Default::default()
         };
         let events = queue();
-        let runner = Runner::new(settings, &url, AppProtocol::Http1, Arc::clone(&events)).unwrap();
+        let runner = Runner::new(
+            settings,
+            &url,
+            AppProtocol::Http1,
+            Arc::clone(&events),
+            Admission::default(),
+        )
+        .unwrap();
         runner.start().unwrap();
         let started = Instant::now();
         let TriggerAnswer::Pending(id) = runner.trigger(Trigger::Gateway) else {
@@ -584,6 +656,7 @@ mod tests {
             "http://127.0.0.1:9",
             AppProtocol::Http1,
             queue(),
+            Admission::default(),
         )
         .unwrap();
         runner.start().unwrap();

@@ -15,9 +15,12 @@ use crate::verdict::{Counted, Event, Outcome, ProbeReport, Reason, Trigger, Verd
 /// What the I/O layer must do next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Send a probe now; report it back to `finish` with this id.
+    /// Send a probe now; report it back to `finish` with this id. `exclusive` (Q1): first
+    /// have the runner to itself (`Door::exclusive`), then say so (`began`), or report the
+    /// check `busy`.
     StartCheck {
         id: u64,
+        exclusive: bool,
     },
     Emit(Event),
 }
@@ -54,6 +57,16 @@ struct Running {
     id: u64,
     triggers: Vec<Trigger>,
     started: Duration,
+    /// Q1: waiting for the runner to itself; its timeout starts once it has it.
+    window: bool,
+}
+
+impl Running {
+    /// When the check times out (a check waiting for its window has no deadline here: the
+    /// wait is bounded where it happens).
+    fn deadline(&self, timeout: Duration) -> Option<Duration> {
+        (!self.window).then(|| self.started + timeout)
+    }
 }
 
 #[derive(Debug)]
@@ -175,19 +188,11 @@ impl Scheduler {
                 deadline = Some(deadline.map_or(t, |d: Duration| d.min(t)));
             }
         };
+        let timeout = self.settings.timeout();
+        consider(self.running.as_ref().and_then(|r| r.deadline(timeout)));
         if self.life.draining() {
-            consider(
-                self.running
-                    .as_ref()
-                    .map(|r| r.started + self.settings.timeout()),
-            );
             return deadline;
         }
-        consider(
-            self.running
-                .as_ref()
-                .map(|r| r.started + self.settings.timeout()),
-        );
         if self.running.is_none() && self.regular_trigger().is_some() {
             consider(self.next_regular);
         }
@@ -201,8 +206,8 @@ impl Scheduler {
     pub fn tick(&mut self, now: Duration, traffic: Traffic) -> Vec<Action> {
         let mut actions = Vec::new();
         if let Some(running) = &self.running {
-            let deadline = running.started + self.settings.timeout();
-            if now >= deadline {
+            let deadline = running.deadline(self.settings.timeout());
+            if deadline.is_some_and(|deadline| now >= deadline) {
                 // The probe is abandoned: its late report will not match a running id.
                 let report = ProbeReport {
                     status: None,
@@ -262,12 +267,49 @@ impl Scheduler {
         }
         let id = self.next_id;
         self.next_id += 1;
+        let exclusive = self.exclusive(&triggers);
         self.running = Some(Running {
             id,
             triggers,
             started: now,
+            window: exclusive,
         });
-        vec![Action::StartCheck { id }]
+        vec![Action::StartCheck { id, exclusive }]
+    }
+
+    /// Q1: a check runs alone when `exclusive_checks` says so, once the runner has passed a
+    /// check (before that, checks are start-up probes, K3, and run as they come).
+    fn exclusive(&self, triggers: &[Trigger]) -> bool {
+        self.settings.exclusive()
+            && self.life.has_passed()
+            && !self.life.draining()
+            && triggers != [Trigger::Startup]
+    }
+
+    /// Q1: the check has the runner to itself from now; its timeout counts from now too.
+    pub fn began(&mut self, id: u64, now: Duration) {
+        if let Some(running) = self.running.as_mut().filter(|r| r.id == id) {
+            running.started = now;
+            running.window = false;
+        }
+    }
+
+    /// Q1: the check could not have the runner to itself within its bound: it is not run,
+    /// not counted, and reported `busy`.
+    pub fn busy(
+        &mut self,
+        id: u64,
+        detail: String,
+        waited: Duration,
+        now: Duration,
+    ) -> Vec<Action> {
+        let report = ProbeReport {
+            status: None,
+            error: Some(detail),
+            latency: waited,
+            local: false,
+        };
+        self.conclude(id, report, now, Traffic::default(), Some(Counted::Busy))
     }
 
     /// A probe finished. Reports for a check already timed out are ignored.
@@ -278,6 +320,17 @@ impl Scheduler {
         now: Duration,
         traffic: Traffic,
     ) -> Vec<Action> {
+        self.conclude(id, report, now, traffic, None)
+    }
+
+    fn conclude(
+        &mut self,
+        id: u64,
+        report: ProbeReport,
+        now: Duration,
+        traffic: Traffic,
+        counted: Option<Counted>,
+    ) -> Vec<Action> {
         let running = match self.running.take() {
             Some(running) if running.id == id => running,
             other => {
@@ -287,7 +340,11 @@ impl Scheduler {
         };
         let age = running.started.saturating_sub(self.origin);
         let was_ready = self.life.ready();
-        let counted = self.judge(&running, &report, age, now, traffic);
+        let counted = match counted {
+            Some(_) if self.life.draining() => Counted::AfterReplace,
+            Some(counted) => counted,
+            None => self.judge(&running, &report, age, now, traffic),
+        };
         let outcome = Outcome {
             made_ready: !was_ready && self.life.ready(),
             id,

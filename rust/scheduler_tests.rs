@@ -65,7 +65,7 @@ const IDLE: Traffic = Traffic {
 
 fn started(actions: &[Action]) -> Option<u64> {
     actions.iter().find_map(|a| match a {
-        Action::StartCheck { id } => Some(*id),
+        Action::StartCheck { id, .. } => Some(*id),
         _ => None,
     })
 }
@@ -656,4 +656,79 @@ fn k2_restart_after_a_replacement_starts_over_with_no_failure_counted() {
     assert!(out[0].made_ready);
     s.drain(Reason::Shutdown, "SIGTERM".into(), ms(12_000));
     assert!(!s.restart(ms(12_000)), "a clean stop is not undone");
+}
+
+fn exclusive(actions: &[Action]) -> Option<bool> {
+    actions.iter().find_map(|a| match a {
+        Action::StartCheck { exclusive, .. } => Some(*exclusive),
+        _ => None,
+    })
+}
+
+#[test]
+fn q1_checks_are_exclusive_once_ready_and_never_time_out_while_they_wait_for_the_runner() {
+    let settings = HealthSettings {
+        exclusive_checks: Some(true),
+        ..quick()
+    };
+    let mut s = Scheduler::new(settings, ms(0));
+    let first = s.tick(ms(1000), IDLE);
+    assert_eq!(
+        exclusive(&first),
+        Some(false),
+        "a start-up probe runs as it comes"
+    );
+    s.finish(started(&first).unwrap(), ok(5), ms(1005), IDLE);
+    let second = s.tick(ms(2000), IDLE);
+    assert_eq!(exclusive(&second), Some(true));
+    let id = started(&second).unwrap();
+    // Waiting for the window: no timeout, and the next regular check waits for this one.
+    assert!(s.tick(ms(10_000), IDLE).is_empty());
+    s.began(id, ms(10_000));
+    assert_eq!(
+        s.next_deadline(IDLE),
+        Some(ms(10_500)),
+        "the timeout counts from began"
+    );
+    let out = outcomes(&s.tick(ms(10_500), IDLE));
+    assert_eq!(
+        out[0].counted,
+        Counted::Counted,
+        "a timeout in the window still counts"
+    );
+}
+
+#[test]
+fn q1_a_check_that_could_not_have_the_runner_is_busy_not_counted_even_when_manual() {
+    let settings = HealthSettings {
+        exclusive_checks: Some(true),
+        failure_threshold: 1,
+        ..quick()
+    };
+    let mut s = Scheduler::new(settings, ms(0));
+    regular_check(&mut s, ms(1000), ok(5));
+    let manual = s.manual(ms(1500));
+    let id = started(&manual).unwrap();
+    let actions = s.busy(id, "2 requests at the app".into(), ms(30_000), ms(31_500));
+    let out = outcomes(&actions);
+    assert_eq!(out[0].counted, Counted::Busy);
+    assert!(replacement(&actions).is_none());
+    assert_eq!(s.failures(), 0);
+}
+
+#[test]
+fn q1_exclusive_checks_default_to_not_call_regularly() {
+    let regular = HealthSettings::default();
+    assert!(!regular.exclusive());
+    let on_request = HealthSettings {
+        call_regularly: false,
+        ..Default::default()
+    };
+    assert!(on_request.exclusive());
+    let overridden = HealthSettings {
+        call_regularly: false,
+        exclusive_checks: Some(false),
+        ..Default::default()
+    };
+    assert!(!overridden.exclusive());
 }

@@ -25,6 +25,8 @@ pub enum Kind {
         strict: bool,
     },
     Bool,
+    /// True, false, or None: derived from other settings (the help says how).
+    OptionalBool,
     /// A URL path: starts with '/', no whitespace.
     Path,
     /// One of these words, case-insensitive.
@@ -83,6 +85,7 @@ impl Kind {
             Kind::Number { .. } => "number",
             Kind::OptionalNumber { .. } => "optional_number",
             Kind::Bool => "bool",
+            Kind::OptionalBool => "optional_bool",
             Kind::Path => "path",
             Kind::Choice(_) => "choice",
             Kind::OptionalText => "optional_text",
@@ -105,6 +108,7 @@ impl Kind {
             Kind::Number { .. } => "a number",
             Kind::OptionalNumber { .. } => "a number or None",
             Kind::Bool => "True or False",
+            Kind::OptionalBool => "True, False or None",
             Kind::Path | Kind::Choice(_) => "a string",
             Kind::OptionalText => "a string or None",
             Kind::Xids => "a list of XID numbers",
@@ -127,6 +131,7 @@ impl Kind {
             Kind::Number { min, strict } => bound(min, strict),
             Kind::OptionalNumber { min, strict } => format!("{} or off", bound(min, strict)),
             Kind::Bool => "true or false".to_owned(),
+            Kind::OptionalBool => "true or false, or unset".to_owned(),
             Kind::Path => "a path starting with '/' and without spaces".to_owned(),
             Kind::Choice(words) => words.join(" or "),
             Kind::OptionalText => "text".to_owned(),
@@ -195,7 +200,8 @@ impl Kind {
             {
                 Ok(Value::Texts(items))
             }
-            (Kind::Bool, Value::Bool(b)) => Ok(Value::Bool(b)),
+            (Kind::Bool | Kind::OptionalBool, Value::Bool(b)) => Ok(Value::Bool(b)),
+            (Kind::OptionalBool, Value::None) => Ok(Value::None),
             (Kind::Path, Value::Text(t))
                 if t.starts_with('/') && !t.contains(char::is_whitespace) =>
             {
@@ -306,6 +312,19 @@ impl Setting for bool {
     fn from_value(value: Value) -> Option<Self> {
         match value {
             Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+impl Setting for Option<bool> {
+    fn to_value(&self) -> Value {
+        self.map_or(Value::None, Value::Bool)
+    }
+    fn from_value(value: Value) -> Option<Self> {
+        match value {
+            Value::None => Some(None),
+            Value::Bool(b) => Some(Some(b)),
             _ => None,
         }
     }

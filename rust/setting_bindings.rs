@@ -68,7 +68,10 @@ pub fn from_py(spec: &Spec, value: &Bound<'_, PyAny>) -> PyResult<Value> {
         Kind::Number { .. } | Kind::OptionalNumber { .. } if is_number(value) => {
             Value::Number(value.extract().map_err(|_| bad())?)
         }
-        Kind::Bool if value.is_instance_of::<PyBool>() => Value::Bool(value.extract()?),
+        Kind::OptionalBool if value.is_none() => Value::None,
+        Kind::Bool | Kind::OptionalBool if value.is_instance_of::<PyBool>() => {
+            Value::Bool(value.extract()?)
+        }
         Kind::OptionalText if value.is_none() => Value::None,
         Kind::Path
         | Kind::Choice(_)

@@ -68,6 +68,8 @@ settings! {
         check_protocol: CheckProtocol = CheckProtocol::Http, Kind::Choice(CheckProtocol::WORDS);
         /// the service a gRPC check asks about; empty: the server as a whole
         grpc_health_service: String = String::new(), Kind::Text;
+        /// checks other than start-up probes first hold new requests, wait for those at the app to finish (at most drain_timeout_seconds, else the check is skipped as busy), and run alone: for thorough checks such as a test inference (Q1); unset: on when call_regularly is off
+        exclusive_checks: Option<bool> = None, Kind::OptionalBool;
         /// a failed check is not counted while requests in flight are moving bytes (H9)
         allow_on_busy: bool = false, Kind::Bool;
         /// replace when in-flight requests move no byte for this long (H9)
@@ -143,6 +145,14 @@ settings! {
         max_connections: Option<usize> = None, Kind::Auto { min: 1 };
         /// requests at the app at once, each on its own connection with http1; more wait in arrival order; auto: a quarter of the fd limit the app is given, at most 1024, so no client can exhaust the app's fds
         max_app_connections: Option<usize> = None, Kind::Auto { min: 1 };
+        /// requests at the app at once; more wait in one queue in arrival order (Q2); 0: no limit but max_app_connections
+        max_concurrency: usize = 0, Kind::Int { min: 0 };
+        /// requests that may wait for a place when max_concurrency is set; more are answered 503 with x-runwarden-overloaded: queue_full (Q2); auto: 4 × max_concurrency
+        max_queue: Option<usize> = None, Kind::Auto { min: 0 };
+        /// the longest a request waits for a place when max_concurrency is set; then it is answered 503 with x-runwarden-overloaded: queue_timeout (Q2)
+        queue_timeout_seconds: f64 = 30.0, POSITIVE;
+        /// the longest a forwarded request may take, from forwarding to its response's end: then the client gets 504 (or, once its response has started, a cut response), the app's request is aborted, and one extra check runs (Q3); off: no limit
+        request_timeout_seconds: Option<f64> = None, Kind::OptionalNumber { min: 0.0, strict: true };
         /// how long in-flight requests may finish when draining (D2)
         drain_timeout_seconds: f64 = 30.0, NON_NEGATIVE;
         /// log every proxied request (client, request line, status, duration) at info on the runwarden.access logger
@@ -235,6 +245,11 @@ impl HealthSettings {
 
     pub fn stall(&self) -> Option<Duration> {
         self.stall_seconds.map(Duration::from_secs_f64)
+    }
+
+    /// Q1: whether checks run alone (unset: when they are not called regularly).
+    pub fn exclusive(&self) -> bool {
+        self.exclusive_checks.unwrap_or(!self.call_regularly)
     }
 
     pub fn trigger_interval(&self) -> Duration {

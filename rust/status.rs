@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+use crate::door::{DoorSnapshot, Refusal};
 use crate::nvml::sample::GpuSample;
 use crate::nvml::{Found, MonitorState};
 use crate::proxy::listener::Port;
@@ -147,6 +148,26 @@ impl Info {
     }
 }
 
+/// Q5: the door's places, its queue and its refusals.
+pub fn door_json(door: &DoorSnapshot) -> Value {
+    let refused: Map<String, Value> = Refusal::ALL
+        .iter()
+        .zip(door.refused)
+        .map(|(why, n)| (why.as_str().to_owned(), json!(n)))
+        .collect();
+    json!({
+        "at_app": door.at_app,
+        "max_concurrency": door.limits.limit,
+        "queued": door.queued,
+        "max_queue": door.limits.queue,
+        "queue_timeout_seconds": door.limits.queue_timeout.map(|t| round3(t.as_secs_f64())),
+        "check_running_alone": door.exclusive,
+        "closed": door.closed,
+        "admitted": door.admitted,
+        "refused": refused,
+    })
+}
+
 /// What `/status` is made of.
 pub struct Parts<'a> {
     pub started: Instant,
@@ -185,6 +206,7 @@ pub fn document(parts: &Parts<'_>) -> Value {
         "in_flight".into(),
         json!(parts.runner.traffic().in_flight()),
     );
+    out.insert("door".into(), door_json(&parts.runner.door().snapshot()));
     out.insert(
         "connections".into(),
         json!({"open": parts.proxy.open(), "max": parts.proxy.cap, "refused": parts.proxy.refused()}),
@@ -192,6 +214,7 @@ pub fn document(parts: &Parts<'_>) -> Value {
     out.insert("app".into(), parts.info.get("app"));
     out.insert("health".into(), Value::Object(life));
     out.insert("settings".into(), parts.info.get("settings"));
+    out.insert("setting_sources".into(), parts.info.get("setting_sources"));
     out.insert(
         "checks".into(),
         parts.runner.history().iter().map(outcome_json).collect(),

@@ -39,6 +39,11 @@ OTHER = {
     "max_connections": ("100", 100),
     "max_app_connections": ("64", 64),
     "drain_timeout_seconds": ("12", 12.0),
+    "max_concurrency": ("8", 8),
+    "max_queue": ("3", 3),
+    "queue_timeout_seconds": ("2.5", 2.5),
+    "request_timeout_seconds": ("120", 120.0),
+    "app_profile": ("vllm", "vllm"),
     "proxy_threads": ("2", 2),
     "app_stop_timeout_seconds": ("4", 4.0),
     "gpu_monitoring": ("false", False),
@@ -76,6 +81,8 @@ def _other(spec: Spec) -> tuple[str, Any]:
         return "/healthz", "/healthz"
     if spec.name == "stall_seconds":
         return "7.5", 7.5
+    if spec.name == "exclusive_checks":
+        return "true", True
     if spec.name == "gpus":
         return "0,GPU-1", ["0", "GPU-1"]
     if spec.name == "nvml_library":

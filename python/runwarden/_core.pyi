@@ -76,6 +76,7 @@ class HealthSettings:
     health_method: Literal["GET", "POST"]
     check_protocol: Literal["http", "grpc"]
     grpc_health_service: str
+    exclusive_checks: bool | None
     allow_on_busy: bool
     stall_seconds: float | None
     trigger_interval_seconds: float
@@ -94,6 +95,7 @@ class HealthSettings:
         health_method: str = "GET",
         check_protocol: str = "http",
         grpc_health_service: str = "",
+        exclusive_checks: bool | None = None,
         allow_on_busy: bool = False,
         stall_seconds: float | None = None,
         trigger_interval_seconds: float = 1.0,
@@ -190,6 +192,10 @@ class ProxySettings:
     tunnel_idle_timeout_seconds: float
     max_connections: int | None
     max_app_connections: int | None
+    max_concurrency: int
+    max_queue: int | None
+    queue_timeout_seconds: float
+    request_timeout_seconds: float | None
     drain_timeout_seconds: float
     access_log: bool
     proxy_threads: int
@@ -210,6 +216,10 @@ class ProxySettings:
         tunnel_idle_timeout_seconds: float = 300.0,
         max_connections: int | None = None,
         max_app_connections: int | None = None,
+        max_concurrency: int = 0,
+        max_queue: int | None = None,
+        queue_timeout_seconds: float = 30.0,
+        request_timeout_seconds: float | None = None,
         drain_timeout_seconds: float = 30.0,
         access_log: bool = False,
         proxy_threads: int = 1,

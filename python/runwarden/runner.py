@@ -108,6 +108,7 @@ class Runner:
         settings = self.settings
         self.warden.set_info("settings", json.dumps(settings.to_dict()))
         self.warden.set_info("gpu_selection", json.dumps(settings.gpu_selection))
+        self.warden.set_info("setting_sources", json.dumps(settings.sources))
         self._publish_app()
 
     def _publish_app(self) -> None:

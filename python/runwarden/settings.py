@@ -23,6 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from runwarden._core import SETTINGS, GpuSettings, HealthSettings, ProxySettings, SettingsError
+from runwarden.profiles import NAMES as PROFILE_NAMES
+from runwarden.profiles import PROFILES
 
 ENV_PREFIX = "RUNWARDEN_"
 # Environment variables under the prefix that are not options: the fake NVML driver's state
@@ -237,6 +239,7 @@ CORE_PARSERS: dict[str, Callable[[str], Any]] = {
     "number": _number,
     "optional_number": _optional_number,
     "bool": _bool,
+    "optional_bool": _bool,
     "path": _text,
     "choice": _text,
     "optional_text": _optional_text,
@@ -267,10 +270,12 @@ class Spec:
     group: str = "sidecar"
     shown: str | None = None
     """How `--help` and the docs show a default that is "nothing" (None)."""
+    switch: bool = False
+    """An on/off option whose default (None) is derived from other settings."""
 
     @property
     def flag(self) -> bool:
-        return isinstance(self.default, bool)
+        return isinstance(self.default, bool) or self.switch
 
     @property
     def cli(self) -> str:
@@ -306,6 +311,9 @@ def _core_spec(row: Mapping[str, Any]) -> Spec:
         "gpus": "from the environment, else all",
         "max_connections": "auto: (fd limit - 256) / 2",
         "max_app_connections": "auto: a quarter of the app's fd limit, at most 1024",
+        "exclusive_checks": "on when call_regularly is off",
+        "max_queue": "auto: 4 x max_concurrency",
+        "request_timeout_seconds": "off",
     }.get(row["name"])
     return Spec(
         name=row["name"],
@@ -314,6 +322,7 @@ def _core_spec(row: Mapping[str, Any]) -> Spec:
         help=row["help"],
         group=row["group"],
         shown=shown,
+        switch=row["kind"] == "optional_bool",
     )
 
 
@@ -326,6 +335,10 @@ SIDECAR: tuple[Spec, ...] = (
     Spec("app_url", _app_url, "http://127.0.0.1:8000",
          "the app's address, with a path prefix the app is mounted under if any; requests "
          "and checks go only there"),
+    Spec("app_profile", _choice(PROFILE_NAMES), "generic",
+         "a known model server (vllm, sglang, tgi, triton): its health path, method and "
+         "whether its check is thorough (run alone), for every one of them not set "
+         "explicitly (docs/profiles.md)"),
     Spec("sidecar", _bool, False,
          "the app runs in another container of the pod (shareProcessNamespace: true, one "
          "user): a replacement stops the process listening on the app's port, so its "
@@ -370,6 +383,9 @@ class Settings:
         """Where the GPUs to watch came from (G5): `--gpus`, or which variable."""
         self.notes: list[str] = []
         """What reading the settings found worth a warning, for the log once it is set up."""
+        self.sources: dict[str, str] = {}
+        """Where each setting's value came from: option, environment, profile NAME, or
+        default (`/status`'s `setting_sources`)."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -418,16 +434,27 @@ def resolve(
             f"(see `runwarden serve --help` for the RUNWARDEN_* names)"
         )
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for spec in SPECS:
         value = getattr(args, spec.name)
+        source = "option"
         if value is None and spec.env in env:
+            source = "environment"
             try:
                 value = spec.parse(env[spec.env])
             except argparse.ArgumentTypeError as exc:
                 raise ConfigError(f"{spec.env} (option {spec.cli}) {exc}", spec.name) from None
         if value is None:
+            source = "default"
             value = overrides.get(spec.name, spec.default)
         values[spec.name] = value
+        sources[spec.name] = source
+    # A profile fills what was not given explicitly; an explicit option wins.
+    profile = values["app_profile"]
+    for name, value in PROFILES[profile].items():
+        if sources[name] == "default":
+            values[name] = value
+            sources[name] = f"profile {profile}"
     if values["gpus"] is None:
         values["gpus"], selection = watched_gpus(app_command, env)
     elif values["gpus"] == ALL_GPUS:
@@ -453,6 +480,7 @@ def resolve(
         )
     on = values["gpu_monitoring"]
     settings = Settings(values, health, proxy, gpu if on else None, tuple(app_command), selection)
+    settings.sources = sources
     if links:
         settings.notes.append(
             f"ignored {', '.join(links)}: Kubernetes service links of a Service named "

@@ -1,11 +1,12 @@
 //! The series read from their owners when scraped: the runner's state, the requests in
-//! flight, the ports' connections. No copy of any of them is kept here.
+//! flight, the door's places and queue (Q5), the ports' connections. No copy of any of them is kept here.
 
 use std::sync::Arc;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
+use crate::door::Refusal;
 use crate::proxy::listener::Port;
 use crate::runner::RunnerHandle;
 
@@ -24,7 +25,7 @@ struct Family {
     labels: &'static [&'static str],
 }
 
-const FAMILIES: [Family; 6] = [
+const FAMILIES: [Family; 10] = [
     Family {
         name: "runwarden_state",
         help: "The runner's state: 1 for the current one",
@@ -39,7 +40,7 @@ const FAMILIES: [Family; 6] = [
     },
     Family {
         name: "runwarden_requests_in_flight",
-        help: "Proxied requests in flight to the app (tunnels and streams included)",
+        help: "Proxied requests admitted and not yet answered: those at the app and those waiting at the door (tunnels and streams included)",
         kind: MetricType::GAUGE,
         labels: &[],
     },
@@ -60,6 +61,30 @@ const FAMILIES: [Family; 6] = [
         help: "Clients answered 503 because every connection the port may hold was being answered (S6)",
         kind: MetricType::COUNTER,
         labels: &["port"],
+    },
+    Family {
+        name: "runwarden_requests_at_app",
+        help: "Proxied requests holding a place at the app (Q2; tunnels and streams included)",
+        kind: MetricType::GAUGE,
+        labels: &[],
+    },
+    Family {
+        name: "runwarden_queue_depth",
+        help: "Requests waiting for a place at the app (Q2), or held while a check runs alone (Q1): the autoscaling signal",
+        kind: MetricType::GAUGE,
+        labels: &[],
+    },
+    Family {
+        name: "runwarden_max_concurrency",
+        help: "Places at the app: max_concurrency, or max_app_connections when it is 0",
+        kind: MetricType::GAUGE,
+        labels: &[],
+    },
+    Family {
+        name: "runwarden_requests_refused_total",
+        help: "Requests runwarden answered 503 at the door, by reason: queue_full, queue_timeout (Q2), draining (Q6); none reached the app",
+        kind: MetricType::COUNTER,
+        labels: &["reason"],
     },
 ];
 
@@ -136,7 +161,8 @@ impl Collector for Live {
     fn collect(&self) -> Vec<MetricFamily> {
         let snapshot = self.runner.snapshot();
         let in_flight = self.runner.traffic().in_flight() as f64;
-        let values: [Vec<Sample>; 6] = [
+        let door = self.runner.door().snapshot();
+        let values: [Vec<Sample>; 10] = [
             STATES
                 .iter()
                 .map(|s| {
@@ -156,6 +182,14 @@ impl Collector for Live {
             self.ports
                 .iter()
                 .map(|p| (vec![("port", p.name.to_owned())], p.refused() as f64))
+                .collect(),
+            vec![(vec![], door.at_app as f64)],
+            vec![(vec![], door.queued as f64)],
+            vec![(vec![], door.limits.limit as f64)],
+            Refusal::ALL
+                .iter()
+                .zip(door.refused)
+                .map(|(why, n)| (vec![("reason", why.as_str().to_owned())], n as f64))
                 .collect(),
         ];
         FAMILIES

@@ -64,6 +64,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     by_status: Box<[OnceLock<IntCounter>]>,
     latency: Histogram,
+    queue_wait: Histogram,
     gpu_findings: IntCounterVec,
     gpu_sample_duration: Gauge,
     gpu_monitoring: Gauge,
@@ -140,6 +141,17 @@ impl Metrics {
                     HistogramOpts::new(
                         "runwarden_proxied_request_duration_seconds",
                         "Proxied requests, from their head's arrival to the end of their response (or the client leaving)",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid"),
+            ),
+            queue_wait: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "runwarden_queue_wait_seconds",
+                        "Time requests that found no place at the app waited for one (Q2, Q5); those let in at once are not observed",
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
                 )
@@ -240,6 +252,11 @@ impl Metrics {
     }
 
     /// A proxied request ended after `seconds` (a monotonic clock, sub-millisecond).
+    /// Q5: a request waited `waited` for its place at the app.
+    pub fn observe_queue_wait(&self, waited: std::time::Duration) {
+        self.queue_wait.observe(waited.as_secs_f64());
+    }
+
     pub fn latency(&self, seconds: f64) {
         self.latency.observe(seconds);
     }

@@ -19,6 +19,12 @@ use hyper::body::Incoming;
 use super::pool::Link;
 use crate::worker::lock;
 
+/// A time the app's body must have ended by (Q3), and what to do if it has not.
+struct Deadline {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    expired: Box<dyn FnOnce() + Send>,
+}
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The hooks an app's body usually gets (in flight, the door's permit, metrics, its
@@ -87,6 +93,7 @@ pub struct ProxyBody {
     /// of the body has had its chance to reach the client (hyper drops its write buffer
     /// with a connection whose body failed).
     failed: Option<BoxError>,
+    deadline: Option<Box<Deadline>>,
 }
 
 impl ProxyBody {
@@ -118,6 +125,18 @@ impl ProxyBody {
             ended: false,
             trailed: false,
             failed: None,
+            deadline: None,
+        }
+    }
+
+    /// Q3: cut the app's body if it has not ended by `at`, and call `expired` then (a body
+    /// runwarden made, or a tunnel's, has no deadline).
+    pub fn deadline(&mut self, at: tokio::time::Instant, expired: Box<dyn FnOnce() + Send>) {
+        if matches!(self.inner, Inner::App(..)) {
+            self.deadline = Some(Box::new(Deadline {
+                timer: Box::pin(tokio::time::sleep_until(at)),
+                expired,
+            }));
         }
     }
 
@@ -175,6 +194,16 @@ impl Body for ProxyBody {
                 }
                 if let Some(link) = link {
                     link.drive(cx);
+                }
+                if let Some(deadline) = &mut this.deadline {
+                    if std::future::Future::poll(deadline.timer.as_mut(), cx).is_ready() {
+                        let deadline = this.deadline.take().expect("just seen");
+                        (deadline.expired)();
+                        this.failed =
+                            Some("the response did not end within request_timeout_seconds".into());
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                 }
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Pending => {

@@ -1,15 +1,14 @@
-//! The runner's door: how many requests are at the app at once.
+//! The door's layer (SPEC Q1, Q2, Q6): each proxied request passes the runner's door
+//! (`crate::door`) before it is forwarded, and keeps its permit until its response has
+//! ended (a tunnel: until it closes).
 //!
-//! A request takes a permit before it is forwarded and keeps it until its response has
-//! ended (a tunnel: until it closes). With `--app-protocol http1` each permit is one
-//! connection to the app, so the connections runwarden opens to the app stay below
-//! `max_app_connections`, whose default stays below the app's fd limit: no client can
-//! exhaust the app's fds and fail its checks, which never pass through here. A request
-//! over the limit waits for a permit in arrival order; a client that leaves while waiting
-//! gives up its place at once, and its request never reaches the app.
-//!
-//! This is the place of SPEC Q: the concurrency limit, its queue's bounds and the
-//! exclusive window of thorough checks belong here, between the drain and the forwarding.
+//! With no `max_concurrency` the door's only bound is `max_app_connections`: with
+//! `--app-protocol http1` each permit is one connection to the app, so no client can
+//! exhaust the app's fds and fail its checks, which never pass through here. A request that
+//! finds no permit (or a check holding the runner, Q1) waits in arrival order; a client
+//! that leaves while waiting gives up its place at once, and its request never reaches the
+//! app. A request the door refuses is answered here, `503` with `Retry-After`: it is
+//! runwarden's answer, never judged as the app's (R1) and never a failure.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,16 +16,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::StatusCode;
+use http::header::HeaderValue;
+use http::{HeaderName, StatusCode, Version};
 use pin_project_lite::pin_project;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use serde_json::json;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::PollSemaphore;
 
-use super::answer::text;
+use super::answer::{json as json_answer, retry_elsewhere, text};
 use super::body::Hook;
 use super::conn::ConnState;
+use super::drain::DrainState;
 use super::layer::{layer, Req, Resp};
+use crate::door::{Door, Entry, Permit, Queued, Refusal};
+use crate::metrics::Metrics;
+
+/// Why runwarden refused a request it could not take now (Q2).
+pub const OVERLOADED_HEADER: HeaderName = HeaderName::from_static("x-runwarden-overloaded");
 
 /// How often a waiting HTTP/1.1 request looks whether its client is still there: hyper
 /// reads the client's socket only when it wants a body's bytes, so a client that left
@@ -34,49 +39,89 @@ use super::layer::{layer, Req, Resp};
 const GONE_CHECK: Duration = Duration::from_millis(50);
 
 layer! {
-    /// The app's permits.
-    DoorLayer => DoorService { permits: Arc<Semaphore>, conn: Arc<ConnState> }
+    /// Q1, Q2, Q6.
+    DoorLayer => DoorService {
+        door: Arc<Door>,
+        metrics: Arc<Metrics>,
+        drain: Arc<DrainState>,
+        conn: Arc<ConnState>,
+    }
     future DoorFuture<S, S::Answer>
 }
 
 impl<S: super::layer::Inner> DoorService<S> {
     fn handle(&mut self, request: Req) -> DoorFuture<S, S::Answer> {
-        // Taken without waiting when one is free, which is the common case.
-        match Arc::clone(&self.permits).try_acquire_owned() {
-            Ok(permit) => DoorFuture::Calling {
+        match self.door.enter() {
+            // The common case: a permit at once.
+            Entry::Admitted(permit) => DoorFuture::Calling {
                 answer: self.inner.call(request),
                 permit: Some(permit),
             },
+            Entry::Refused(why) => DoorFuture::Refused {
+                response: Some(Box::new(self.refused(why, request.version()))),
+            },
             // Boxed: waiting is rare, and the stack's futures nest, each moved into the
             // next one out.
-            Err(_) => DoorFuture::Waiting {
+            Entry::Queued(queued) => DoorFuture::Waiting {
                 wait: Box::new(Wait {
-                    semaphore: PollSemaphore::new(Arc::clone(&self.permits)),
+                    queued: Box::pin(queued),
                     inner: Some(self.inner.clone()),
                     request: Some(request),
                     look: Box::pin(tokio::time::sleep(GONE_CHECK)),
                     conn: Arc::clone(&self.conn),
+                    metrics: Arc::clone(&self.metrics),
+                    drain: Arc::clone(&self.drain),
                 }),
             },
         }
     }
+
+    fn refused(&self, why: Refusal, version: Version) -> Resp {
+        refused(why, &self.drain, version)
+    }
 }
 
-/// A request waiting for a permit.
+/// The answer to a request the door refused.
+fn refused(why: Refusal, drain: &DrainState, version: Version) -> Resp {
+    if why == Refusal::Draining {
+        return drain.refusal(version);
+    }
+    let detail = match why {
+        Refusal::QueueFull => {
+            "every place at the app and in its queue is taken (max_concurrency, max_queue)"
+        }
+        _ => "no place at the app came free within queue_timeout_seconds",
+    };
+    let body = json!({
+        "error": "runner is overloaded",
+        "reason": why.as_str(),
+        "detail": detail,
+    });
+    let mut response = retry_elsewhere(json_answer(StatusCode::SERVICE_UNAVAILABLE, &body));
+    response
+        .headers_mut()
+        .insert(OVERLOADED_HEADER, HeaderValue::from_static(why.as_str()));
+    response
+}
+
+/// A request waiting at the door.
 pub struct Wait<S> {
-    semaphore: PollSemaphore,
+    queued: Pin<Box<Queued>>,
     inner: Option<S>,
     request: Option<Req>,
     look: Pin<Box<Sleep>>,
     conn: Arc<ConnState>,
+    metrics: Arc<Metrics>,
+    drain: Arc<DrainState>,
 }
 
 pin_project! {
-    /// Waiting for a permit, then the inner service's answer.
+    /// Waiting for a permit, then the inner service's answer; or the door's refusal.
     #[project = DoorProj]
     pub enum DoorFuture<S, F> {
         Waiting { wait: Box<Wait<S>> },
-        Calling { #[pin] answer: F, permit: Option<OwnedSemaphorePermit> },
+        Calling { #[pin] answer: F, permit: Option<Permit> },
+        Refused { response: Option<Box<Resp>> },
     }
 }
 
@@ -91,14 +136,23 @@ where
             match self.as_mut().project() {
                 DoorProj::Waiting { wait } => {
                     let Wait {
-                        semaphore,
+                        queued,
                         inner,
                         request,
                         look,
                         conn,
+                        metrics,
+                        drain,
                     } = &mut **wait;
-                    if let Poll::Ready(permit) = semaphore.poll_acquire(cx) {
-                        let permit = permit.expect("the door's semaphore is never closed");
+                    if let Poll::Ready(entered) = queued.as_mut().poll(cx) {
+                        let version = request.as_ref().map_or(Version::HTTP_11, |r| r.version());
+                        let permit = match entered {
+                            Ok((permit, waited)) => {
+                                metrics.observe_queue_wait(waited);
+                                permit
+                            }
+                            Err(why) => return Poll::Ready(Ok(refused(why, drain, version))),
+                        };
                         if conn.peer_gone() {
                             // Left while it waited: the place goes to the next in line.
                             drop(permit);
@@ -126,6 +180,9 @@ where
                     response.body_mut().hook(Box::new(Held(permit.take())));
                     return Poll::Ready(Ok(response));
                 }
+                DoorProj::Refused { response } => {
+                    return Poll::Ready(Ok(*response.take().expect("an answer is taken once")));
+                }
             }
         }
     }
@@ -141,6 +198,6 @@ fn gone() -> Resp {
 }
 
 /// A permit, given back when the response ends.
-struct Held(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+struct Held(#[allow(dead_code)] Option<Permit>);
 
 impl Hook for Held {}

@@ -6,10 +6,12 @@
 //!   an answer that finishes while draining carries `Connection: close` (D6); and a request
 //!   still waiting for its answer at the drain's deadline is answered `503` to retry
 //!   elsewhere, never reset (D6).
-//! - `course`: the drain itself. It waits for the requests in flight (`inflight.rs` counts
-//!   them, tunnels and streams included) up to `drain_timeout_seconds` (a second stop signal
-//!   cuts it short), then answers or cuts what is left and says so; the ports close next
-//!   (`DataPlane::close`), or, in sidecar mode, the runner starts over.
+//! - `course`: the drain itself. It closes the door (Q6: requests queued for a place at the
+//!   app are answered `503` at once, as they never reached it), waits for the requests in
+//!   flight (`inflight.rs` counts them, tunnels and streams included) up to
+//!   `drain_timeout_seconds` (a second stop signal cuts it short), then answers or cuts what
+//!   is left and says so; the ports close next (`DataPlane::close`), or, in sidecar mode,
+//!   the runner starts over and the door opens again.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,6 +61,20 @@ impl DrainState {
             idle: Notify::new(),
             hurry: Notify::new(),
         })
+    }
+
+    /// Q6: the answer to a request the door refused because the runner drains.
+    pub fn refusal(&self, version: Version) -> Resp {
+        let verdict = self.life.borrow().verdict.clone();
+        let detail = "the runner started draining while the request waited for a place at \
+                      the app; it never reached the app: retry it on another runner";
+        match verdict {
+            Some(verdict) => refused(&verdict, detail, version),
+            None => retry_elsewhere(json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": "runner is draining", "detail": detail}),
+            )),
+        }
     }
 
     /// A second stop signal: stop waiting for requests in flight.
@@ -194,6 +210,8 @@ pub async fn course(
         if life.wait_for(LifeView::draining).await.is_err() {
             return;
         }
+        // Q6: nothing queued at the door is left waiting; it never reached the app.
+        runner.door().close();
         let traffic = runner.traffic();
         let deadline = Instant::now() + timeout;
         loop {
@@ -244,5 +262,6 @@ pub async fn course(
         if life.wait_for(|view| !view.draining()).await.is_err() {
             return;
         }
+        runner.door().open(); // K2: the runner starts over
     }
 }

@@ -12,8 +12,9 @@
 //! | drain | `drain.rs` | D1, D6: refused while draining, `Connection: close`, 503 at the deadline |
 //! | trigger | `trigger.rs` | H5: trusted gateways' checks, answered here |
 //! | in flight | `inflight.rs` | D2, H9: the count the drain waits on |
-//! | door | `door.rs` | the app's permits; SPEC Q's place |
+//! | door | `door.rs` | Q1, Q2, Q6: the concurrency limit, its queue, the checks' window |
 //! | judge | `judge.rs` | R1, R4, H6: the app's answers, judged once |
+//! | deadline | `deadline.rs` | Q3: the request timeout (its 504 is judged as R4 says) |
 //! | headers | `headers.rs` | S2, S4 |
 //! | forward | `forward.rs` | R3, S1, S3; `tunnel.rs` for upgrades |
 //!
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod answer;
 pub mod body;
 pub mod conn;
+pub mod deadline;
 pub mod door;
 pub mod drain;
 pub mod forward;
@@ -55,9 +57,10 @@ use http::header::HeaderName;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tower::Layer;
 
+use crate::door::Limits;
 use crate::error::{CoreError, Result};
 use crate::metrics::Metrics;
 use crate::runner::RunnerHandle;
@@ -143,6 +146,28 @@ pub fn auto_app_connections(app_fds: usize) -> usize {
     (app_fds / 4).clamp(1, MAX_APP_CONNECTIONS)
 }
 
+/// The connections to the app `settings` allow (`max_app_connections`, or derived).
+pub fn app_connections(settings: &ProxySettings) -> usize {
+    settings
+        .max_app_connections
+        .unwrap_or_else(|| auto_app_connections(fd_limits().original))
+}
+
+/// SPEC Q2: the door's bounds. With no `max_concurrency`, only the app's connections bound
+/// it, and requests over them wait as long as it takes; with one, at most that many (and
+/// never more than the app's connections), the queue and its wait bounded.
+pub fn door_limits(settings: &ProxySettings) -> Limits {
+    let connections = app_connections(settings);
+    match settings.max_concurrency {
+        0 => Limits::permits(connections),
+        n => Limits {
+            limit: n.min(connections),
+            queue: Some(settings.max_queue.unwrap_or(n.saturating_mul(4))),
+            queue_timeout: Some(Duration::from_secs_f64(settings.queue_timeout_seconds)),
+        },
+    }
+}
+
 /// What the data plane serves with, besides its settings.
 pub struct Wiring {
     pub app_url: String,
@@ -208,9 +233,15 @@ impl DataPlane {
                 fds.current
             ));
         }
-        let max_app_connections = s
-            .max_app_connections
-            .unwrap_or_else(|| auto_app_connections(fds.original));
+        let max_app_connections = app_connections(s);
+        if s.max_concurrency > max_app_connections {
+            log.warn(format!(
+                "--max-concurrency {} is more than the connections to the app allow \
+                 ({max_app_connections}, --max-app-connections): at most \
+                 {max_app_connections} requests will be at the app at once",
+                s.max_concurrency
+            ));
+        }
         let timeouts = Timeouts::new(
             Duration::from_secs_f64(s.header_timeout_seconds),
             Duration::from_secs_f64(s.keep_alive_seconds),
@@ -400,7 +431,7 @@ struct Stack {
     check_header: HeaderName,
     trusted: trigger::Trusted,
     h9: bool,
-    permits: Arc<Semaphore>,
+    request_timeout: Option<Duration>,
     forward: Arc<forward::Shared>,
 }
 
@@ -426,7 +457,9 @@ impl Stack {
                 .expect("a validated header name"),
             trusted: trigger::Trusted::new(&settings.check_trusted_sources),
             h9,
-            permits: Arc::new(Semaphore::new(max_app_connections)),
+            request_timeout: settings
+                .request_timeout_seconds
+                .map(Duration::from_secs_f64),
             forward: Arc::new(forward::Shared {
                 pool: pool::Pool::new(&address, settings.app_protocol, max_app_connections),
                 h2c: settings.app_protocol == crate::settings::AppProtocol::H2c,
@@ -471,19 +504,26 @@ impl Stack {
                 h9: self.h9,
             },
             door::DoorLayer {
-                permits: Arc::clone(&self.permits),
+                door: Arc::clone(self.runner.door()),
+                metrics: Arc::clone(&self.metrics),
+                drain: Arc::clone(&self.drain),
                 conn: Arc::clone(conn),
             },
             judge::JudgeLayer {
                 runner: self.runner.clone(),
                 header: self.check_header.clone(),
             },
+            deadline::DeadlineLayer {
+                timeout: self.request_timeout,
+                runner: self.runner.clone(),
+            },
             headers::Headers {
                 conn: Arc::clone(conn),
             },
         );
-        let (m, a, r, d, t, i, o, j, h) = layers;
-        m.layer(a.layer(r.layer(d.layer(t.layer(i.layer(o.layer(j.layer(h.layer(forward)))))))))
+        let (m, a, r, d, t, i, o, j, l, h) = layers;
+        let inner = l.layer(h.layer(forward));
+        m.layer(a.layer(r.layer(d.layer(t.layer(i.layer(o.layer(j.layer(inner))))))))
     }
 }
 
