@@ -121,7 +121,7 @@ settings! {
         host: String = "0.0.0.0".to_owned(), Kind::Host;
         /// the proxy's listen port
         port: u16 = 8080, Kind::Port;
-        /// the admin port's listen address (/livez /readyz /status /metrics): every address, as the kubelet's probes and Prometheus' scrapes come to the pod's IP; it is read-only and /status carries no secret (A)
+        /// the admin port's listen address (/livez /readyz /status /metrics); 0.0.0.0 lets the kubelet's probes and Prometheus' scrapes reach it by the pod's IP; it is read-only and /status carries no secret (A)
         admin_host: String = "0.0.0.0".to_owned(), Kind::Host;
         /// the admin port
         admin_port: u16 = 8081, Kind::Port;

@@ -154,7 +154,8 @@ def test_G2_gpu_lost_replaces_within_a_second(fake_library: Path, nvml: FakeNvml
         fake_library, lambda: nvml.lose_gpu(2), gpu_sample_seconds=5.0
     )
     assert elapsed < 1.0
-    assert detail.startswith("gpu_lost")
+    # The GPU is named by index and UUID, whichever thread saw it first (issue 17).
+    assert detail.startswith("gpu_lost on GPU 2 (GPU-"), detail
     assert status["findings"][-1]["rule"] == "gpu_lost"
 
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from runwarden import __version__, exit_codes, logs, termination
-from runwarden.settings import ConfigError, Settings, add_options, resolve
+from runwarden.settings import RULE_IDS, ConfigError, Settings, add_options, resolve, suggest
 
 DEMO_DEFAULTS = {
     # A first look on a developer's machine: reachable from this machine only.
@@ -27,7 +27,8 @@ DEMO_DEFAULTS = {
 
 def _epilog() -> str:
     rows = "\n".join(
-        f"  {code:>3}  {name:<15} {meaning}" for code, name, meaning in exit_codes.TABLE
+        f"  {code:>3}  {name:<15} {RULE_IDS.sub('', meaning)}"
+        for code, name, meaning in exit_codes.TABLE
     )
     return f"exit codes:\n{rows}"
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"runwarden {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"runwarden {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
@@ -80,7 +81,10 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     if args.command is None:  # options but no command, such as `runwarden -v`
         parser.error("a command is needed: serve or demo")
     if unknown:  # said with the command's own usage, not the top level's
-        _command_parser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
+        command = _command_parser(parser, args.command)
+        options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+        hint = next((suggest(u.split("=")[0], options) for u in unknown if u.startswith("--")), "")
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if args.command == "serve":
         return resolve(args, env, app_command)
     if app_command:

@@ -53,6 +53,44 @@ class Exit:
         return f"exiting with code {self.code} ({self.reason}): {self.detail}"
 
 
+class Unanswered:
+    """Until the app's first passing check, what each `note` interval of failed checks
+    looked like: a wrong --app-url must not look like a slow model load that says nothing
+    (the start period hides those failures from the warnings)."""
+
+    FIRST_NOTE_SECONDS = 5.0
+    NOTE_EVERY_SECONDS = 30.0
+
+    def __init__(self, app_url: str, health_path: str) -> None:
+        self.url = app_url.rstrip("/") + health_path
+        self.restart()
+
+    def restart(self) -> None:
+        """From now (K2: the app's new container is waited for afresh)."""
+        self.since = time.monotonic()
+        self.next_note = self.since + self.FIRST_NOTE_SECONDS
+        self.checks = 0
+        self.answered = False
+
+    def after(self, outcome: CheckOutcome) -> str | None:
+        """A line to log now, if one is due."""
+        if outcome.passed:
+            self.answered = True
+        if self.answered:
+            return None
+        self.checks += 1
+        now = time.monotonic()
+        if now < self.next_note:
+            return None
+        self.next_note = now + self.NOTE_EVERY_SECONDS
+        got = outcome.error or f"status {outcome.status}"
+        return (
+            f"the app has not passed a health check yet: {self.checks} check(s) of {self.url} "
+            f"in {now - self.since:.0f} s, the last got {got}; still waiting (is --app-url "
+            "right, and is the app listening there?)"
+        )
+
+
 class Runner:
     """Wires the core and the supervisor; `run()` returns the exit code."""
 
@@ -72,6 +110,7 @@ class Runner:
         self.app_process: sidecar.AppProcess | None = None
         """K2: the app's process in the other container, once found."""
         self.replacements = 0
+        self._unanswered = Unanswered(settings.app_url, settings.health_path)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -137,6 +176,13 @@ class Runner:
             settings.host, settings.port, settings.app_url,
             settings.admin_host, settings.admin_port, cap, permits,
         )  # fmt: skip
+        if self.supervisor is None and not settings.sidecar:
+            log.warning(
+                "guard mode: no app command after --, so a replacement stops only runwarden, "
+                "and the app at %s keeps serving on its own port; to have it restarted, run "
+                "it after -- (runwarden starts and stops it) or, with the app in another "
+                "container of the pod, use --sidecar", settings.app_url,
+            )  # fmt: skip
         if settings.gpu is not None:
             code = await self._gpu_gate(settings.gpu.nvml_watchdog_seconds)
             if code is not None:
@@ -172,10 +218,10 @@ class Runner:
         return code
 
     def _on_verdict(self, verdict: Verdict) -> None:
+        # The verdict itself (reason, detail) is the line before this one (Warden).
         (log.warning if verdict.replacing else log.info)(
-            "draining (%s: %s): refusing new requests, %d in flight may finish within %.1f s",
-            verdict.reason, verdict.detail, self.warden.in_flight(),
-            self.settings.drain_timeout_seconds,
+            "draining: refusing new requests, %d in flight may finish within %.1f s",
+            self.warden.in_flight(), self.settings.drain_timeout_seconds,
         )  # fmt: skip
 
     async def _serve_until_drained(self) -> int:
@@ -224,6 +270,7 @@ class Runner:
         if verdict.reason == "gpu_fault" or self._signals:
             return False
         self.replacements += 1
+        self._unanswered.restart()
         self.warden.restart()
         self._publish_app()
         log.warning(
@@ -257,9 +304,8 @@ class Runner:
         self._publish_app()
         if supervisor.stopping:
             return
-        detail = f"the app {describe_exit(returncode)}"
-        log.error("%s (pid %s)", detail, supervisor.pid)
-        self.warden.replace("app_exited", detail)
+        # Said once, by the verdict's line (and the exit line that ends the log).
+        self.warden.replace("app_exited", f"the app (pid {supervisor.pid}) {describe_exit(returncode)}")
 
     async def _find_app(self) -> None:
         """K2: say once which process a replacement would stop, or why none could be."""
@@ -288,6 +334,9 @@ class Runner:
         self.warden.hurry()
 
     def _on_outcome(self, outcome: CheckOutcome) -> None:
+        note = self._unanswered.after(outcome)
+        if note:
+            log.info("%s", note)
         if outcome.passed:
             if outcome.made_ready:
                 log.info("the app passed its first health check: ready")

@@ -15,9 +15,10 @@ checked there); this module the process's. A bad value raises `ConfigError`, who
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -402,20 +403,50 @@ class Settings:
         return out  # the app command is /status's `app` section's
 
 
+RULE_IDS = re.compile(r" ?\((?:[A-Z]\d*)(?:, [A-Z]\d*)*\)")
+"""The SPEC's rule IDs in a help text, such as " (H4)": kept in docs/, left out of --help."""
+
+HELP_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("the app and its process", frozenset({
+        "app_url", "app_profile", "sidecar", "app_stop_timeout_seconds",
+        "termination_message_path", "app_protocol"})),
+    ("health checks", frozenset(s.name for s in HEALTH) | {"check_header",
+                                                          "check_trusted_sources"}),
+    ("the runner's door: concurrency, queue, timeouts", frozenset({
+        "max_concurrency", "max_queue", "queue_timeout_seconds", "request_timeout_seconds"})),
+    ("proxy and limits", frozenset(s.name for s in PROXY) - {"admin_host", "admin_port",
+                                                             "access_log"}),
+    ("admin port and metrics", frozenset({"admin_host", "admin_port", "gpu_metrics"})),
+    ("GPU monitoring", frozenset(s.name for s in GPU) | {"gpu_monitoring"}),
+    ("logging", frozenset({"log_level", "log_format", "access_log"})),
+)  # fmt: skip
+"""`--help`'s sections: each option in the first whose names hold it."""
+
+
 def add_options(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None) -> None:
-    """Add every option to `parser`; values left unset are None (the env or default fills them)."""
+    """Add every option to `parser`, in `HELP_GROUPS`' sections; values left unset are None
+    (the environment or the default fills them)."""
     overrides = dict(defaults or {})
+    groups = {title: parser.add_argument_group(title) for title, _ in HELP_GROUPS}
     for spec in SPECS:
+        title = next(t for t, names in HELP_GROUPS if spec.name in names)
+        group = groups[title]
         shown = str(overrides[spec.name]) if spec.name in overrides else spec.default_text
-        help_text = f"{spec.help} (default: {shown}; env {spec.env})"
+        help_text = f"{RULE_IDS.sub('', spec.help)} (default: {shown}; env {spec.env})"
         if spec.flag:
-            parser.add_argument(spec.cli, dest=spec.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)  # fmt: skip
+            group.add_argument(spec.cli, dest=spec.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text)  # fmt: skip
         else:
             metavar = spec.name.upper().split("_")[-1] if spec.parse is not _text else "TEXT"
-            parser.add_argument(spec.cli, dest=spec.name, type=spec.parse, default=None,
-                                metavar=metavar, help=help_text)  # fmt: skip
+            group.add_argument(spec.cli, dest=spec.name, type=spec.parse, default=None,
+                               metavar=metavar, help=help_text)  # fmt: skip
     parser.set_defaults(_runwarden_defaults=overrides)
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """" (did you mean X?)" for the known name nearest a misspelled one, or nothing."""
+    near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {near[0]}?)" if near else ""
 
 
 def resolve(
@@ -429,8 +460,9 @@ def resolve(
         k for k in env if k.startswith(ENV_PREFIX) and k not in _ENV_NAMES and k not in NOT_OPTIONS
     )
     if unknown:
+        hint = suggest(unknown[0], _ENV_NAMES)
         raise ConfigError(
-            f"unknown environment variable {unknown[0]}: not a runwarden option "
+            f"unknown environment variable {unknown[0]}: not a runwarden option{hint} "
             f"(see `runwarden serve --help` for the RUNWARDEN_* names)"
         )
     values: dict[str, Any] = {}

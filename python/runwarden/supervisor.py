@@ -117,7 +117,11 @@ class Supervisor:
             log.warning("killed processes left in the app's process group")
         if self._channel is not None:
             self._channel.close()
-        log.info("the app %s", describe_exit(keeper.returncode or 0))
+        returncode = keeper.returncode or 0
+        if returncode == -signal.SIGTERM:
+            log.info("the app stopped on SIGTERM, as asked")
+        else:
+            log.info("the app %s", describe_exit(returncode))
 
 
 def _reap_group(pgid: int) -> None:

@@ -226,13 +226,12 @@ class Warden:
         return self.verdict
 
     def _on_events(self) -> None:
-        events = self._core.drain_events()
-        # The verdict first: a request arriving in this turn must already be refused.
-        for event in events:
+        # In the order they happened, so the log tells the failure before the replacement
+        # it caused (the core refuses new requests from the verdict on by itself, D1).
+        for event in self._core.drain_events():
             if isinstance(event, Verdict):
                 self._mirror(event)
-        for event in events:
-            if isinstance(event, CheckOutcome):
+            elif isinstance(event, CheckOutcome):
                 for fut in self._waiting.pop(event.id, ()):
                     if not fut.done():
                         fut.set_result(event)
@@ -245,7 +244,7 @@ class Warden:
                 _settle(self._drained, event)
             elif isinstance(event, PortsClosed):
                 _settle(self._closed, event)
-            elif not isinstance(event, Verdict):
+            else:
                 if isinstance(event, GpuSamples) or (
                     isinstance(event, GpuMonitoring) and not event.enabled
                 ):

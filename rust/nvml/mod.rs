@@ -331,9 +331,11 @@ impl Shared {
                     xid: None,
                 }),
                 xid::Heard::Failed(failure) => {
+                    // NVML's event wait does not say which GPU is gone: ask each.
+                    let gone = lost_gpu(nvml, watched, &watch);
                     let policy = lock(&self.policy);
                     let finding = policy
-                        .judge_failure(None, "nvmlEventSetWait_v2", &failure)
+                        .judge_failure(gone, "nvmlEventSetWait_v2", &failure)
                         .unwrap_or(Finding {
                             gpu: None,
                             uuid: None,
@@ -415,6 +417,19 @@ fn visible(nvml: &Nvml, gpus: &[read::Gpu<'_>], node_count: u32, now: u32, watch
         })
     });
     found.count() as u32
+}
+
+/// The first watched GPU whose handle answers GPU lost or reset required, if any.
+fn lost_gpu(nvml: &Nvml, watched: &[u32], watch: &Watch) -> Option<u32> {
+    watched.iter().copied().find(|&index| {
+        let answer = watch.call("nvmlDeviceGetUUID", || {
+            nvml.device_by_index(index).and_then(|device| device.uuid())
+        });
+        match answer {
+            Err(error) => !matches!(read::failure(&error), sample::NvmlFailure::Other(_)),
+            Ok(_) => false,
+        }
+    })
 }
 
 fn describe(f: &Finding) -> String {

@@ -1,0 +1,101 @@
+"""An operator's first hour (issue 17): what runwarden says when it is set up wrong, and the
+command line's help. Real processes on loopback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import AppServer, Runwarden, clean_env, free_port, poll
+from runwarden import exit_codes
+
+
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runwarden", *args],
+        capture_output=True, text=True, timeout=30, env=clean_env(**env),
+    )  # fmt: skip
+
+
+def test_a_wrong_app_url_is_said_at_info_soon_after_start(
+    runwarden: Callable[..., Runwarden],
+) -> None:
+    """Nothing listens at --app-url: inside a long start period no failure is counted, but
+    runwarden says, at the default level, what it tried and what came back."""
+    wrong = f"http://127.0.0.1:{free_port()}"
+    warden = runwarden(wrong, "--start-period-seconds", "600")
+    line = poll(
+        lambda: next((x for x in warden.log().splitlines() if "has not passed" in x), None),
+        timeout=15,
+    )
+    assert f"{wrong}/health" in line, line  # type: ignore[operator]
+    assert "refused" in line.lower(), line  # type: ignore[union-attr]
+    assert "--app-url" in line  # type: ignore[operator]
+
+
+def test_both_ports_are_bound_before_the_app_starts(tmp_path: Path) -> None:
+    """The proxy port is taken: runwarden exits with startup_failed's code and the app,
+    which would have begun loading its weights, is never started."""
+    marker = tmp_path / "started"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _run(
+            "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--admin-host", "127.0.0.1", "--admin-port", str(free_port()),
+            "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')",
+        )  # fmt: skip
+    assert result.returncode == exit_codes.STARTUP_FAILED, result.stderr
+    assert not marker.exists(), "the app was started"
+
+
+def test_guard_mode_warns_once_that_a_replacement_stops_only_runwarden(
+    runwarden: Callable[..., Runwarden], app_server: AppServer
+) -> None:
+    warden = runwarden(app_server.url, wait_ready=True)
+    log = warden.log()
+    assert log.count("guard mode: no app command after --") == 1, log
+    assert "--sidecar" in log
+
+
+def test_supervised_and_sidecar_modes_do_not_warn(
+    runwarden: Callable[..., Runwarden], app_server: AppServer
+) -> None:
+    warden = runwarden(app_server.url, "--sidecar", wait_ready=True)
+    assert "guard mode" not in warden.log()
+
+
+def test_a_misspelled_option_or_variable_gets_the_nearest_name() -> None:
+    option = _run("serve", "--failure-treshold", "3")
+    assert option.returncode == exit_codes.BAD_CONFIG
+    assert "did you mean --failure-threshold?" in option.stderr, option.stderr
+    variable = _run("serve", RUNWARDEN_FAILURE_TRESHOLD="3")
+    assert variable.returncode == exit_codes.BAD_CONFIG
+    assert "did you mean RUNWARDEN_FAILURE_THRESHOLD?" in variable.stderr, variable.stderr
+
+
+def test_dash_capital_v_prints_the_version() -> None:
+    result = _run("-V")
+    assert result.returncode == 0
+    assert result.stdout.startswith("runwarden ")
+
+
+def test_serve_help_is_grouped_and_has_no_rule_ids() -> None:
+    text = _run("serve", "--help").stdout
+    for section in ("health checks:", "the runner's door", "proxy and limits:",
+                    "GPU monitoring:", "the app and its process:", "admin port and metrics:",
+                    "logging:"):  # fmt: skip
+        assert section in text, section
+    assert "(H4)" not in text and "(K3)" not in text and "(Q2)" not in text
+
+
+def test_demo_help_shows_the_admin_hosts_default_without_contradicting_it() -> None:
+    text = " ".join(_run("demo", "--help").stdout.split())
+    start = text.index("--admin-host TEXT the admin")
+    entry = text[start : text.index("--admin-port", start)]
+    assert "default: 127.0.0.1" in entry
+    assert "every address" not in entry
