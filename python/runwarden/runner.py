@@ -305,7 +305,9 @@ class Runner:
         if supervisor.stopping:
             return
         # Said once, by the verdict's line (and the exit line that ends the log).
-        self.warden.replace("app_exited", f"the app (pid {supervisor.pid}) {describe_exit(returncode)}")
+        self.warden.replace(
+            "app_exited", f"the app (pid {supervisor.pid}) {describe_exit(returncode)}"
+        )
 
     async def _find_app(self) -> None:
         """K2: say once which process a replacement would stop, or why none could be."""

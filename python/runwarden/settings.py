@@ -444,7 +444,7 @@ def add_options(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | N
 
 
 def suggest(name: str, known: Iterable[str]) -> str:
-    """" (did you mean X?)" for the known name nearest a misspelled one, or nothing."""
+    """ " (did you mean X?)" for the known name nearest a misspelled one, or nothing."""
     near = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
     return f" (did you mean {near[0]}?)" if near else ""
 
