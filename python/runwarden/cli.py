@@ -81,10 +81,10 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     if args.command is None:  # options but no command, such as `runwarden -v`
         parser.error("a command is needed: serve or demo")
     if unknown:  # said with the command's own usage, not the top level's
-        command = _command_parser(parser, args.command)
-        options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+        sub = _command_parser(parser, args.command)
+        options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
         hint = next((suggest(u.split("=")[0], options) for u in unknown if u.startswith("--")), "")
-        command.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+        sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if args.command == "serve":
         return resolve(args, env, app_command)
     if app_command:
