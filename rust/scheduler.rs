@@ -75,6 +75,9 @@ pub struct Scheduler {
     /// Clock time the runner's age counts from (H2).
     origin: Duration,
     next_regular: Option<Duration>,
+    /// K3 after the start period: until the first pass, a start-up probe this often between
+    /// the regular checks (its failures are not counted; the regular ones are).
+    next_fast: Option<Duration>,
     running: Option<Running>,
     /// Triggers that wait for the running check to end (a delayed regular check, a manual one).
     queued: Vec<Trigger>,
@@ -91,6 +94,7 @@ impl Scheduler {
             settings,
             origin: now,
             next_regular: None,
+            next_fast: None,
             running: None,
             queued: Vec::new(),
             next_id: 1,
@@ -107,6 +111,7 @@ impl Scheduler {
     pub fn restart_clock(&mut self, now: Duration) {
         self.origin = now;
         self.next_regular = Some(now + self.interval(now));
+        self.next_fast = Some(now + self.settings.startup_interval());
     }
 
     /// H3 and K3: the time from one regular check to the next. Until the first pass, while
@@ -196,6 +201,9 @@ impl Scheduler {
         if self.running.is_none() && self.regular_trigger().is_some() {
             consider(self.next_regular);
         }
+        if self.running.is_none() {
+            consider(self.fast_due());
+        }
         if let (Some(stall), true) = (self.settings.stall(), traffic.in_flight > 0) {
             consider(traffic.last_activity().map(|t| t + stall));
         }
@@ -249,7 +257,25 @@ impl Scheduler {
                 }
             }
         }
+        if self.running.is_none() && self.fast_due().is_some_and(|due| now >= due) {
+            // K3 past the start period: a start-up probe, so readiness still follows the
+            // app within about a second; the regular schedule (and what counts) is unchanged.
+            actions.extend(self.start(vec![Trigger::Startup], now));
+        }
         actions
+    }
+
+    /// When the next K3 probe is due past the start period: until the first pass, with
+    /// nothing draining, between the regular checks.
+    fn fast_due(&self) -> Option<Duration> {
+        let past_start = self.age_at(self.next_fast?) >= self.settings.effective_start_period();
+        (!self.life.has_passed() && !self.life.draining() && past_start)
+            .then_some(self.next_fast)
+            .flatten()
+    }
+
+    fn age_at(&self, t: Duration) -> Duration {
+        t.saturating_sub(self.origin)
     }
 
     fn queue(&mut self, trigger: Trigger) {
@@ -259,12 +285,16 @@ impl Scheduler {
     }
 
     fn start(&mut self, triggers: Vec<Trigger>, now: Duration) -> Vec<Action> {
-        if triggers
-            .iter()
-            .any(|t| matches!(t, Trigger::Regular | Trigger::Startup))
+        let fast = triggers == [Trigger::Startup] && self.fast_due().is_some_and(|d| now >= d);
+        if !fast
+            && triggers
+                .iter()
+                .any(|t| matches!(t, Trigger::Regular | Trigger::Startup))
         {
             self.next_regular = Some(now + self.interval(now));
         }
+        // Any check is as good as a K3 probe: the next one is an interval after it.
+        self.next_fast = Some(now + self.settings.startup_interval());
         let id = self.next_id;
         self.next_id += 1;
         let exclusive = self.exclusive(&triggers);

@@ -478,6 +478,7 @@ fn h9_stall_replaces_when_in_flight_requests_move_nothing() {
     let settings = HealthSettings {
         stall_seconds: Some(2.0),
         period_seconds: 100.0,
+        startup_check_seconds: 100.0, // no K3 probe in the way
         ..quick()
     };
     let mut s = Scheduler::new(settings, ms(0));
@@ -498,6 +499,7 @@ fn h9_time_blocked_on_the_client_does_not_count_toward_a_stall() {
     let settings = HealthSettings {
         stall_seconds: Some(2.0),
         period_seconds: 100.0,
+        startup_check_seconds: 100.0, // no K3 probe in the way
         ..quick()
     };
     let mut s = Scheduler::new(settings, ms(0));
@@ -537,6 +539,7 @@ fn h9_no_stall_without_requests_in_flight() {
     let settings = HealthSettings {
         stall_seconds: Some(2.0),
         period_seconds: 100.0,
+        startup_check_seconds: 100.0, // no K3 probe in the way
         ..quick()
     };
     let mut s = Scheduler::new(settings, ms(0));
@@ -617,8 +620,64 @@ fn k3_the_startup_interval_ends_with_the_start_period_so_counting_is_unchanged()
     }
     let out = outcomes(&regular_check(&mut s, ms(2000), refused()));
     assert_eq!(out[0].counted, Counted::Counted);
-    // Failures count only at the period: no replacement sooner than without K3.
-    assert_eq!(s.next_deadline(IDLE), Some(ms(17_000)));
+    // Until the first pass K3's probes go on between the regular checks, uncounted: failures
+    // count only at the period, so no replacement comes sooner than without K3.
+    for at in [2500, 3000] {
+        let out = outcomes(&regular_check(&mut s, ms(at), refused()));
+        assert_eq!(out[0].triggers, vec![Trigger::Startup]);
+        assert_eq!(out[0].counted, Counted::NotReady, "at {at}");
+    }
+    assert_eq!(s.failures(), 1);
+    let out = outcomes(&regular_check(&mut s, ms(3500), ok(5)));
+    assert!(out[0].made_ready, "ready half a second after the app");
+    assert_eq!(
+        s.next_deadline(IDLE),
+        Some(ms(18_500)),
+        "then the period, from the pass"
+    );
+}
+
+#[test]
+fn k3_with_a_start_period_of_0_readiness_still_follows_the_app_within_a_second() {
+    let settings = HealthSettings {
+        start_period_seconds: 0,
+        period_seconds: 15.0,
+        startup_check_seconds: 0.5,
+        ..quick()
+    };
+    let mut s = Scheduler::new(settings, ms(0));
+    let out = outcomes(&regular_check(&mut s, ms(500), refused()));
+    assert_eq!(
+        out[0].counted,
+        Counted::NotReady,
+        "a K3 probe's failure is not counted"
+    );
+    let out = outcomes(&regular_check(&mut s, ms(1000), ok(5)));
+    assert!(out[0].made_ready);
+}
+
+#[test]
+fn k3_with_a_start_period_of_0_failures_count_at_the_period() {
+    let settings = HealthSettings {
+        start_period_seconds: 0,
+        period_seconds: 2.0,
+        startup_check_seconds: 0.5,
+        failure_threshold: 2,
+        ..quick()
+    };
+    let mut s = Scheduler::new(settings, ms(0));
+    let mut counted = Vec::new();
+    let mut at = 0;
+    while s.verdict().is_none() && at < 10_000 {
+        at = s.next_deadline(IDLE).unwrap().as_millis() as u64;
+        for o in outcomes(&regular_check(&mut s, ms(at), refused())) {
+            if o.counted == Counted::Counted {
+                counted.push(at);
+            }
+        }
+    }
+    assert_eq!(counted, vec![2000, 4000], "counted at the period only");
+    assert_eq!(s.verdict().unwrap().reason, Reason::HealthCheck);
 }
 
 #[test]

@@ -56,7 +56,7 @@ settings! {
         call_regularly: bool = true, Kind::Bool;
         /// the schedule's period (H3); before the first pass, see startup_check_seconds
         period_seconds: f64 = 15.0, POSITIVE;
-        /// until the first check passes, and while the start period lasts, checks run this often instead of every period_seconds, so the runner is ready soon after its app; counting is unchanged (K3)
+        /// until the first check passes, checks run this often instead of every period_seconds, so the runner is ready soon after its app; past the start period they are start-up probes between the regular checks, and only the regular ones count (K3)
         startup_check_seconds: f64 = 0.5, POSITIVE;
         /// the app's startup budget; the start period is raised to it when longer (H1)
         startup_timeout_seconds: f64 = 0.0, NON_NEGATIVE;

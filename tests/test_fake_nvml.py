@@ -509,7 +509,9 @@ def test_cli_writes_the_state(nvml: FakeNvml, lib_dir: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert cli(*state, "set-gpu", "0", "throttle_reasons=0x80", "memory.free=null").returncode == 0
     assert cli(*state, "set", "driver_version=535.104.05").returncode == 0
-    event_id = cli(*state, "inject-xid", "0", "79").stdout.strip()
+    said = cli(*state, "inject-xid", "0", "79").stdout
+    assert said.startswith("XID 79 on GPU 0: event evt-"), said
+    event_id = said.split("event ", 1)[1].split(",")[0]
     assert cli(*state, "lose-gpu", "1").returncode == 0
     assert cli(*state, "hang", "nvmlDeviceGetTemperature", "30").returncode == 0
     assert cli(*state, "set-return", "nvmlDeviceGetPowerUsage", "999", "--gpu", "0").returncode == 0

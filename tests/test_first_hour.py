@@ -3,12 +3,15 @@ command line's help. Real processes on loopback."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 from conftest import AppServer, Runwarden, clean_env, free_port, poll
 from runwarden import exit_codes
 
@@ -99,3 +102,58 @@ def test_demo_help_shows_the_admin_hosts_default_without_contradicting_it() -> N
     entry = text[start : text.index("--admin-port", start)]
     assert "default: 127.0.0.1" in entry
     assert "every address" not in entry
+
+
+def test_fast_first_readiness_holds_with_a_start_period_of_0(
+    runwarden: Callable[..., Runwarden], app_server: AppServer
+) -> None:
+    """K3 whatever the start period: with 0 and a 15 s period, the runner is ready about
+    half a second after its app, not a period later."""
+    warden = runwarden(
+        app_server.url, "--start-period-seconds", "0", "--period-seconds", "15",
+        "--startup-check-seconds", "0.5",
+    )  # fmt: skip
+    started = time.monotonic()
+    warden.wait_ready(timeout=10)
+    assert time.monotonic() - started < 5.0
+
+
+def test_with_json_logs_the_apps_lines_are_json_too_and_a_traceback_is_one_object() -> None:
+    """Every line runwarden writes is one JSON object; the app's lines carry their stream
+    and the app's pid, and its traceback stays whole."""
+    app = (
+        "import sys; print('hello from the app', flush=True); "
+        "print('a warning', file=sys.stderr, flush=True); 1/0"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "runwarden", "serve", "--log-format", "json",
+         "--host", "127.0.0.1", "--port", str(free_port()), "--admin-host", "127.0.0.1",
+         "--admin-port", str(free_port()), "--no-gpu-monitoring",
+         "--", sys.executable, "-c", app],
+        capture_output=True, text=True, timeout=60, env=clean_env(),
+    )  # fmt: skip
+    assert result.returncode == exit_codes.BY_REASON["app_exited"], result.stderr
+    records = [json.loads(line) for line in (result.stdout + result.stderr).splitlines()]
+    app_lines = [r for r in records if r["logger"] == "app"]
+    assert {"message": "hello from the app", "stream": "stdout"}.items() <= app_lines[0].items()
+    assert any(r["message"] == "a warning" and r["stream"] == "stderr" for r in app_lines)
+    traceback = next(r for r in app_lines if r["message"].startswith("Traceback"))
+    assert traceback["message"].endswith("ZeroDivisionError: division by zero")
+    assert all(isinstance(r["pid"], int) for r in app_lines)
+
+
+def test_a_check_request_through_a_front_proxy_on_this_host_is_warned_of_once(
+    runwarden: Callable[..., Runwarden], app_server: AppServer
+) -> None:
+    """Trust is the peer's address; a loopback peer forwarding clients (X-Forwarded-For) makes
+    every client trusted: runwarden says so once, with the setting that fixes it."""
+    warden = runwarden(app_server.url, wait_ready=True)
+    for _ in range(3):
+        httpx.get(
+            f"{warden.url}/",
+            headers={"x-fal-runner-health-check": "1", "x-forwarded-for": "203.0.113.7"},
+            timeout=10,
+        )
+    log = warden.log()
+    assert log.count("came from 127.0.0.1 with X-Forwarded-For") == 1, log
+    assert "--check-trusted-sources" in log

@@ -298,7 +298,7 @@ def test_H9_stalled_requests_replace(
         httpx.get(f"{rw.url}/hold", params={"seconds": "10"}, timeout=5)
     assert rw.wait_exit() == 14
     assert "moved no byte for 0.4s" in rw.log()
-    since = re.search(r"draining \(stalled: .*\)", rw.log())
+    since = re.search(r"replacing the runner: stalled \(.*\)", rw.log())
     assert since, rw.log()
 
 

@@ -99,7 +99,11 @@ class Runner:
         self.started_at = time.monotonic()
         self.warden = Warden(settings.health, settings.app_url, settings.gpu, settings.proxy)
         self.supervisor = (
-            Supervisor(settings.app_command, settings.app_stop_timeout_seconds)
+            Supervisor(
+                settings.app_command,
+                settings.app_stop_timeout_seconds,
+                relay_output=settings.log_format == "json",
+            )
             if settings.app_command
             else None
         )

@@ -18,6 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
+from runwarden import app_output
 from runwarden._core import fd_limits
 
 log = logging.getLogger("runwarden.supervisor")
@@ -39,9 +40,15 @@ def describe_exit(returncode: int) -> str:
 class Supervisor:
     """Starts the app, reports its exit, stops its whole process group."""
 
-    def __init__(self, command: tuple[str, ...], stop_timeout_seconds: float) -> None:
+    def __init__(
+        self, command: tuple[str, ...], stop_timeout_seconds: float, relay_output: bool = False
+    ) -> None:
         self.command = command
         self.stop_timeout_seconds = stop_timeout_seconds
+        self.relay_output = relay_output
+        """Read the app's stdout and stderr and log each line (`app_output`), instead of
+        letting it write to runwarden's own."""
+        self._relays: list[asyncio.Task[None]] = []
         self.keeper: asyncio.subprocess.Process | None = None
         self.pid: int | None = None
         """The app's own pid (the keeper's child)."""
@@ -54,15 +61,17 @@ class Supervisor:
         return self.keeper.returncode if self.keeper is not None else None
 
     async def start(self) -> None:
-        """Start the app (stdin closed, stdout/stderr shared with runwarden); OSError if its
-        command cannot be started."""
+        """Start the app (stdin closed, stdout/stderr shared with runwarden, or relayed as
+        log records); OSError if its command cannot be started."""
         ours, theirs = socket.socketpair()
+        output = asyncio.subprocess.PIPE if self.relay_output else None
         with theirs:
             self.keeper = await asyncio.create_subprocess_exec(
                 sys.executable, "-I", "-S", KEEPER, str(theirs.fileno()),
                 str(fd_limits()[0]), "--", *self.command,
-                stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
-                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output,
+                start_new_session=True, pass_fds=(theirs.fileno(),),
+                limit=app_output.LINE_LIMIT,
             )  # fmt: skip
         self._channel = ours  # runwarden's end: when runwarden dies, the keeper reads EOF
         ours.setblocking(False)
@@ -81,6 +90,10 @@ class Supervisor:
             raise OSError(code, message or f"the app's keeper failed ({line!r})")
         self.pid = int(rest)
         log.info("started the app (pid %d): %s", self.pid, " ".join(self.command))
+        keeper = self.keeper
+        for name, reader in (("stdout", keeper.stdout), ("stderr", keeper.stderr)):
+            if reader is not None:
+                self._relays.append(asyncio.ensure_future(app_output.relay(reader, name, self.pid)))
         self._exited = asyncio.ensure_future(self.keeper.wait())
 
     async def exited(self) -> int:
@@ -95,6 +108,8 @@ class Supervisor:
         if keeper is None or self._exited is None:
             return
         pgid = keeper.pid  # the leader of its own session and group
+        # An app that exited by itself was said to have (the verdict's line): not again.
+        exited_by_itself = self._exited.done()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.stop_timeout_seconds
         if _signal_group(pgid, signal.SIGTERM):
@@ -117,8 +132,13 @@ class Supervisor:
             log.warning("killed processes left in the app's process group")
         if self._channel is not None:
             self._channel.close()
+        # What the app wrote last, logged before the line that says it ended.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._relays), 1.0)
         returncode = keeper.returncode or 0
-        if returncode == -signal.SIGTERM:
+        if exited_by_itself:
+            pass
+        elif returncode == -signal.SIGTERM:
             log.info("the app stopped on SIGTERM, as asked")
         else:
             log.info("the app %s", describe_exit(returncode))

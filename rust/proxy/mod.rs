@@ -432,6 +432,8 @@ struct Stack {
     trusted: trigger::Trusted,
     h9: bool,
     request_timeout: Option<Duration>,
+    /// Whether a front proxy in front of trusted loopback checks was warned of (H5).
+    front_proxy_warned: Arc<std::sync::atomic::AtomicBool>,
     forward: Arc<forward::Shared>,
 }
 
@@ -460,6 +462,7 @@ impl Stack {
             request_timeout: settings
                 .request_timeout_seconds
                 .map(Duration::from_secs_f64),
+            front_proxy_warned: Arc::default(),
             forward: Arc::new(forward::Shared {
                 pool: pool::Pool::new(&address, settings.app_protocol, max_app_connections),
                 h2c: settings.app_protocol == crate::settings::AppProtocol::H2c,
@@ -497,6 +500,8 @@ impl Stack {
                 trusted: self.trusted.clone(),
                 runner: self.runner.clone(),
                 conn: Arc::clone(conn),
+                log: self.log.clone(),
+                warned: Arc::clone(&self.front_proxy_warned),
             },
             inflight::InFlightLayer {
                 runner: self.runner.clone(),

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -19,6 +20,7 @@ use tokio::sync::oneshot;
 use super::answer::json as json_answer;
 use super::conn::ConnState;
 use super::layer::{layer, Req, Resp};
+use super::log::Log;
 use crate::runner::{CheckWait, RunnerHandle};
 use crate::status::outcome_json;
 use crate::verdict::{Outcome, Trigger};
@@ -53,6 +55,8 @@ layer! {
         trusted: Trusted,
         runner: RunnerHandle,
         conn: Arc<ConnState>,
+        log: Log,
+        warned: Arc<AtomicBool>,
     }
     future TriggerFuture<S::Answer>
 }
@@ -63,6 +67,7 @@ impl<S: super::layer::Inner> TriggerService<S> {
             if !self.trusted.contains(self.conn.peer.ip()) {
                 request.headers_mut().remove(&self.header);
             } else {
+                self.behind_a_front_proxy(&request);
                 return match self.runner.trigger_and_wait(Trigger::Gateway) {
                     CheckWait::Latest(outcome) => TriggerFuture::Now {
                         response: Some(Box::new(answer(&outcome))),
@@ -76,6 +81,29 @@ impl<S: super::layer::Inner> TriggerService<S> {
         }
     }
 }
+
+impl<S> TriggerService<S> {
+    /// Trust is the peer's address: a front proxy on this host (nginx, Envoy) makes every
+    /// client behind it a loopback peer, so every client is trusted. Said once, when a
+    /// trusted loopback peer's check request shows a front proxy's header.
+    fn behind_a_front_proxy(&self, request: &Req) {
+        if self.conn.peer.ip().is_loopback()
+            && request.headers().contains_key(X_FORWARDED_FOR)
+            && !self.warned.swap(true, Ordering::Relaxed)
+        {
+            self.log.warn(format!(
+                "a check request ({}) came from {} with X-Forwarded-For: a front proxy on \
+                 this host forwards clients as loopback peers, and loopback is trusted, so \
+                 every client behind it can trigger checks; set --check-trusted-sources to \
+                 the gateway's own address (README: security model)",
+                self.header,
+                self.conn.peer.ip()
+            ));
+        }
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 pin_project! {
     /// The inner service's answer, or the check's.

@@ -26,7 +26,8 @@ The state file, every key optional (the fake's defaults are `default_state()`'s 
                "supported_events" (bits), "lost", "returns", "hang"}],
      "returns": {"<nvml function>": <return code>},
      "hang": {"<nvml function>": <seconds>},
-     "events": [{"id", "gpu", "type", "data", "gpu_instance_id", "compute_instance_id"}]}
+     "events": [{"id", "gpu", "type", "data", "gpu_instance_id", "compute_instance_id",
+                 "at_ns"}]}
 
 - GPU count is the length of `gpus`; a GPU dropped from the list answers GPU_IS_LOST.
 - `returns`/`hang` at the top apply to every call of the function, inside a GPU to calls
@@ -184,6 +185,8 @@ class Event(TypedDict):
     data: int
     gpu_instance_id: int
     compute_instance_id: int
+    at_ns: int
+    """When it happened: only event sets that existed then hear it, as with a real driver."""
 
 
 class State(TypedDict, total=False):
@@ -333,6 +336,8 @@ class FakeNvml:
                 "data": data,
                 "gpu_instance_id": NO_INSTANCE,
                 "compute_instance_id": NO_INSTANCE,
+                # Heard only by event sets that exist now (a runwarden watching), once.
+                "at_ns": time.time_ns(),
             }
         )
         self.write(state)

@@ -15,6 +15,8 @@ import argparse
 import json
 import os
 import sys
+import time
+import urllib.request
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -126,6 +128,18 @@ def _parser() -> argparse.ArgumentParser:
     hang.add_argument("seconds", type=float)
     hang.add_argument("--gpu", type=int, help="only calls naming this GPU")
 
+    ready = commands.add_parser(
+        "wait-ready",
+        help="wait until the runwarden at the admin address is ready and watches its GPUs' "
+        "events (an event injected before that would not reach it, as with a real driver)",
+    )
+    ready.add_argument(
+        "--admin",
+        help="the admin port's URL (default: from RUNWARDEN_ADMIN_HOST and "
+        "RUNWARDEN_ADMIN_PORT, else http://127.0.0.1:8081)",
+    )
+    ready.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+
     ret = commands.add_parser("set-return", help="calls of FUNCTION answer CODE (0 clears)")
     ret.add_argument("function")
     ret.add_argument("code", type=int)
@@ -136,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> None:
     if args.command == "build":
         print(fake_nvml_dir())
+        return
+    if args.command == "wait-ready":
+        _wait_ready(args.admin or _admin_from_env(), args.timeout)
         return
     if not args.state:
         raise UsageError(f"no state file: pass --state PATH or set {STATE_ENV}")
@@ -157,15 +174,45 @@ def _run(args: argparse.Namespace) -> None:
             values = cast(Gpu, _assignments(args.values, cast(dict[str, Any], default_gpu(0))))
             nvml.set_gpu(args.index, **values)
         case "inject-xid":
-            print(nvml.inject_xid(args.gpu, args.xid))
+            event = nvml.inject_xid(args.gpu, args.xid)
+            print(f"XID {args.xid} on GPU {args.gpu}: event {event}, heard once by each "
+                  "runwarden watching that GPU now")  # fmt: skip
         case "inject-event":
-            print(nvml.inject_event(args.gpu, args.type, args.data))
+            event = nvml.inject_event(args.gpu, args.type, args.data)
+            print(f"event {event} (type {args.type:#x}, data {args.data}) on GPU {args.gpu}, "
+                  "heard once by each runwarden watching that GPU now")  # fmt: skip
         case "lose-gpu":
             nvml.lose_gpu(args.index, lost=not args.restore)
         case "hang":
             nvml.hang(args.function, args.seconds, gpu=args.gpu)
         case "set-return":
             nvml.set_return(args.function, args.code, gpu=args.gpu)
+
+
+def _admin_from_env() -> str:
+    host = os.environ.get("RUNWARDEN_ADMIN_HOST", "127.0.0.1")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{os.environ.get('RUNWARDEN_ADMIN_PORT', '8081')}"
+
+
+def _wait_ready(admin: str, timeout: float) -> None:
+    """Until /status says ready with every watched GPU's events registered."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{admin}/status", timeout=2) as answer:
+                status = json.load(answer)
+            gpu = status.get("gpu") or {}
+            pending = [g["index"] for g in gpu.get("watched", []) if g["events"] == "pending"]
+            if status.get("ready") and not pending:
+                return
+            last = f"state {status.get('state')}, events pending on GPUs {pending}"
+        except (OSError, ValueError) as e:
+            last = str(e)
+        time.sleep(0.1)
+    raise FakeNvmlError(f"runwarden at {admin} not ready within {timeout:g} s ({last})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 //! Event sets: the state's `events` are delivered through `nvmlEventSetWait`, each at most
-//! once per process, to a set on which its GPU is registered for its type.
+//! once per process, to a set on which its GPU is registered for its type and which existed
+//! when the event happened (`at_ns`), as a real driver delivers it.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_uint, c_ulonglong};
@@ -16,6 +17,15 @@ use crate::{answer, put};
 /// What an `nvmlEventSet_t` points at: the GPUs registered on it, each with its type mask.
 pub struct EventSet {
     registered: Mutex<HashMap<usize, u64>>,
+    /// When the set was created (nanoseconds since the Unix epoch): it hears only events
+    /// that happened since.
+    created_ns: u64,
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// `nvmlEventSet_t`.
@@ -59,6 +69,7 @@ pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut EventSetHandle) -> Ret {
     answer(enter("nvmlEventSetCreate", None).and_then(|_| {
         let created = Arc::new(EventSet {
             registered: Mutex::new(HashMap::new()),
+            created_ns: now_ns(),
         });
         let address = Arc::as_ptr(&created).cast_mut();
         put(set, address)?;
@@ -181,7 +192,7 @@ fn wait(name: &str, set: EventSetHandle, timeout_ms: c_uint) -> Result<Delivered
             .is_none_or(|seen| !Arc::ptr_eq(seen, &state))
         {
             let registered = lock(&set.registered).clone();
-            if let Some(event) = take_event(&state, &registered) {
+            if let Some(event) = take_event(&state, &registered, set.created_ns) {
                 return Ok(event);
             }
             if registered
@@ -205,7 +216,11 @@ fn wait(name: &str, set: EventSetHandle, timeout_ms: c_uint) -> Result<Delivered
     }
 }
 
-fn take_event(state: &State, registered: &HashMap<usize, u64>) -> Option<Delivered> {
+fn take_event(
+    state: &State,
+    registered: &HashMap<usize, u64>,
+    created_ns: u64,
+) -> Option<Delivered> {
     if state.events.is_empty() {
         return None;
     }
@@ -213,6 +228,7 @@ fn take_event(state: &State, registered: &HashMap<usize, u64>) -> Option<Deliver
         registered
             .get(&e.gpu)
             .is_some_and(|mask| mask & e.event_type != 0)
+            && e.at_ns.is_none_or(|at| at >= created_ns)
     };
     // Checked and marked under one lock, so two sets waiting at once never both get it.
     let mut delivered = lock(&DELIVERED);

@@ -39,7 +39,8 @@
 //!   "returns": {"nvmlDeviceGetTemperature": 3},   // function -> forced return code
 //!   "hang": {"nvmlDeviceGetTemperature": 30},     // function -> seconds each call blocks
 //!   "events": [{"id": "x1", "gpu": 0, "type": 8, "data": 79,
-//!               "gpu_instance_id": 4294967295, "compute_instance_id": 4294967295}]
+//!               "gpu_instance_id": 4294967295, "compute_instance_id": 4294967295,
+//!               "at_ns": 1764800000000000000}]   // heard by event sets created before it
 //! }
 //! ```
 //!

@@ -218,6 +218,11 @@ pub struct Event {
     pub gpu_instance_id: u32,
     #[serde(default = "no_instance")]
     pub compute_instance_id: u32,
+    /// When it happened (nanoseconds since the Unix epoch): a real driver delivers an event
+    /// only to event sets that existed then, so a runwarden started later never hears it.
+    /// Unset: delivered to any set.
+    #[serde(default)]
+    pub at_ns: Option<u64>,
 }
 
 fn xid_event_type() -> u64 {

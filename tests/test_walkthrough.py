@@ -1,0 +1,70 @@
+"""The README's fault-kit walkthrough, run exactly as printed (issue 17): the block is taken
+from README.md and run by bash, in order, with its own loopback ports, a one-second NVML
+watchdog and a fast sampler set through the environment, and a `my_server.py` that answers
+health checks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from conftest import clean_env, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MY_SERVER = """
+import http.server, os, urllib.parse
+
+port = urllib.parse.urlsplit(os.environ["RUNWARDEN_APP_URL"]).port
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
+
+
+def walkthrough() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Testing your runner's failure handling") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block, "no sh block in the README's fault-kit section"
+    return block.group(1)
+
+
+def test_the_readmes_fault_kit_walkthrough_runs_as_printed(tmp_path: Path) -> None:
+    script = walkthrough()
+    assert script.count("inject-xid") == 1 and "lose-gpu" in script and "hang" in script
+    (tmp_path / "my_server.py").write_text(MY_SERVER)
+    env = clean_env(
+        RUNWARDEN_HOST="127.0.0.1",
+        RUNWARDEN_PORT=str(free_port()),
+        RUNWARDEN_ADMIN_HOST="127.0.0.1",
+        RUNWARDEN_ADMIN_PORT=str(free_port()),
+        RUNWARDEN_APP_URL=f"http://127.0.0.1:{free_port()}",
+        RUNWARDEN_NVML_WATCHDOG_SECONDS="1",
+        RUNWARDEN_GPU_SAMPLE_SECONDS="0.2",
+        RUNWARDEN_START_PERIOD_SECONDS="0",
+    )
+    # /tmp/gpus.json as printed, but this test's own: the block's paths, under tmp_path.
+    script = script.replace("/tmp/gpus.json", str(tmp_path / "gpus.json"))
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=180,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert re.findall(r"^exit code (\d+)$", result.stdout, re.M) == ["13", "13", "13"], out
+    assert "critical_xid on GPU 3" in out
+    assert "nvml_hung" in out or "did not return" in out, out
+    assert "gpu_lost on GPU 1" in out, out
