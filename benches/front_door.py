@@ -19,25 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from runwarden.testing.raw import closed_by_peer, exchange
+
 from benches import h2_attacks
 from benches.common import PYTHON, Profile, free_port, log, running, runwarden_serve, wait_http
 from benches.tools import nginx
 
 Finding = tuple[bool, str]
-
-
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes to 127.0.0.1:`port` and read until the peer closes, or goes quiet for
-    0.3 s once a head has arrived (the tests' raw client too)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks: list[bytes] = []
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-                if sock.gettimeout() != 0.3 and b"\r\n\r\n" in b"".join(chunks):
-                    sock.settimeout(0.3)  # the head is in: what follows comes at once
-    return b"".join(chunks)
 
 
 def _status(response: bytes) -> int:
@@ -143,19 +131,6 @@ def idle_and_slow(port: int, app_port: int, header_timeout: float) -> Finding:
         f"request during the flood {'answered' if answered else 'NOT answered'} in "
         f"{took:.2f} s; {closed} of {len(socks)} closed {header_timeout + 1.5:.1f} s later"
     )
-
-
-def closed_by_peer(sock: socket.socket, answer: bytes = b"HTTP/1.1 4") -> bool:
-    """The server has closed `sock` (or reset it, or answered it with `answer`, a status
-    line's start, before closing): a connection that never finished a request."""
-    sock.setblocking(False)
-    try:
-        data = sock.recv(4096)
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    return data == b"" or data.startswith(answer)
 
 
 def trailers(port: int, app_port: int, header_timeout: float) -> Finding:

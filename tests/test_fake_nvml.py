@@ -431,8 +431,7 @@ def test_xid_is_delivered_once_within_a_second(nvml: FakeNvml, start: Any) -> No
     proc = start()
     mask = EventType.XID_CRITICAL_ERROR | EventType.DOUBLE_BIT_ECC_ERROR
     proc.value(f"listen([1], {int(mask)})")
-    proc.send("wait(10000)")
-    time.sleep(0.3)  # the wait is blocking when the XID arrives
+    proc.send("wait(10000)")  # blocking or not yet: the event is delivered either way
     injected = time.monotonic()
     nvml.inject_xid(gpu=1, xid=79)
     event = proc.answer()
@@ -478,10 +477,15 @@ def test_hang_blocks_the_call_about_n_seconds(nvml: FakeNvml, start: Any) -> Non
     assert 1.4 < result["seconds"] < 2.2
     # A hung call is released when the hang is cleared.
     nvml.hang("nvmlDeviceGetTemperature", 600)
+    sent = time.monotonic()
     proc.send("n.nvmlDeviceGetTemperature(h[0], 0)")
-    time.sleep(0.3)
+    time.sleep(0.3)  # time for the call to block; the assertions below hold either way
+    cleared = time.monotonic()
     nvml.hang("nvmlDeviceGetTemperature", 0)
-    assert proc.answer(timeout=5.0)["seconds"] < 1.5
+    answer = proc.answer(timeout=5.0)
+    # Released by the clear: it ends within a poll of it, never after the 600 s hang.
+    assert time.monotonic() - cleared < 2.0
+    assert answer["seconds"] <= time.monotonic() - sent
 
 
 def test_error_strings_and_struct_versions(start: Any) -> None:

@@ -24,8 +24,7 @@ import psutil
 import pytest
 from conftest import HERE, AppServer, free_port, poll
 from runwarden import exit_codes
-
-from benches.front_door import exchange as raw_exchange
+from runwarden.testing.raw import exchange as raw_exchange
 
 MB = 1024 * 1024
 

@@ -195,9 +195,12 @@ def test_H2_age_counts_from_the_supervised_apps_start(app_server: AppServer) -> 
         return await warden.decided()
 
     verdict = run(scenario)
-    # Start period 1 s from the app's start (0.5 s in), then three counted failures.
+    # Start period 1 s from the app's start (0.5 s in), then three counted failures (about
+    # 1.4 s). Counted from runwarden's start instead, the verdict would come at an app age
+    # near 0.9 s: the lower bound is what tells them apart; the upper one leaves a shared
+    # machine its margin.
     assert verdict.age_seconds >= 1.0
-    assert verdict.age_seconds == pytest.approx(1.4, abs=0.15)
+    assert verdict.age_seconds < 3.0
 
 
 def test_H5_without_call_regularly_checks_run_only_on_request(app_server: AppServer) -> None:

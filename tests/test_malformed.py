@@ -8,8 +8,7 @@ import socket
 import httpx
 import pytest
 from conftest import AppServer, poll
-
-from benches.front_door import exchange as raw_exchange
+from runwarden.testing.raw import exchange as raw_exchange
 
 CASES = {
     "bad request line": b"THIS IS NOT HTTP\r\n\r\n",

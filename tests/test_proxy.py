@@ -7,8 +7,7 @@ import socket
 
 import httpx
 from conftest import AppServer, free_port, poll
-
-from benches.front_door import exchange as raw_exchange
+from runwarden.testing.raw import exchange as raw_exchange
 
 HOP_BY_HOP = {"connection", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization"}
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import resource
 import signal
-import re
 import sys
 import textwrap
 import time
@@ -34,7 +34,8 @@ def test_D5_app_crash_exits_with_app_exited_and_logs_its_status(runwarden):
     rw = runwarden("http://127.0.0.1:9", "--start-period-seconds", "60", app_command=app)
     assert rw.wait_exit() == exit_codes.BY_REASON["app_exited"]
     log = rw.log()
-    assert re.search(r"exiting with code 15 \(app_exited\): the app \(pid \d+\) exited with status 3", log)
+    exit_line = r"exiting with code 15 \(app_exited\): the app \(pid \d+\) exited with status 3"
+    assert re.search(exit_line, log), log
     assert log.count("exited with status 3") == 2, log  # the verdict's line and the exit's
 
 

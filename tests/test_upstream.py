@@ -18,8 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from conftest import Runwarden, poll
-
-from benches.front_door import exchange
+from runwarden.testing.raw import exchange
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int, bytes], Awaitable[None]]
 MAX_HEAD_BYTES = 64 * 1024
