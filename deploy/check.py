@@ -60,23 +60,54 @@ def section(title: str) -> None:
 # --- the image ------------------------------------------------------------------------------
 
 
-def dockerfile() -> dict[str, Any]:
-    """The runtime stage's ENTRYPOINT, CMD, USER and EXPOSE (the last stage's, in order)."""
+def dockerfile(path: Path | None = None) -> dict[str, Any]:
+    """The last stage's ENTRYPOINT, CMD, USER, EXPOSE, ENV and HEALTHCHECK, in order."""
     found: dict[str, Any] = {}
-    text = (DEPLOY / "Dockerfile").read_text()
+    text = (path or DEPLOY / "Dockerfile").read_text()
     text = re.sub(r"\\\n", " ", text)
     for line in text.splitlines():
         word, _, rest = line.strip().partition(" ")
         word = word.upper()
         if word == "FROM":
-            found = {}
+            found = {"ENV": {}}
         elif word in ("ENTRYPOINT", "CMD"):
             found[word] = json.loads(rest)
         elif word == "USER":
             found[word] = rest.strip()
         elif word == "EXPOSE":
             found[word] = sorted(int(p.split("/")[0]) for p in rest.split())
+        elif word == "ENV":
+            found["ENV"].update(
+                pair.split("=", 1) for pair in shlex.split(rest) if "=" in pair
+            )
+        elif word == "HEALTHCHECK":
+            found[word] = rest
     return found
+
+
+def healthcheck(name: str, image: Mapping[str, Any]) -> None:
+    """For `docker run` and Compose: the image's HEALTHCHECK asks /readyz on the admin port."""
+    probe = image.get("HEALTHCHECK", "")
+    check(
+        f"http://127.0.0.1:{ADMIN_PORT}/readyz" in probe and "--start-period=" in probe,
+        f"{name}: HEALTHCHECK on /readyz at the admin port, with a start period",
+    )
+
+
+def images() -> None:
+    """deploy/images/: runwarden installed into the images model servers ship in."""
+    for path in sorted((DEPLOY / "images").glob("*.Dockerfile")):
+        name = f"images/{path.name}"
+        section(name)
+        image = dockerfile(path)
+        check(image.get("EXPOSE") == [PROXY_PORT, ADMIN_PORT], f"EXPOSE {PROXY_PORT} {ADMIN_PORT}")
+        healthcheck(name, image)
+        text = path.read_text()
+        check("/dist/runwarden-*-abi3-*.whl" in text, "installs the abi3 wheel `make wheel` builds")
+        env = image.get("ENV", {})
+        check(env.get("RUNWARDEN_APP_PROFILE") in ("vllm", "triton"), "sets a model-server profile")
+        argv = [*image["ENTRYPOINT"], *image["CMD"]]
+        command_line(name, argv, env, sidecar=False)
 
 
 # --- runwarden's own parser -----------------------------------------------------------------
@@ -243,6 +274,10 @@ def kubernetes(image: Mapping[str, Any]) -> list[dict[str, Any]]:
                 probe_path(warden, "readinessProbe") == ("/readyz", ADMIN_PORT)
                 and warden["readinessProbe"].get("periodSeconds", 10) <= 2,
                 "readinessProbe: /readyz on the admin port, every 1-2 s",
+            )
+            check(
+                warden["readinessProbe"].get("failureThreshold", 3) >= 2,
+                "readinessProbe: failureThreshold >= 2 (one lost probe does not unready a pod)",
             )
             check(
                 probe_path(warden, "livenessProbe") == ("/livez", ADMIN_PORT),
@@ -598,6 +633,8 @@ def main() -> int:
     check(image.get("USER", "0").split(":")[0] not in ("0", "root"), f"USER {image.get('USER')}")
     check(image.get("EXPOSE") == [PROXY_PORT, ADMIN_PORT], f"EXPOSE {PROXY_PORT} {ADMIN_PORT}")
     command_line("ENTRYPOINT + CMD", [*image["ENTRYPOINT"], *image["CMD"]], {}, sidecar=False)
+    healthcheck("Dockerfile", image)
+    images()
     pod_monitor(kubernetes(image))
     keda()
     ecs(image)

@@ -353,7 +353,8 @@ SIDECAR: tuple[Spec, ...] = (
     Spec("log_level", _log_level, "INFO", "log level: debug, info, warning or error"),
     Spec("log_format", _choice(("text", "json")), "text",
          "text, or one JSON object per line (time, level, logger, message; reason, detail "
-         "and exit_code on verdicts and exits)"),
+         "and exit_code on verdicts and exits), the supervised app's output included "
+         "(logger app, with its stream and pid)"),
 )  # fmt: skip
 
 SPECS: tuple[Spec, ...] = HEALTH + PROXY + SIDECAR + GPU
