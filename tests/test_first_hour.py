@@ -157,3 +157,29 @@ def test_a_check_request_through_a_front_proxy_on_this_host_is_warned_of_once(
     log = warden.log()
     assert log.count("came from 127.0.0.1 with X-Forwarded-For") == 1, log
     assert "--check-trusted-sources" in log
+
+
+def test_the_log_tells_the_failure_before_the_replacement_it_caused(
+    runwarden: Callable[..., Runwarden], app_server: AppServer
+) -> None:
+    warden = runwarden(app_server.url, wait_ready=True)
+    app_server.set_health("fail500")
+    assert warden.wait_exit() == exit_codes.BY_REASON["health_check"]
+    lines = warden.log().splitlines()
+    failed = max(i for i, x in enumerate(lines) if "health check failed (counted" in x)
+    replacing = next(i for i, x in enumerate(lines) if "replacing the runner" in x)
+    assert failed < replacing, "\n".join(lines)
+
+
+def test_an_app_that_stops_on_sigterm_is_said_to_have_stopped_as_asked(
+    runwarden: Callable[..., Runwarden], app_server: AppServer
+) -> None:
+    """A clean stop: runwarden SIGTERMs the app, which ends by the signal's default action;
+    that is the stop asked for, not a kill."""
+    app = [sys.executable, "-c", "import time; time.sleep(600)"]
+    warden = runwarden(app_server.url, app_command=app, wait_ready=True)
+    poll(lambda: "started the app" in warden.log())
+    warden.stop()
+    log = warden.log()
+    assert "the app stopped on SIGTERM, as asked" in log, log
+    assert "killed by signal SIGTERM" not in log
