@@ -39,6 +39,17 @@ def nvml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvml]:
     fake.reset(gpus=8)  # releases any call still blocked in a hang
 
 
+async def listening(warden: Warden) -> None:
+    """Until every watched GPU's events are registered: an event reaches only the event sets
+    that exist when it happens, as with a real driver."""
+    for _ in range(1000):
+        watched = (warden.gpu_status() or {}).get("watched", [])
+        if watched and all(g["events"] != "pending" for g in watched):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"GPU events not registered within 10 s: {warden.gpu_status()}")
+
+
 def monitor(
     fake_library: Path,
     inject: Callable[[], object],
@@ -68,6 +79,7 @@ def monitor(
         warden.on_gpu(listen)
         await warden.start()
         await asyncio.wait_for(sampled.wait(), 10)
+        await listening(warden)
         injected = time.monotonic()
         inject()
         verdict = await asyncio.wait_for(warden.decided(), timeout)
@@ -274,6 +286,7 @@ def test_G3_warnings_do_not_replace(fake_library: Path, nvml: FakeNvml) -> None:
 
         warden.on_gpu(listen)
         await warden.start()
+        await listening(warden)
         nvml.set_gpu(0, temperature=95, throttle_reasons=0x40 | 0x80)
         nvml.set_gpu(1, retired_pages={"pending": True}, remapped_rows={"pending": True})
         nvml.inject_xid(2, 63)

@@ -80,6 +80,7 @@ def test_G5_the_runner_watches_its_gpus_and_a_fault_elsewhere_replaces_nothing(
     assert [w["uuid"] for w in gpu["watched"]] == UUID[1:3]
     assert [s["index"] for s in gpu["samples"]] == [1, 2]
     assert gpu["selected_by"] != ""
+    poll(lambda: all(w["events"] != "pending" for w in _gpu(rw)["watched"]))  # listening
     nvml.inject_xid(3, 79)  # first: the fake delivers events in order
     injected = time.monotonic()
     nvml.inject_xid(2, 79)
@@ -97,7 +98,7 @@ def test_G5_metrics_cover_only_the_watched_gpus_as_dcgm_exporter_names_them(
     only; counters carry no `_total`, as dcgm-exporter writes them."""
     nvml.set_gpu(1, memory_temperature=51, energy_mj=7_000_000, pcie_replay=3)
     rw = _serve(runwarden, app_server.url, nvml, "--gpus", "1,2", wait_ready=True)
-    _gpu(rw)
+    poll(lambda: all(w["events"] != "pending" for w in _gpu(rw)["watched"]))  # listening
     nvml.inject_xid(1, 63)  # a warning XID: DCGM_FI_DEV_XID_ERRORS gets a value
     poll(lambda: "DCGM_FI_DEV_XID_ERRORS" in httpx.get(f"{rw.admin_url}/metrics").text)
     text = httpx.get(f"{rw.admin_url}/metrics").text

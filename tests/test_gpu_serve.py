@@ -44,7 +44,9 @@ def serve_with_gpus(
 
     def sampled() -> bool:
         gpu: Any = rw.status()["gpu"]
-        return bool(gpu["enabled"] and gpu["samples"])
+        # Sampled, and listening for events: one injected earlier would not reach it.
+        registered = all(g["events"] != "pending" for g in gpu["watched"])
+        return bool(gpu["enabled"] and gpu["samples"] and registered)
 
     poll(sampled)
     return rw

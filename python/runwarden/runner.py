@@ -54,9 +54,9 @@ class Exit:
 
 
 class Unanswered:
-    """Until the app's first passing check, what each `note` interval of failed checks
-    looked like: a wrong --app-url must not look like a slow model load that says nothing
-    (the start period hides those failures from the warnings)."""
+    """Until the app's first passing check, says every so often what the checks tried and
+    what came back: a wrong --app-url must not pass for a slow model load that says nothing
+    (the start period keeps those failures out of the warnings)."""
 
     FIRST_NOTE_SECONDS = 5.0
     NOTE_EVERY_SECONDS = 30.0
