@@ -71,13 +71,18 @@ def start_app_server(port: int | None = None, script: str = "app_server.py") -> 
     return AppServer(port, proc)
 
 
-@pytest.fixture
-def app_server() -> Iterator[AppServer]:
-    server = start_app_server()
+def serving(script: str = "app_server.py") -> Iterator[AppServer]:
+    """A fixture's body: the test app `script` for one test, always stopped after it."""
+    server = start_app_server(script=script)
     try:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def app_server() -> Iterator[AppServer]:
+    yield from serving()
 
 
 # --- runwarden itself, as a real process (the sidecar tests) ------------------------------

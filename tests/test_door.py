@@ -14,18 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import AppServer, Runwarden, free_port, poll, start_app_server
+from conftest import AppServer, Runwarden, free_port, poll, serving
 
 CHECK_HEADER = "x-fal-runner-health-check"
 
 
 @pytest.fixture
 def door_app() -> Iterator[AppServer]:
-    server = start_app_server(script="door_app.py")
-    try:
-        yield server
-    finally:
-        server.kill()
+    yield from serving("door_app.py")
 
 
 def control(app: AppServer, **query: object) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from conftest import AppServer, Runwarden, poll, start_app_server
+from conftest import AppServer, Runwarden, poll, serving
 from runwarden import exit_codes
 
 GRPC = ("--app-protocol", "h2c", "--check-protocol", "grpc")
@@ -19,11 +19,7 @@ GRPC = ("--app-protocol", "h2c", "--check-protocol", "grpc")
 
 @pytest.fixture
 def grpc_app() -> Iterator[AppServer]:
-    server = start_app_server(script="grpc_app.py")
-    try:
-        yield server
-    finally:
-        server.kill()
+    yield from serving("grpc_app.py")
 
 
 def _call(target: str, method: str, request: bytes = b"", timeout: float = 5) -> bytes:

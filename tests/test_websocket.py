@@ -9,18 +9,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import AppServer, poll, start_app_server
+from conftest import AppServer, poll, serving
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 
 @pytest.fixture
 def ws_app() -> Iterator[AppServer]:
-    server = start_app_server(script="ws_app.py")
-    try:
-        yield server
-    finally:
-        server.kill()
+    yield from serving("ws_app.py")
 
 
 def test_P1_a_websocket_echoes_200_messages_through_the_proxy(ws_app: AppServer, runwarden):
