@@ -37,9 +37,10 @@ FAKE_NVML = python/runwarden/testing/fake_nvml/libnvidia-ml.so.1
 wheel:  ## a manylinux2014 abi3 wheel in dist/, carrying the fault kit's fake NVML driver
 	$(PYTHON) -c "import ziglang, maturin" 2>/dev/null || $(PYTHON) -m pip install -q "ziglang>=0.13" "maturin>=1.9,<2"
 	PYTHON=$(PYTHON) CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER=$(CURDIR)/rust/fake-nvml/zig-cc \
-		cargo build -p fake-nvml --release --target x86_64-unknown-linux-gnu
+		cargo build -p fake-nvml -p fake-cuda --release --target x86_64-unknown-linux-gnu
 	mkdir -p $(dir $(FAKE_NVML))
 	cp target/x86_64-unknown-linux-gnu/release/libnvidia_ml.so $(FAKE_NVML)
+	cp target/x86_64-unknown-linux-gnu/release/libcuda.so $(dir $(FAKE_NVML))libcuda.so.1
 	PATH="$(ZIG_DIR):$$PATH" $(PYTHON) -m maturin build --release --zig --compatibility manylinux2014 --out dist
 
 docs:  ## regenerate docs/settings.md from the settings table (a test checks it is current)

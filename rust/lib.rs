@@ -2,6 +2,7 @@
 //! modules below, which know nothing of Python and are tested with `cargo test`.
 
 mod allocator;
+pub mod canary;
 pub mod door;
 pub mod error;
 pub mod events;
@@ -115,6 +116,7 @@ pub struct PyCore {
     events: Arc<EventQueue>,
     runner: Runner,
     gpu: Option<Arc<GpuMonitor>>,
+    canary: Option<Arc<canary::Canary>>,
     gpu_metrics: GpuMetrics,
     app_url: String,
     python: String,
@@ -135,31 +137,45 @@ impl PyCore {
         let live = metrics::Live::new(
             self.runner.handle(),
             vec![Arc::clone(&plane.proxy), Arc::clone(&plane.admin)],
+            self.canary.clone(),
         );
         let metrics = metrics::Metrics::new(live, series, &self.python);
         let observer = Arc::clone(&metrics);
-        self.events.observe(move |event| observer.observe(event));
-        let (started, runner, gpu, port, info) = (
+        let canary = self.canary.clone();
+        self.events.observe(move |event| {
+            observer.observe(event);
+            // G7: after any failed check, the canary runs too.
+            if let (Event::Check(outcome), Some(canary)) = (event, &canary) {
+                if !outcome.report.passed() {
+                    canary.ask();
+                }
+            }
+        });
+        let (started, runner, gpu, port, info, canary) = (
             self.started,
             self.runner.handle(),
             self.gpu.clone(),
             Arc::clone(&plane.proxy),
             Arc::clone(&self.info),
+            self.canary.clone(),
         );
         let status = Box::new(move || {
             status::document(&status::Parts {
                 started,
                 runner: &runner,
                 gpu: gpu.as_ref().map(|g| g.state()),
+                canary: canary.as_ref().map(|c| c.state()),
                 proxy: &port,
                 info: &info,
             })
         });
+        let canary = self.canary.clone();
         plane.start(proxy::Wiring {
             app_url: self.app_url.clone(),
             runner: self.runner.handle(),
             metrics,
             status,
+            canary: Box::new(move || canary.as_ref().is_some_and(|c| c.ask())),
         })?;
         let _ = self.plane.set(plane);
         Ok(())
@@ -193,22 +209,49 @@ impl PyCore {
             },
             None => runner::Admission::default(),
         };
+        let exclusive = health
+            .exclusive()
+            .then(|| (Arc::clone(&admission.door), admission.window_bound));
         let runner = Runner::new(health, app_url, protocol, Arc::clone(&events), admission)
             .map_err(to_py)?;
         let gpu_settings = gpu.map(|g| g.get().inner.clone());
         let gpu_metrics = gpu_settings
             .as_ref()
             .map_or(GpuMetrics::Off, |g| g.gpu_metrics);
+        let canary_settings = gpu_settings.as_ref().and_then(|g| g.canary());
         let gpu = gpu_settings
             .map(|g| GpuMonitor::new(g, Arc::clone(&events), runner.drainer()).map(Arc::new))
             .transpose()
             .map_err(to_py)?;
+        // G7: the canary tests the GPUs G5 chose, as the monitor found them.
+        let canary = match (canary_settings, &gpu) {
+            (Some(settings), Some(monitor)) => {
+                let monitor = Arc::clone(monitor);
+                let watched = Box::new(move || {
+                    monitor
+                        .state()
+                        .watched
+                        .iter()
+                        .filter_map(|g| g.uuid.clone().map(|u| (g.index, u)))
+                        .collect()
+                });
+                Some(Arc::new(canary::Canary::new(
+                    settings,
+                    Arc::clone(&events),
+                    runner.drainer(),
+                    watched,
+                    exclusive,
+                )))
+            }
+            _ => None,
+        };
         let version = py.version_info();
         Ok(PyCore {
             started,
             events,
             runner,
             gpu,
+            canary,
             gpu_metrics,
             app_url: app_url.to_owned(),
             python: format!("{}.{}.{}", version.major, version.minor, version.patch),
@@ -230,6 +273,11 @@ impl PyCore {
         self.runner.start().map_err(to_py)?;
         if let Some(gpu) = &self.gpu {
             gpu.start().map_err(to_py)?;
+        }
+        if let Some(canary) = &self.canary {
+            canary.start().map_err(|e| {
+                PyRuntimeError::new_err(format!("could not start the canary's thread: {e}"))
+            })?;
         }
         Ok(())
     }
@@ -283,7 +331,8 @@ impl PyCore {
         Ok(py.detach(|| {
             let plane_stopped = self.plane.get().is_none_or(|p| p.stop(timeout));
             let gpu_stopped = self.gpu.as_ref().is_none_or(|g| g.stop(timeout));
-            self.runner.stop(timeout) && gpu_stopped && plane_stopped
+            let canary_stopped = self.canary.as_ref().is_none_or(|c| c.stop(timeout));
+            self.runner.stop(timeout) && gpu_stopped && plane_stopped && canary_stopped
         }))
     }
 

@@ -26,7 +26,27 @@ impl Severity {
 
 /// Every rule a finding can name, with its severity and when it is found (G2, G3): the one
 /// list, exported to Python for `/status`, the metrics and the docs.
-pub const RULES: [(&str, Severity, &str); 22] = [
+pub const RULES: [(&str, Severity, &str); 26] = [
+    (
+        "canary_mismatch",
+        Severity::Fatal,
+        "the compute canary's answer differs from the CPU's: silent data corruption (G7)",
+    ),
+    (
+        "canary_hang",
+        Severity::Fatal,
+        "the compute canary did not finish within gpu_canary_timeout_seconds (G7)",
+    ),
+    (
+        "canary_error",
+        Severity::Fatal,
+        "the compute canary met a CUDA error of broken hardware or driver (G7)",
+    ),
+    (
+        "canary_unavailable",
+        Severity::Warning,
+        "the compute canary could not run: out of memory, busy, not permitted, no CUDA (G7)",
+    ),
     (
         "gpu_lost",
         Severity::Fatal,

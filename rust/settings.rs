@@ -108,6 +108,12 @@ settings! {
         gpu_remapped_rows_fatal: u64 = 512, Kind::Int { min: 1 };
         /// warnings made fatal once they have held this many seconds (G3)
         gpu_promote_warnings: BTreeMap<String, f64> = BTreeMap::new(), Kind::Promotions;
+        /// seconds between runs of the compute canary, a known-answer CUDA test on each watched GPU (also after a failed check and on POST /canary); off: only then (G7)
+        gpu_canary_seconds: Option<f64> = Some(60.0), Kind::OptionalNumber { min: 0.0, strict: true };
+        /// a canary run not finished within this is a GPU fault, canary_hang (G7)
+        gpu_canary_timeout_seconds: f64 = 5.0, POSITIVE;
+        /// the CUDA driver the canary loads; unset: libcuda.so.1, found by the dynamic loader; an empty string turns the canary off
+        cuda_library: Option<String> = None, Kind::OptionalText;
         /// GPU series in /metrics: named as dcgm-exporter names them, as runwarden_gpu_*, or none (for a node whose dcgm-exporter is scraped already)
         gpu_metrics: GpuMetrics = GpuMetrics::Dcgm, Kind::Choice(GpuMetrics::WORDS);
     }
@@ -208,6 +214,19 @@ impl GpuSettings {
             ));
         }
         Ok(self)
+    }
+
+    /// G7: the canary's settings, or None when it is off.
+    pub fn canary(&self) -> Option<crate::canary::CanarySettings> {
+        let library = self
+            .cuda_library
+            .clone()
+            .unwrap_or_else(|| crate::canary::DEFAULT_LIBRARY.to_owned());
+        (!library.is_empty()).then(|| crate::canary::CanarySettings {
+            period: self.gpu_canary_seconds.map(Duration::from_secs_f64),
+            timeout: Duration::from_secs_f64(self.gpu_canary_timeout_seconds),
+            library,
+        })
     }
 
     /// The library to load.

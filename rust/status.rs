@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+use crate::canary::CanaryState;
 use crate::door::{DoorSnapshot, Refusal};
 use crate::nvml::sample::GpuSample;
 use crate::nvml::{Found, MonitorState};
@@ -148,6 +149,20 @@ impl Info {
     }
 }
 
+/// G7: the canary's state and each GPU's last run.
+pub fn canary_json(c: &CanaryState) -> Value {
+    json!({
+        "enabled": c.enabled,
+        "detail": c.detail,
+        "runs": c.runs,
+        "failures": c.failures,
+        "last": c.last.iter().map(|r| json!({
+            "gpu": r.gpu, "uuid": r.uuid, "outcome": r.outcome, "detail": r.detail,
+            "seconds": round3(r.seconds), "at_uptime_seconds": round3(r.at),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// Q5: the door's places, its queue and its refusals.
 pub fn door_json(door: &DoorSnapshot) -> Value {
     let refused: Map<String, Value> = Refusal::ALL
@@ -173,6 +188,7 @@ pub struct Parts<'a> {
     pub started: Instant,
     pub runner: &'a RunnerHandle,
     pub gpu: Option<MonitorState>,
+    pub canary: Option<CanaryState>,
     pub proxy: &'a Port,
     pub info: &'a Info,
 }
@@ -223,6 +239,10 @@ pub fn document(parts: &Parts<'_>) -> Value {
         Some(state) => {
             let mut gpu = gpu_json(state);
             gpu["selected_by"] = parts.info.get("gpu_selection");
+            gpu["canary"] = parts.canary.as_ref().map_or_else(
+                || json!({"enabled": false, "detail": "the compute canary is off (--gpu-canary-seconds off and --cuda-library \"\", or no GPU monitoring)"}),
+                canary_json,
+            );
             gpu
         }
         None => json!({"enabled": false, "detail": "GPU monitoring is off (--no-gpu-monitoring)"}),

@@ -83,6 +83,8 @@ def _other(spec: Spec) -> tuple[str, Any]:
         return "7.5", 7.5
     if spec.name == "exclusive_checks":
         return "true", True
+    if spec.name == "cuda_library":
+        return "/opt/cuda/libcuda.so.1", "/opt/cuda/libcuda.so.1"
     if spec.name == "gpus":
         return "0,GPU-1", ["0", "GPU-1"]
     if spec.name == "nvml_library":

@@ -153,6 +153,9 @@ class GpuSettings:
     gpu_retired_pages_fatal: int
     gpu_remapped_rows_fatal: int
     gpu_promote_warnings: dict[str, float]
+    gpu_canary_seconds: float | None
+    gpu_canary_timeout_seconds: float
+    cuda_library: str | None
     gpu_metrics: Literal["dcgm", "runwarden", "off"]
     def __new__(
         cls,
@@ -169,6 +172,9 @@ class GpuSettings:
         gpu_retired_pages_fatal: int = 63,
         gpu_remapped_rows_fatal: int = 512,
         gpu_promote_warnings: dict[str, float] = {},
+        gpu_canary_seconds: float | None = 60.0,
+        gpu_canary_timeout_seconds: float = 5.0,
+        cuda_library: str | None = None,
         gpu_metrics: str = "dcgm",
     ) -> GpuSettings: ...
     def to_dict(self) -> dict[str, object]: ...

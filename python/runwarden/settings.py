@@ -313,6 +313,7 @@ def _core_spec(row: Mapping[str, Any]) -> Spec:
         "max_connections": "auto: (fd limit - 256) / 2",
         "max_app_connections": "auto: a quarter of the app's fd limit, at most 1024",
         "exclusive_checks": "on when call_regularly is off",
+        "cuda_library": "libcuda.so.1, found by the dynamic loader",
         "max_queue": "auto: 4 x max_concurrency",
         "request_timeout_seconds": "off",
     }.get(row["name"])

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
+use crate::canary::Canary;
 use crate::door::Refusal;
 use crate::proxy::listener::Port;
 use crate::runner::RunnerHandle;
@@ -15,6 +16,7 @@ const STATES: [&str; 5] = ["starting", "ready", "replacing", "stopping", "stoppe
 pub struct Live {
     runner: RunnerHandle,
     ports: Vec<Arc<Port>>,
+    canary: Option<Arc<Canary>>,
     descs: Vec<Desc>,
 }
 
@@ -25,7 +27,7 @@ struct Family {
     labels: &'static [&'static str],
 }
 
-const FAMILIES: [Family; 10] = [
+const FAMILIES: [Family; 13] = [
     Family {
         name: "runwarden_state",
         help: "The runner's state: 1 for the current one",
@@ -86,10 +88,28 @@ const FAMILIES: [Family; 10] = [
         kind: MetricType::COUNTER,
         labels: &["reason"],
     },
+    Family {
+        name: "runwarden_canary_runs_total",
+        help: "Compute canary runs, one per watched GPU per round (G7)",
+        kind: MetricType::COUNTER,
+        labels: &[],
+    },
+    Family {
+        name: "runwarden_canary_failures_total",
+        help: "Compute canary runs that did not pass, by outcome: mismatch, hang, error, unavailable, busy (G7)",
+        kind: MetricType::COUNTER,
+        labels: &["outcome"],
+    },
+    Family {
+        name: "runwarden_canary_duration_seconds_total",
+        help: "Time the compute canary's runs took, summed (G7)",
+        kind: MetricType::COUNTER,
+        labels: &[],
+    },
 ];
 
 impl Live {
-    pub fn new(runner: RunnerHandle, ports: Vec<Arc<Port>>) -> Live {
+    pub fn new(runner: RunnerHandle, ports: Vec<Arc<Port>>, canary: Option<Arc<Canary>>) -> Live {
         let descs = FAMILIES
             .iter()
             .map(|f| {
@@ -100,6 +120,7 @@ impl Live {
         Live {
             runner,
             ports,
+            canary,
             descs,
         }
     }
@@ -162,7 +183,8 @@ impl Collector for Live {
         let snapshot = self.runner.snapshot();
         let in_flight = self.runner.traffic().in_flight() as f64;
         let door = self.runner.door().snapshot();
-        let values: [Vec<Sample>; 10] = [
+        let canary = self.canary.as_ref().map(|c| c.state()).unwrap_or_default();
+        let values: [Vec<Sample>; 13] = [
             STATES
                 .iter()
                 .map(|s| {
@@ -191,6 +213,15 @@ impl Collector for Live {
                 .zip(door.refused)
                 .map(|(why, n)| (vec![("reason", why.as_str().to_owned())], n as f64))
                 .collect(),
+            vec![(vec![], canary.runs as f64)],
+            ["mismatch", "hang", "error", "unavailable", "busy"]
+                .iter()
+                .map(|o| {
+                    let n = canary.failures.get(o).copied().unwrap_or(0);
+                    (vec![("outcome", (*o).to_owned())], n as f64)
+                })
+                .collect(),
+            vec![(vec![], canary.seconds_total)],
         ];
         FAMILIES
             .iter()

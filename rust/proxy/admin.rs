@@ -1,5 +1,5 @@
 //! The admin port (SPEC A): `/livez`, `/readyz`, `/status`, `/metrics`, read-only, on its
-//! own address. `/livez` and `/readyz` are answered from the runner's life as the core
+//! own address; and `POST /canary` from trusted sources (G7). `/livez` and `/readyz` are answered from the runner's life as the core
 //! publishes it, without Python and without a lock, so a busy or stuck interpreter never
 //! fails a probe. The proxy port never routes here.
 //!
@@ -30,6 +30,10 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The `/status` document, rendered when asked.
     pub status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// G7: ask the compute canary to run now; false when it is off.
+    pub canary: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Who may ask (`--check-trusted-sources`, as for H5).
+    pub trusted: super::trigger::Trusted,
 }
 
 /// The admin port's service for one connection.
@@ -56,6 +60,9 @@ impl hyper::service::Service<Request<Incoming>> for Admin {
 impl Admin {
     fn answer(&self, request: &Request<Incoming>) -> Response<ProxyBody> {
         let route = request.uri().path();
+        if route == "/canary" {
+            return self.canary(request);
+        }
         if !matches!(route, "/livez" | "/readyz" | "/status" | "/metrics") {
             return respond(
                 StatusCode::NOT_FOUND,
@@ -112,6 +119,44 @@ impl Admin {
                 HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
                 state.metrics.render().into(),
             ),
+        }
+    }
+}
+
+impl Admin {
+    /// G7: `POST /canary` from a trusted source runs the compute canary now; its result is in
+    /// `/status` (`gpu.canary`), and a fatal one drains the runner as any GPU fault does.
+    fn canary(&self, request: &Request<Incoming>) -> Response<ProxyBody> {
+        if request.method() != Method::POST {
+            let mut response = respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                TEXT,
+                Bytes::from_static(b"method not allowed\n"),
+            );
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        if !self.state.trusted.contains(self.conn.peer.ip()) {
+            return respond(
+                StatusCode::FORBIDDEN,
+                TEXT,
+                Bytes::from_static(b"not a trusted source (--check-trusted-sources)\n"),
+            );
+        }
+        if (self.state.canary)() {
+            respond(
+                StatusCode::ACCEPTED,
+                TEXT,
+                Bytes::from_static(b"the canary runs now; its result will be in /status\n"),
+            )
+        } else {
+            respond(
+                StatusCode::CONFLICT,
+                TEXT,
+                Bytes::from_static(b"the compute canary is off (see /status gpu.canary)\n"),
+            )
         }
     }
 }

@@ -175,6 +175,8 @@ pub struct Wiring {
     pub metrics: Arc<Metrics>,
     /// The `/status` document, rendered when asked.
     pub status: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// G7: ask the compute canary to run now (`POST /canary`); false when it is off.
+    pub canary: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// Both ports, bound; served once started.
@@ -328,6 +330,8 @@ impl DataPlane {
                 life: wiring.runner.life(),
                 metrics: Arc::clone(&wiring.metrics),
                 status: wiring.status,
+                canary: wiring.canary,
+                trusted: trigger::Trusted::new(&settings.check_trusted_sources),
             });
             let settings = &settings;
             let stack = Stack::new(

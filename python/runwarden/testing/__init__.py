@@ -176,6 +176,16 @@ class Gpu(TypedDict, total=False):
     lost: bool
     returns: dict[str, int]
     hang: dict[str, float]
+    cuda: CudaFaults
+
+
+class CudaFaults(TypedDict, total=False):
+    """The fake CUDA driver's faults on one GPU (G8): `FakeNvml.set_cuda`."""
+
+    wrong: bool
+    hang_seconds: float
+    error: int
+    oom: bool
 
 
 class Event(TypedDict):
@@ -343,6 +353,27 @@ class FakeNvml:
         self.write(state)
         return event_id
 
+    def set_cuda(
+        self,
+        gpu: int,
+        *,
+        wrong: bool = False,
+        hang_seconds: float = 0.0,
+        error: int = 0,
+        oom: bool = False,
+    ) -> None:
+        """The fake CUDA driver's faults on `gpu` (G8), all cleared by default: a wrong
+        answer (one bit of each kernel's output flipped), synchronisation blocking
+        `hang_seconds`, launches answering CUDA error `error`, allocation out of memory."""
+        state = self.read()
+        _gpu(state, gpu)["cuda"] = {
+            "wrong": wrong,
+            "hang_seconds": hang_seconds,
+            "error": error,
+            "oom": oom,
+        }
+        self.write(state)
+
     def inject_xid(self, gpu: int, xid: int) -> str:
         """A critical XID event (e.g. 79, fallen off the bus) on `gpu`; returns its id."""
         return self.inject_event(gpu, EventType.XID_CRITICAL_ERROR, xid)
@@ -414,10 +445,21 @@ def _newest_source(crate: Path) -> int:
     return max(p.stat().st_mtime_ns for p in sources)
 
 
+CUDA_LIBRARY_NAME = "libcuda.so.1"
+"""The fault kit's fake CUDA driver (G8), beside the fake NVML in the same directory."""
+
+# Each fake: its crate, the library cargo builds, and the name it is loaded by.
+FAKES = (
+    ("fake-nvml", "libnvidia_ml.so", LIBRARY_NAME),
+    ("fake-cuda", "libcuda.so", CUDA_LIBRARY_NAME),
+)
+
+
 def fake_nvml_dir() -> Path:
-    """The directory holding the fake `libnvidia-ml.so.1`. In a source checkout it is built
-    (`cargo build -p fake-nvml --release`) when missing or older than its sources; an
-    installed wheel carries it, built for glibc 2.17 and later (no Rust needed)."""
+    """The directory holding the fake `libnvidia-ml.so.1` and `libcuda.so.1`. In a source
+    checkout they are built (`cargo build -p fake-nvml -p fake-cuda --release`) when missing
+    or older than their sources; an installed wheel carries them, built for glibc 2.17 and
+    later (no Rust needed)."""
     root = _source_root()
     if root is None or shutil.which("cargo") is None:
         if (PACKAGED / LIBRARY_NAME).is_file():
@@ -431,32 +473,38 @@ def fake_nvml_dir() -> Path:
     assert root is not None
     target = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
     target = target if target.is_absolute() else root / target
-    built = target / "release" / "libnvidia_ml.so"
-    if not built.is_file() or built.stat().st_mtime_ns < _newest_source(root / "rust/fake-nvml"):
+    stale = [
+        crate
+        for crate, built, _ in FAKES
+        if not (target / "release" / built).is_file()
+        or (target / "release" / built).stat().st_mtime_ns < _newest_source(root / "rust" / crate)
+    ]
+    if stale:
         cargo = shutil.which("cargo")
         if cargo is None:
-            raise FakeNvmlError("building the fake NVML driver needs cargo (Rust) on PATH")
+            raise FakeNvmlError("building the fault kit's fake drivers needs cargo (Rust) on PATH")
+        packages = [arg for crate in stale for arg in ("-p", crate)]
         result = subprocess.run(
-            [cargo, "build", "-p", "fake-nvml", "--release"],
-            cwd=root,
-            capture_output=True,
-            text=True,
+            [cargo, "build", *packages, "--release"], cwd=root, capture_output=True, text=True
         )
         if result.returncode != 0:
-            raise FakeNvmlError(f"`cargo build -p fake-nvml --release` failed:\n{result.stderr}")
+            command = f"cargo build {' '.join(packages)} --release"
+            raise FakeNvmlError(f"`{command}` failed:\n{result.stderr}")
     out = target / "fake-nvml"
-    library = out / LIBRARY_NAME
-    # A copy, not a link: a rebuild must not rewrite a library a running process has mapped.
-    # copy2 keeps the mtime, which tells whether the copy is current.
-    source = built.stat()
-    if (
-        not library.is_file()
-        or library.stat().st_mtime_ns != source.st_mtime_ns
-        or library.stat().st_size != source.st_size
-    ):
-        out.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=out, prefix=f".{LIBRARY_NAME}.")
-        os.close(fd)
-        shutil.copy2(built, temp)
-        os.replace(temp, library)
+    for _, built_name, name in FAKES:
+        built = target / "release" / built_name
+        library = out / name
+        # A copy, not a link: a rebuild must not rewrite a library a running process has
+        # mapped. copy2 keeps the mtime, which tells whether the copy is current.
+        source = built.stat()
+        if (
+            not library.is_file()
+            or library.stat().st_mtime_ns != source.st_mtime_ns
+            or library.stat().st_size != source.st_size
+        ):
+            out.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+            os.close(fd)
+            shutil.copy2(built, temp)
+            os.replace(temp, library)
     return out

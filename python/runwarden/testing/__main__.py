@@ -128,6 +128,25 @@ def _parser() -> argparse.ArgumentParser:
     hang.add_argument("seconds", type=float)
     hang.add_argument("--gpu", type=int, help="only calls naming this GPU")
 
+    wrong = commands.add_parser(
+        "canary-wrong", help="the fake CUDA driver answers the canary wrong on GPU (G8)"
+    )
+    wrong.add_argument("gpu", type=int)
+    cuda_hang = commands.add_parser(
+        "canary-hang", help="the fake CUDA driver's synchronisation blocks SECONDS on GPU"
+    )
+    cuda_hang.add_argument("gpu", type=int)
+    cuda_hang.add_argument("seconds", type=float)
+    cuda_error = commands.add_parser(
+        "canary-error", help="the fake CUDA driver's launches answer CODE on GPU (214: ECC)"
+    )
+    cuda_error.add_argument("gpu", type=int)
+    cuda_error.add_argument("code", type=int)
+    oom = commands.add_parser("canary-oom", help="the fake CUDA driver is out of memory on GPU")
+    oom.add_argument("gpu", type=int)
+    clear = commands.add_parser("canary-clear", help="no CUDA fault on GPU")
+    clear.add_argument("gpu", type=int)
+
     ready = commands.add_parser(
         "wait-ready",
         help="wait until the runwarden at the admin address is ready and watches its GPUs' "
@@ -181,6 +200,16 @@ def _run(args: argparse.Namespace) -> None:
             event = nvml.inject_event(args.gpu, args.type, args.data)
             print(f"event {event} (type {args.type:#x}, data {args.data}) on GPU {args.gpu}, "
                   "heard once by each runwarden watching that GPU now")  # fmt: skip
+        case "canary-wrong":
+            nvml.set_cuda(args.gpu, wrong=True)
+        case "canary-hang":
+            nvml.set_cuda(args.gpu, hang_seconds=args.seconds)
+        case "canary-error":
+            nvml.set_cuda(args.gpu, error=args.code)
+        case "canary-oom":
+            nvml.set_cuda(args.gpu, oom=True)
+        case "canary-clear":
+            nvml.set_cuda(args.gpu)
         case "lose-gpu":
             nvml.lose_gpu(args.index, lost=not args.restore)
         case "hang":

@@ -89,6 +89,8 @@ pub struct Gpu {
     /// Like [`State::returns`] and [`State::hang`], for calls naming this GPU only.
     pub returns: HashMap<String, Ret>,
     pub hang: HashMap<String, f64>,
+    /// The fake CUDA driver's faults for this GPU (`rust/fake-cuda`); NVML ignores them.
+    pub cuda: serde_json::Value,
 }
 
 impl Default for Gpu {
@@ -119,6 +121,7 @@ impl Default for Gpu {
             lost: false,
             returns: HashMap::new(),
             hang: HashMap::new(),
+            cuda: serde_json::Value::Null,
         }
     }
 }
