@@ -227,6 +227,13 @@ impl Shared {
             let due = next.is_some_and(|t| Instant::now() >= t);
             if asks == seen_asks && !due {
                 let guard = lock(&self.wake_lock);
+                // Asked (or stopped) between the look above and now: no wait. `ask` counts
+                // before it takes this lock, so nothing is missed once it is held.
+                if self.asked.load(Ordering::Relaxed) != seen_asks
+                    || self.stop.load(Ordering::Acquire)
+                {
+                    continue;
+                }
                 let wait = next.map_or(Duration::from_secs(3600), |t| {
                     t.saturating_duration_since(Instant::now())
                 });
@@ -348,13 +355,20 @@ impl Shared {
             }
             Err(Failure::Cuda(error)) => {
                 let detail = format!("{error} (the app may be using the GPU as it should)");
-                self.finding(
-                    gpu,
-                    uuid,
-                    "canary_unavailable",
-                    Severity::Warning,
-                    detail.clone(),
-                );
+                // A warning is said when it begins (G3), not at every period it lasts.
+                let already = lock(&self.state)
+                    .last
+                    .iter()
+                    .any(|r| r.gpu == gpu && r.outcome == "unavailable");
+                if !already {
+                    self.finding(
+                        gpu,
+                        uuid,
+                        "canary_unavailable",
+                        Severity::Warning,
+                        detail.clone(),
+                    );
+                }
                 self.record(place, "unavailable", detail, seconds);
             }
         }
