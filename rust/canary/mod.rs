@@ -271,26 +271,21 @@ impl Shared {
         let devices = match cuda.devices() {
             Ok(devices) => devices,
             Err(e) => {
-                self.judge(0, "", Err(Failure::Cuda(e)), Duration::ZERO);
+                // No GPU to name: said in the log, counted, never a verdict.
+                self.say(
+                    "warning",
+                    format!("the compute canary could not list CUDA devices: {e}"),
+                );
+                self.record(None, "unavailable", e.to_string(), 0.0);
                 return true;
             }
         };
         for (gpu, uuid) in (self.watched)() {
             let wanted = uuid_bytes(&uuid);
             let Some(&(device, _)) = devices.iter().find(|(_, u)| Some(*u) == wanted) else {
-                self.finding(
-                    gpu,
-                    &uuid,
-                    "canary_unavailable",
-                    Severity::Warning,
-                    "not visible to CUDA in runwarden's process (CUDA_VISIBLE_DEVICES?)".into(),
-                );
-                self.record(
-                    Some((gpu, &uuid)),
-                    "unavailable",
-                    "not visible to CUDA".into(),
-                    0.0,
-                );
+                let detail =
+                    "not visible to CUDA in runwarden's process (CUDA_VISIBLE_DEVICES?)".to_owned();
+                self.unavailable(gpu, &uuid, detail, 0.0);
                 continue;
             };
             let (tx, rx) = mpsc::channel();
@@ -355,23 +350,29 @@ impl Shared {
             }
             Err(Failure::Cuda(error)) => {
                 let detail = format!("{error} (the app may be using the GPU as it should)");
-                // A warning is said when it begins (G3), not at every period it lasts.
-                let already = lock(&self.state)
-                    .last
-                    .iter()
-                    .any(|r| r.gpu == gpu && r.outcome == "unavailable");
-                if !already {
-                    self.finding(
-                        gpu,
-                        uuid,
-                        "canary_unavailable",
-                        Severity::Warning,
-                        detail.clone(),
-                    );
-                }
-                self.record(place, "unavailable", detail, seconds);
+                self.unavailable(gpu, uuid, detail, seconds);
             }
         }
+    }
+
+    /// `canary_unavailable`: a warning said when it begins (G3), not at every period it
+    /// lasts; every run is recorded.
+    fn unavailable(&self, gpu: u32, uuid: &str, detail: String, seconds: f64) {
+        let already = lock(&self.state)
+            .last
+            .iter()
+            .any(|r| r.gpu == gpu && r.outcome == "unavailable");
+        if !already {
+            self.finding(
+                gpu,
+                uuid,
+                "canary_unavailable",
+                Severity::Warning,
+                detail.clone(),
+            );
+        }
+        let place = (!uuid.is_empty()).then_some((gpu, uuid));
+        self.record(place, "unavailable", detail, seconds);
     }
 
     fn record(
