@@ -71,15 +71,7 @@ impl Admin {
             );
         }
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            let mut response = respond(
-                StatusCode::METHOD_NOT_ALLOWED,
-                TEXT,
-                Bytes::from_static(b"method not allowed\n"),
-            );
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
+            return not_allowed("GET, HEAD");
         }
         let state = &self.state;
         match route {
@@ -128,15 +120,7 @@ impl Admin {
     /// `/status` (`gpu.canary`), and a fatal one drains the runner as any GPU fault does.
     fn canary(&self, request: &Request<Incoming>) -> Response<ProxyBody> {
         if request.method() != Method::POST {
-            let mut response = respond(
-                StatusCode::METHOD_NOT_ALLOWED,
-                TEXT,
-                Bytes::from_static(b"method not allowed\n"),
-            );
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("POST"));
-            return response;
+            return not_allowed("POST");
         }
         if !self.state.trusted.contains(self.conn.peer.ip()) {
             return respond(
@@ -159,6 +143,19 @@ impl Admin {
             )
         }
     }
+}
+
+/// `405`, with the methods the route takes.
+fn not_allowed(allow: &'static str) -> Response<ProxyBody> {
+    let mut response = respond(
+        StatusCode::METHOD_NOT_ALLOWED,
+        TEXT,
+        Bytes::from_static(b"method not allowed\n"),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 fn respond(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<ProxyBody> {
