@@ -226,7 +226,12 @@ impl Door {
     }
 
     fn release(&self) {
-        let mut state = self.lock();
+        self.give_back(&mut self.lock());
+    }
+
+    /// A place at the app is free again: a check waiting for the runner hears when the app
+    /// is idle, and the next in line gets the place.
+    fn give_back(&self, state: &mut State) {
         state.at_app -= 1;
         if state.at_app == 0 && state.exclusive > 0 {
             self.idle.notify_waiters();
@@ -345,13 +350,6 @@ pub struct Queued {
     done: bool,
 }
 
-impl Queued {
-    /// How long this request has waited.
-    pub fn waited(&self) -> Duration {
-        self.since.elapsed()
-    }
-}
-
 impl Future for Queued {
     type Output = Result<(Permit, Duration), Refusal>;
 
@@ -410,13 +408,7 @@ impl Drop for Queued {
         match waiter.turn {
             Turn::Waiting => state.waiting -= 1,
             // Granted to a request that left before it looked: the permit goes on.
-            Turn::Granted => {
-                state.at_app -= 1;
-                if state.at_app == 0 && state.exclusive > 0 {
-                    self.door.idle.notify_waiters();
-                }
-                state.dispatch();
-            }
+            Turn::Granted => self.door.give_back(&mut state),
             Turn::Refused(_) => {}
         }
     }

@@ -89,8 +89,6 @@ pub struct CanaryState {
     /// Failed runs by outcome.
     pub failures: BTreeMap<&'static str, u64>,
     pub seconds_total: f64,
-    /// Runs finished (each GPU's run of one round counts once per round).
-    pub rounds: u64,
 }
 
 struct Shared {
@@ -323,7 +321,6 @@ impl Shared {
                 }
             }
         }
-        lock(&self.state).rounds += 1;
         true
     }
 
