@@ -4,8 +4,11 @@
 mod allocator;
 pub mod canary;
 pub mod door;
+pub mod embedded;
+mod embedded_bindings;
 pub mod error;
 pub mod events;
+pub mod front;
 mod gpu_bindings;
 mod health_bindings;
 mod json_bindings;
@@ -34,6 +37,7 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
+use embedded_bindings::{PyAnswer, PyAppCheck, PyEntered, PyFront, PyTicket, PyWaiting};
 use error::CoreError;
 use events::EventQueue;
 use gpu_bindings::{PyGpuFinding, PyGpuMonitoring, PyGpuSamples, PyGpuSettings};
@@ -106,6 +110,8 @@ fn event_to_py(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
         Event::Access(inner) => Py::new(py, PyAccessLine { inner })?.into_any(),
         Event::Drained(inner) => Py::new(py, PyDrained { inner })?.into_any(),
         Event::Closed { cut } => Py::new(py, PyPortsClosed { cut })?.into_any(),
+        Event::AppCheck { call } => Py::new(py, PyAppCheck { call })?.into_any(),
+        Event::Entered { call } => Py::new(py, PyEntered { call })?.into_any(),
     })
 }
 
@@ -123,22 +129,24 @@ pub struct PyCore {
     proxy: Option<settings::ProxySettings>,
     plane: OnceLock<DataPlane>,
     info: Arc<status::Info>,
+    /// Embedded (SPEC E): the checks the app's loop answers, and the front its requests
+    /// enter by (once started).
+    app_checks: Option<Arc<embedded::check::AppChecks>>,
+    front: OnceLock<Arc<embedded::Front>>,
 }
 
 impl PyCore {
     /// Bind both ports, wire the metrics and `/status`, and serve.
     fn start_plane(&self, settings: settings::ProxySettings) -> Result<(), CoreError> {
         let log = proxy::log::Log::new(Arc::clone(&self.events));
-        let plane = DataPlane::bind(settings, log)?;
+        let trusted = front::Trusted::new(&settings.check_trusted_sources);
+        let plane = DataPlane::bind(settings, log, self.app_checks.is_none())?;
         let monitor = self.gpu.clone();
         let driver_version =
             Box::new(move || monitor.as_ref().and_then(|m| m.state().driver_version));
         let series = Arc::new(metrics::GpuSeries::new(self.gpu_metrics, driver_version));
-        let live = metrics::Live::new(
-            self.runner.handle(),
-            vec![Arc::clone(&plane.proxy), Arc::clone(&plane.admin)],
-            self.canary.clone(),
-        );
+        let ports = plane.proxy.iter().chain([&plane.admin]).cloned().collect();
+        let live = metrics::Live::new(self.runner.handle(), ports, self.canary.clone());
         let metrics = metrics::Metrics::new(live, series, &self.python);
         let observer = Arc::clone(&metrics);
         let canary = self.canary.clone();
@@ -155,7 +163,7 @@ impl PyCore {
             self.started,
             self.runner.handle(),
             self.gpu.clone(),
-            Arc::clone(&plane.proxy),
+            plane.proxy.clone(),
             Arc::clone(&self.info),
             self.canary.clone(),
         );
@@ -165,7 +173,7 @@ impl PyCore {
                 runner: &runner,
                 gpu: gpu.as_ref().map(|g| g.state()),
                 canary: canary.as_ref().map(|c| c.state()),
-                proxy: &port,
+                proxy: port.as_deref(),
                 info: &info,
             })
         });
@@ -173,10 +181,21 @@ impl PyCore {
         plane.start(proxy::Wiring {
             app_url: self.app_url.clone(),
             runner: self.runner.handle(),
-            metrics,
+            metrics: Arc::clone(&metrics),
             status,
             canary: Box::new(move || canary.as_ref().is_some_and(|c| c.ask())),
         })?;
+        if self.app_checks.is_some() {
+            let runtime = plane.runtime().expect("the plane was started");
+            let front = embedded::Front::new(
+                self.runner.handle(),
+                trusted,
+                metrics,
+                runtime,
+                Arc::clone(&self.events),
+            );
+            let _ = self.front.set(Arc::new(front));
+        }
         let _ = self.plane.set(plane);
         Ok(())
     }
@@ -185,13 +204,14 @@ impl PyCore {
 #[pymethods]
 impl PyCore {
     #[new]
-    #[pyo3(signature = (health, app_url, gpu = None, proxy = None))]
+    #[pyo3(signature = (health, app_url, gpu = None, proxy = None, embedded = false))]
     fn new(
         py: Python<'_>,
         health: &Bound<'_, PyHealthSettings>,
         app_url: &str,
         gpu: Option<&Bound<'_, PyGpuSettings>>,
         proxy: Option<&Bound<'_, PyProxySettings>>,
+        embedded: bool,
     ) -> PyResult<Self> {
         let started = Instant::now();
         let health = health.get().inner.clone();
@@ -203,6 +223,12 @@ impl PyCore {
             .as_ref()
             .map_or(AppProtocol::Http1, |p| p.app_protocol);
         let admission = match &proxy {
+            // Embedded with no max_concurrency: the app's server bounds its connections, and
+            // the door only holds requests for an exclusive check (Q1).
+            Some(p) if embedded && p.max_concurrency == 0 => runner::Admission {
+                window_bound: p.drain_timeout(),
+                ..runner::Admission::default()
+            },
             Some(p) => runner::Admission {
                 door: door::Door::new(proxy::door_limits(p)),
                 window_bound: p.drain_timeout(),
@@ -212,8 +238,19 @@ impl PyCore {
         let exclusive = health
             .exclusive()
             .then(|| (Arc::clone(&admission.door), admission.window_bound));
-        let runner = Runner::new(health, app_url, protocol, Arc::clone(&events), admission)
-            .map_err(to_py)?;
+        // Embedded, checks are calls of the app's route on its own loop (E4).
+        let app_checks = embedded
+            .then(|| embedded::check::AppChecks::new(Arc::clone(&events), &health.health_path));
+        let runner = match &app_checks {
+            Some(checks) => Runner::with_probe(
+                health,
+                probe::Probe::InProcess(Arc::clone(checks)),
+                Arc::clone(&events),
+                admission,
+            ),
+            None => Runner::new(health, app_url, protocol, Arc::clone(&events), admission),
+        }
+        .map_err(to_py)?;
         let gpu_settings = gpu.map(|g| g.get().inner.clone());
         let gpu_metrics = gpu_settings
             .as_ref()
@@ -258,6 +295,8 @@ impl PyCore {
             proxy,
             plane: OnceLock::new(),
             info: Arc::default(),
+            app_checks,
+            front: OnceLock::new(),
         })
     }
 
@@ -315,9 +354,11 @@ impl PyCore {
 
     /// The client connections the proxy port may hold, and the app's permits.
     fn limits(&self) -> Option<(usize, usize)> {
-        self.plane
-            .get()
-            .map(|p| (p.proxy.cap, p.max_app_connections))
+        let plane = self.plane.get()?;
+        plane
+            .proxy
+            .as_ref()
+            .map(|port| (port.cap, plane.max_app_connections))
     }
 
     #[pyo3(signature = (timeout_seconds = 2.0))]
@@ -352,6 +393,40 @@ impl PyCore {
                 Ok(Py::new(py, PyCheckOutcome { inner: *outcome })?.into_any())
             }
         }
+    }
+
+    /// Embedded (E2): the front requests enter by; None before `start`, or for a proxy.
+    fn front(&self, py: Python<'_>) -> PyResult<Option<Py<PyFront>>> {
+        self.front
+            .get()
+            .map(|front| {
+                PyFront::new(
+                    py,
+                    Arc::clone(front),
+                    self.proxy.as_ref().map(|p| p.check_header.as_str()),
+                )
+            })
+            .transpose()
+    }
+
+    /// Embedded (E4): the app's loop answers check `call` with its route's status, or why
+    /// it could not call it. False if the check is no longer waited for.
+    #[pyo3(signature = (call, status = None, error = None))]
+    fn answer_check(&self, call: u64, status: Option<u16>, error: Option<String>) -> bool {
+        let Some(checks) = &self.app_checks else {
+            return false;
+        };
+        let answered = match (status, error) {
+            (Some(status), None) => Ok(status),
+            (_, error) => Err(error.unwrap_or_else(|| "no status".to_owned())),
+        };
+        checks.answer(call, answered)
+    }
+
+    /// Embedded: whether check `call` is still waited for (a loop that was blocked skips
+    /// the checks that timed out meanwhile).
+    fn check_wanted(&self, call: u64) -> bool {
+        self.app_checks.as_ref().is_some_and(|c| c.wanted(call))
     }
 
     fn manual_check(&self) {
@@ -467,5 +542,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyAccessLine>()?;
     m.add_class::<PyDrained>()?;
     m.add_class::<PyPortsClosed>()?;
+    m.add_class::<PyFront>()?;
+    m.add_class::<PyTicket>()?;
+    m.add_class::<PyWaiting>()?;
+    m.add_class::<PyAnswer>()?;
+    m.add_class::<PyAppCheck>()?;
+    m.add_class::<PyEntered>()?;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! the standard gRPC health service (`grpc.health.v1.Health/Check`, as Kubernetes' gRPC probe
 //! does) and passes on `SERVING`. The runner bounds every check by `timeout_seconds`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -25,9 +26,35 @@ const GRPC_HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
 /// grpc.health.v1.HealthCheckResponse.ServingStatus
 const SERVING: u64 = 1;
 
-/// Sends health checks to one app.
+/// How checks reach the app: over loopback (the proxy, and any app behind it), or through
+/// the app's own event loop inside its process (the embedded front, SPEC E4).
 #[derive(Clone)]
-pub struct Probe {
+pub enum Probe {
+    Http(HttpProbe),
+    InProcess(Arc<crate::embedded::check::AppChecks>),
+}
+
+impl Probe {
+    /// What `/status` names as the check's target.
+    pub fn url(&self) -> &str {
+        match self {
+            Probe::Http(http) => http.url(),
+            Probe::InProcess(checks) => checks.url(),
+        }
+    }
+
+    /// Send one check and wait for its answer (the caller bounds the wait).
+    pub async fn run(&self) -> ProbeReport {
+        match self {
+            Probe::Http(http) => http.run().await,
+            Probe::InProcess(checks) => checks.run().await,
+        }
+    }
+}
+
+/// Sends health checks to one app over loopback.
+#[derive(Clone)]
+pub struct HttpProbe {
     address: AppAddress,
     dial: String,
     url: String,
@@ -38,8 +65,8 @@ pub struct Probe {
     grpc_service: String,
 }
 
-impl Probe {
-    pub fn new(app_url: &str, settings: &HealthSettings, app: AppProtocol) -> Result<Probe> {
+impl HttpProbe {
+    pub fn new(app_url: &str, settings: &HealthSettings, app: AppProtocol) -> Result<HttpProbe> {
         // The app's URL may end in a path prefix the app is mounted under: checks go to the
         // prefix plus the health path, as proxied requests go to the prefix plus theirs.
         let address = AppAddress::parse(app_url)?;
@@ -47,7 +74,7 @@ impl Probe {
             CheckProtocol::Http => format!("{}{}", address.prefix, settings.health_path),
             CheckProtocol::Grpc => GRPC_HEALTH_PATH.to_owned(),
         };
-        Ok(Probe {
+        Ok(HttpProbe {
             dial: address.dial(),
             url: format!("http://{}{path}", address.authority),
             path,
@@ -399,13 +426,14 @@ mod tests {
     #[test]
     fn checks_go_to_the_prefix_plus_the_health_path() {
         let settings = HealthSettings::default();
-        let probe = Probe::new("http://127.0.0.1:8000/v1/", &settings, AppProtocol::Http1).unwrap();
+        let probe =
+            HttpProbe::new("http://127.0.0.1:8000/v1/", &settings, AppProtocol::Http1).unwrap();
         assert_eq!(probe.url(), "http://127.0.0.1:8000/v1/health");
         let grpc = HealthSettings {
             check_protocol: CheckProtocol::Grpc,
             ..HealthSettings::default()
         };
-        let probe = Probe::new("http://127.0.0.1:8000", &grpc, AppProtocol::Http1).unwrap();
+        let probe = HttpProbe::new("http://127.0.0.1:8000", &grpc, AppProtocol::Http1).unwrap();
         assert_eq!(
             probe.url(),
             "http://127.0.0.1:8000/grpc.health.v1.Health/Check"

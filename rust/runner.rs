@@ -16,13 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::futures::Notified;
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::door::{Door, Limits};
 use crate::error::{CoreError, Result};
 use crate::events::EventQueue;
 use crate::lifecycle::Phase;
-use crate::probe::Probe;
+use crate::probe::{HttpProbe, Probe};
 use crate::scheduler::{Action, Scheduler, TriggerAnswer};
 use crate::settings::{AppProtocol, HealthSettings};
 use crate::traffic::TrafficCounters;
@@ -78,6 +79,8 @@ pub struct Shared {
     wake: Condvar,
     stop: AtomicBool,
     traffic: Arc<TrafficCounters>,
+    /// The in-flight count reached 0 (the drain's wait, D2).
+    idle: Notify,
     events: Arc<EventQueue>,
     probe: Probe,
     probes: tokio::runtime::Handle,
@@ -292,10 +295,16 @@ impl RunnerHandle {
         self.with_scheduler(|s, now| ((), s.manual(now)))
     }
 
-    /// R1 and R4. The verdict after it, if the runner drains (a 503's, or an earlier one):
+    /// R1 and R4, whichever front saw the answer. The verdict after it, if the runner drains
+    /// (a 503's, or an earlier one):
     /// published to the data plane before this returns, so no request admitted after it
     /// reaches the app (D1).
+    ///
+    /// Only 500, 502, 503 and 504 say anything (R2): any other answer costs nothing here.
     pub fn response(&self, status: u16) -> Option<Verdict> {
+        if !matches!(status, 500 | 502 | 503 | 504) {
+            return None;
+        }
         self.with_scheduler(|s, now| ((), s.response(status, now)));
         self.verdict()
     }
@@ -363,9 +372,23 @@ impl RunnerHandle {
         self.0.stall_detection || self.0.lock().settings().allow_on_busy
     }
 
-    /// A request entered (the in-flight count, H9).
+    /// A request entered (the in-flight count, D2, H9), whichever front took it.
     pub fn request_started(&self) {
         self.becoming_busy(|t| t.started());
+    }
+
+    /// A request left (its response ended, or its client left); the drain hears when none
+    /// is left.
+    pub fn request_finished(&self) {
+        if self.0.traffic.finished() == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+
+    /// Resolves once the in-flight count next reaches 0 (registered when called: look at
+    /// the count after taking it).
+    pub fn idle(&self) -> Notified<'_> {
+        self.0.idle.notified()
     }
 
     /// The client moved again: the request waits on the app once more (H9).
@@ -432,8 +455,18 @@ impl Runner {
         events: Arc<EventQueue>,
         admission: Admission,
     ) -> Result<Runner> {
+        let probe = Probe::Http(HttpProbe::new(app_url, &settings, app)?);
+        Runner::with_probe(settings, probe, events, admission)
+    }
+
+    /// A runner whose checks go through `probe` (the embedded front's: the app's own loop).
+    pub fn with_probe(
+        settings: HealthSettings,
+        probe: Probe,
+        events: Arc<EventQueue>,
+        admission: Admission,
+    ) -> Result<Runner> {
         let settings = settings.validate()?;
-        let probe = Probe::new(app_url, &settings, app)?;
         let (probes, handle) = probe_runtime()?;
         let base = Instant::now();
         let scheduler = Scheduler::new(settings, Duration::ZERO);
@@ -450,6 +483,7 @@ impl Runner {
                 wake: Condvar::new(),
                 stop: AtomicBool::new(false),
                 traffic: Arc::new(TrafficCounters::new(base)),
+                idle: Notify::new(),
                 events,
                 probe,
                 probes: handle,

@@ -189,7 +189,8 @@ pub struct Parts<'a> {
     pub runner: &'a RunnerHandle,
     pub gpu: Option<MonitorState>,
     pub canary: Option<CanaryState>,
-    pub proxy: &'a Port,
+    /// None embedded (SPEC E): the app's server holds the client connections.
+    pub proxy: Option<&'a Port>,
     pub info: &'a Info,
 }
 
@@ -225,7 +226,10 @@ pub fn document(parts: &Parts<'_>) -> Value {
     out.insert("door".into(), door_json(&parts.runner.door().snapshot()));
     out.insert(
         "connections".into(),
-        json!({"open": parts.proxy.open(), "max": parts.proxy.cap, "refused": parts.proxy.refused()}),
+        parts.proxy.map_or(
+            Value::Null,
+            |proxy| json!({"open": proxy.open(), "max": proxy.cap, "refused": proxy.refused()}),
+        ),
     );
     out.insert("app".into(), parts.info.get("app"));
     out.insert("health".into(), Value::Object(life));

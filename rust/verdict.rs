@@ -221,6 +221,14 @@ pub enum Event {
     Closed {
         cut: u64,
     },
+    /// Embedded (E4): call the app's health route on its loop and answer check `call`.
+    AppCheck {
+        call: u64,
+    },
+    /// Embedded: a request's wait at the door (Q2) is over; `call` names the wait.
+    Entered {
+        call: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,8 +1,10 @@
 """runwarden: a health sidecar for GPU inference runners.
 
 The Rust core (`runwarden._core`) runs the health-check scheduler, GPU monitoring and the
-data plane (both ports) on its own threads; `Warden` is its asyncio face, and the sidecar
-(`runwarden serve`) is built on it.
+data plane (both ports) on its own threads; `Warden` is its asyncio face. Two fronts are
+built on it: the proxy (`runwarden serve`), and inside a Python model server the ASGI
+middleware `runwarden.asgi.Runwarden` with the health check declared in code
+(`HealthCheck`, `@health_check`).
 """
 
 from runwarden._core import (
@@ -18,6 +20,7 @@ from runwarden._core import (
     Verdict,
     __version__,
 )
+from runwarden.declaration import HealthCheck, health_check
 from runwarden.warden import Warden
 
 __all__ = [
@@ -27,10 +30,12 @@ __all__ = [
     "GpuMonitoring",
     "GpuSamples",
     "GpuSettings",
+    "HealthCheck",
     "HealthSettings",
     "ProxySettings",
     "SettingsError",
     "Verdict",
     "Warden",
     "__version__",
+    "health_check",
 ]

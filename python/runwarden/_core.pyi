@@ -25,9 +25,13 @@ __all__ = [
     "REASONS",
     "SETTINGS",
     "AccessLine",
+    "Answer",
+    "AppCheck",
     "CheckOutcome",
     "Core",
     "Drained",
+    "Entered",
+    "Front",
     "GpuFinding",
     "GpuMonitoring",
     "GpuSamples",
@@ -37,7 +41,9 @@ __all__ = [
     "PortsClosed",
     "ProxySettings",
     "SettingsError",
+    "Ticket",
     "Verdict",
+    "Waiting",
     "__version__",
     "fd_limits",
 ]
@@ -343,6 +349,74 @@ class PortsClosed:
     cut: int
     """Connections still open at the deadline, cut."""
 
+@final
+class AppCheck:
+    """Embedded (E4): call the app's health route on this loop and answer check `call`
+    (`Core.answer_check`)."""
+
+    call: int
+
+@final
+class Entered:
+    """Embedded (Q2): the wait named `call` at the door is over (`Waiting.take`)."""
+
+    call: int
+
+@final
+class Front:
+    """Embedded (SPEC E): the front requests enter the runner by (`Core.front()`)."""
+
+    def enter(self, scope: dict[str, Any], send: Any) -> Ticket | Answer | Waiting | None:
+        """A new request (an ASGI scope of type http or websocket, and the server's `send`):
+        a `Ticket` to call the app with (it is the app's `send`), an `Answer` runwarden gives
+        itself (D1, Q2), a `Waiting` for a place at the app (Q2), or None for a trusted
+        gateway's check request (H5). An untrusted peer's check header is removed from
+        `scope`."""
+    def check_answer(self, outcome: CheckOutcome | None = None) -> Answer:
+        """H5: the answer to a gateway's check request (None: the check was abandoned)."""
+    def past_the_drain(self) -> Answer:
+        """D6: the answer to a request still in flight at the drain's deadline that had not
+        begun its response."""
+    @property
+    def draining(self) -> bool: ...
+
+@final
+class Ticket:
+    """One request at the app; the `send` it is given: judges the response (R1, R4, H6),
+    adds `Connection: close` while draining (D6), then sends."""
+
+    def __call__(self, message: dict[str, Any]) -> Any: ...
+    @property
+    def responded(self) -> bool:
+        """Whether the app's response has begun."""
+    def timed_out(self) -> Answer | None:
+        """Q3: the 504 to send if the response had not begun (None: cut it)."""
+    def done(self) -> None:
+        """The app returned: the request leaves the runner (D2, Q2, H6)."""
+
+@final
+class Waiting:
+    """A request waiting for a place at the app (Q2)."""
+
+    @property
+    def call(self) -> int:
+        """The `Entered` event's `call`."""
+    def take(self) -> Ticket | Answer | None:
+        """After `Entered`: the ticket (now at the app) or the door's refusal."""
+    def abandon(self) -> None:
+        """The client left: its place goes to the next in line; it never reaches the app."""
+
+@final
+class Answer:
+    """An answer runwarden gives itself, as ASGI's response messages take it."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]: ...
+    @property
+    def body(self) -> bytes: ...
+
 Event = (
     CheckOutcome
     | Verdict
@@ -352,6 +426,8 @@ Event = (
     | LogLine
     | AccessLine
     | Drained
+    | AppCheck
+    | Entered
     | PortsClosed
 )
 
@@ -371,6 +447,7 @@ class Core:
         app_url: str,
         gpu: GpuSettings | None = None,
         proxy: ProxySettings | None = None,
+        embedded: bool = False,
     ) -> Core: ...
     def start(self) -> None:
         """Bind both ports (OSError if one cannot be had; nothing else has started then), then
@@ -397,6 +474,13 @@ class Core:
     def request_check(self, trigger: Literal["gateway", "extra"]) -> int | CheckOutcome:
         """H5/R4: the id of the check whose outcome answers this trigger (a running one is
         shared, a new one is started), or, when rate-limited, the latest outcome itself."""
+    def front(self) -> Front | None:
+        """Embedded (E2): the front requests enter by; None before `start`, or for a proxy."""
+    def answer_check(self, call: int, status: int | None = None, error: str | None = None) -> bool:
+        """Embedded (E4): the app's loop answers check `call` with its route's status, or why
+        it gave none; False if the check is no longer waited for."""
+    def check_wanted(self, call: int) -> bool:
+        """Embedded: whether check `call` is still waited for."""
     def manual_check(self) -> None:
         """H6: run a check as soon as possible; its failure replaces the runner at once."""
     def replace(self, reason: Reason, detail: str) -> Verdict | None:

@@ -222,11 +222,7 @@ class Runner:
         return code
 
     def _on_verdict(self, verdict: Verdict) -> None:
-        # The verdict itself (reason, detail) is the line before this one (Warden).
-        (log.warning if verdict.replacing else log.info)(
-            "draining: refusing new requests, %d in flight may finish within %.1f s",
-            self.warden.in_flight(), self.settings.drain_timeout_seconds,
-        )  # fmt: skip
+        say_draining(verdict, self.warden.in_flight(), self.settings.drain_timeout_seconds)
 
     async def _serve_until_drained(self) -> int:
         while True:
@@ -343,17 +339,30 @@ class Runner:
         note = self._unanswered.after(outcome)
         if note:
             log.info("%s", note)
-        if outcome.passed:
-            if outcome.made_ready:
-                log.info("the app passed its first health check: ready")
-                if self.settings.sidecar:
-                    self._spawn(self._find_app())
-            return
-        # Failures that count towards a replacement are warnings; the rest (start period,
-        # not ready yet, busy) would flood the log of a slow-starting app.
-        counts = outcome.counted in ("counted", "manual")
-        (log.warning if counts else log.debug)(
-            "health check failed (%s, %d consecutive): %s",
-            outcome.counted, outcome.consecutive_failures,
-            outcome.error or f"status {outcome.status}",
-        )  # fmt: skip
+        if outcome.passed and outcome.made_ready and self.settings.sidecar:
+            self._spawn(self._find_app())
+        say_outcome(outcome)
+
+
+def say_outcome(outcome: CheckOutcome) -> None:
+    """A check's line in the log: the first pass, and the failures that count as warnings
+    (the rest, in the start period, before ready or busy, would flood a slow start's log)."""
+    if outcome.passed:
+        if outcome.made_ready:
+            log.info("the app passed its first health check: ready")
+        return
+    counts = outcome.counted in ("counted", "manual")
+    (log.warning if counts else log.debug)(
+        "health check failed (%s, %d consecutive): %s",
+        outcome.counted, outcome.consecutive_failures,
+        outcome.error or f"status {outcome.status}",
+    )  # fmt: skip
+
+
+def say_draining(verdict: Verdict, in_flight: int, drain_timeout_seconds: float) -> None:
+    """The drain's first line; the verdict itself (reason, detail) is the line before it
+    (Warden)."""
+    (log.warning if verdict.replacing else log.info)(
+        "draining: refusing new requests, %d in flight may finish within %.1f s",
+        in_flight, drain_timeout_seconds,
+    )  # fmt: skip

@@ -524,6 +524,46 @@ def resolve(
     return settings
 
 
+PROXY_ONLY: frozenset[str] = frozenset({
+    "host", "port", "app_url", "app_protocol", "header_timeout_seconds", "keep_alive_seconds",
+    "client_body_timeout_seconds", "send_timeout_seconds", "tunnel_idle_timeout_seconds",
+    "max_connections", "max_app_connections", "proxy_threads", "access_log", "sidecar",
+    "app_stop_timeout_seconds", "check_protocol", "grpc_health_service",
+})  # fmt: skip
+"""Settings of the proxy front with no meaning inside the app's own process (SPEC E): the
+proxy's listener and connections, the app's process, checks over the network. The app's
+server owns its port and its connections there."""
+
+
+def resolve_embedded(given: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """The embedded front's settings (SPEC E2): `given` (the middleware's keywords, a
+    `HealthCheck`'s fields) win over `RUNWARDEN_*`, then the profile, then the default. An
+    unknown name, one of the proxy's, or a bad value raises ConfigError naming it."""
+    values: dict[str, Any] = {}
+    for name, value in given.items():
+        spec = BY_NAME.get(name)
+        if spec is None:
+            known = [s.name for s in SPECS if s.name not in PROXY_ONLY]
+            raise ConfigError(f"unknown setting {name!r}{suggest(name, known)}", name)
+        if name in PROXY_ONLY:
+            raise ConfigError(
+                f"{name} is the proxy's (runwarden serve) and does not apply inside the app's "
+                "process, where the app's server holds the port and the connections",
+                name,
+            )
+        if spec.group == "sidecar" and isinstance(value, str):
+            try:
+                value = spec.parse(value)
+            except argparse.ArgumentTypeError as exc:
+                raise ConfigError(f"{name} {exc}", name) from None
+        values[name] = value
+    args = argparse.Namespace(**{s.name: values.get(s.name) for s in SPECS})
+    args._runwarden_defaults = {}
+    proxy_env = {BY_NAME[name].env for name in PROXY_ONLY}
+    env = {k: v for k, v in env.items() if k not in proxy_env}
+    return resolve(args, env)
+
+
 def _service_link(name: str, value: str) -> bool:
     """A variable Kubernetes made for a Service named `runwarden`, not one of our options.
     RUNWARDEN_PORT is both: as a link its value is `tcp://ADDRESS:PORT`."""

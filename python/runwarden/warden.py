@@ -21,9 +21,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from runwarden._core import (
     AccessLine,
+    AppCheck,
     CheckOutcome,
     Core,
     Drained,
+    Entered,
+    Front,
     GpuFinding,
     GpuMonitoring,
     GpuSamples,
@@ -49,6 +52,7 @@ OutcomeListener = Callable[[CheckOutcome], None]
 VerdictListener = Callable[[Verdict], object]
 GpuEvent = GpuSamples | GpuFinding | GpuMonitoring
 GpuListener = Callable[[GpuEvent], None]
+EmbeddedListener = Callable[[AppCheck | Entered], None]
 
 
 class Warden:
@@ -61,15 +65,17 @@ class Warden:
         app_url: str,
         gpu: GpuSettings | None = None,
         proxy: ProxySettings | None = None,
+        embedded: bool = False,
     ) -> None:
         self.health = health
-        self._core = core = Core(health, app_url, gpu, proxy)
+        self._core = core = Core(health, app_url, gpu, proxy, embedded)
         self.verdict: Verdict | None = None
         """Why the runner drains (the core's, mirrored); None while it does not."""
         self._waiting: dict[int, list[asyncio.Future[CheckOutcome]]] = {}
         self._listeners: list[OutcomeListener] = []
         self._gpu_listeners: list[GpuListener] = []
         self._verdict_listeners: list[VerdictListener] = []
+        self._embedded_listener: EmbeddedListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._decided: asyncio.Future[Verdict] | None = None
         self._gpu_up: asyncio.Future[None] | None = None
@@ -125,6 +131,24 @@ class Warden:
         unsubscribe."""
         self._gpu_listeners.append(listener)
         return lambda: self._gpu_listeners.remove(listener)
+
+    def on_embedded(self, listener: EmbeddedListener) -> None:
+        """Embedded (SPEC E): call `listener` with each check the core asks of the app's loop
+        and each wait at the door that ends."""
+        self._embedded_listener = listener
+
+    def front(self) -> Front:
+        """Embedded: the front requests enter by (once started)."""
+        front = self._core.front()
+        assert front is not None, "Warden.start() first, with embedded=True"
+        return front
+
+    def answer_check(self, call: int, status: int | None, error: str | None = None) -> bool:
+        """Embedded (E4): the app's loop answers check `call`."""
+        return self._core.answer_check(call, status, error)
+
+    def check_wanted(self, call: int) -> bool:
+        return self._core.check_wanted(call)
 
     async def gpu_started(self) -> None:
         """Wait until GPU monitoring has taken its first sample, or is off, or the runner
@@ -244,6 +268,9 @@ class Warden:
                 _settle(self._drained, event)
             elif isinstance(event, PortsClosed):
                 _settle(self._closed, event)
+            elif isinstance(event, AppCheck | Entered):
+                if self._embedded_listener is not None:
+                    self._embedded_listener(event)
             else:
                 if isinstance(event, GpuSamples) or (
                     isinstance(event, GpuMonitoring) and not event.enabled

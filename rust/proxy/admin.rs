@@ -33,7 +33,7 @@ pub struct AdminState {
     /// G7: ask the compute canary to run now; false when it is off.
     pub canary: Box<dyn Fn() -> bool + Send + Sync>,
     /// Who may ask (`--check-trusted-sources`, as for H5).
-    pub trusted: super::trigger::Trusted,
+    pub trusted: crate::front::Trusted,
 }
 
 /// The admin port's service for one connection.

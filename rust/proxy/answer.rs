@@ -2,10 +2,11 @@
 //! through the layers.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, SERVER};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, SERVER};
 use http::{Response, StatusCode, Version};
 
 use super::body::ProxyBody;
+use crate::front::answer::{Answer, JSON, TEXT};
 
 /// A response runwarden made itself: it never reached the app (metrics' `source`).
 #[derive(Debug, Clone, Copy)]
@@ -19,10 +20,6 @@ pub struct Unreachable {
 }
 
 pub const SERVER_NAME: HeaderValue = HeaderValue::from_static("runwarden");
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
-const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
-/// What refused clients are told: another runner should take the request at once.
-pub const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
 
 pub fn answer(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(body));
@@ -50,12 +47,15 @@ pub fn refusal(status: StatusCode, why: &'static str, version: Version) -> Respo
     response
 }
 
-/// `503` with `Retry-After`: the gateway retries it elsewhere.
-pub fn retry_elsewhere(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
-    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, RETRY_AFTER_SECONDS);
+/// One of the core's own answers (`front::Answer`) as a response to a request of `version`.
+pub fn from(decided: Answer, version: Version) -> Response<ProxyBody> {
+    let mut response = answer(decided.status, decided.content_type, decided.body);
+    for (name, value) in decided.headers {
+        response.headers_mut().insert(name, value);
+    }
+    if decided.close {
+        close(&mut response, version);
+    }
     response
 }
 

@@ -11,12 +11,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{StatusCode, Version};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::answer::text;
+use super::answer::from as answer_from;
 use super::layer::{layer, Req, Resp};
+use crate::front::Answer;
 use crate::runner::RunnerHandle;
 
 layer! {
@@ -85,10 +86,7 @@ where
                 runner.response(504); // R4
                                       // Dropping the inner future aborts the app's request now.
                 self.set(DeadlineFuture::Done);
-                Poll::Ready(Ok(text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the app did not answer within request_timeout_seconds\n",
-                )))
+                Poll::Ready(Ok(answer_from(Answer::timed_out(), Version::HTTP_11)))
             }
             DeadlineProj::Done => panic!("a request's answer is taken once"),
         }

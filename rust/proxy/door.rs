@@ -16,22 +16,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::HeaderValue;
-use http::{HeaderName, StatusCode, Version};
+use http::Version;
 use pin_project_lite::pin_project;
-use serde_json::json;
 use tokio::time::{Instant, Sleep};
 
-use super::answer::{json as json_answer, retry_elsewhere, text};
+use super::answer::from as answer_from;
 use super::body::Hook;
 use super::conn::ConnState;
-use super::drain::DrainState;
+use super::drain::{refused, DrainState};
 use super::layer::{layer, Req, Resp};
 use crate::door::{Door, Entry, Permit, Queued, Refusal};
+use crate::front::Answer;
 use crate::metrics::Metrics;
-
-/// Why runwarden refused a request it could not take now (Q2).
-pub const OVERLOADED_HEADER: HeaderName = HeaderName::from_static("x-runwarden-overloaded");
 
 /// How often a waiting HTTP/1.1 request looks whether its client is still there: hyper
 /// reads the client's socket only when it wants a body's bytes, so a client that left
@@ -79,29 +75,6 @@ impl<S: super::layer::Inner> DoorService<S> {
     fn refused(&self, why: Refusal, version: Version) -> Resp {
         refused(why, &self.drain, version)
     }
-}
-
-/// The answer to a request the door refused.
-fn refused(why: Refusal, drain: &DrainState, version: Version) -> Resp {
-    if why == Refusal::Draining {
-        return drain.refusal(version);
-    }
-    let detail = match why {
-        Refusal::QueueFull => {
-            "every place at the app and in its queue is taken (max_concurrency, max_queue)"
-        }
-        _ => "no place at the app came free within queue_timeout_seconds",
-    };
-    let body = json!({
-        "error": "runner is overloaded",
-        "reason": why.as_str(),
-        "detail": detail,
-    });
-    let mut response = retry_elsewhere(json_answer(StatusCode::SERVICE_UNAVAILABLE, &body));
-    response
-        .headers_mut()
-        .insert(OVERLOADED_HEADER, HeaderValue::from_static(why.as_str()));
-    response
 }
 
 /// A request waiting at the door.
@@ -188,13 +161,9 @@ where
     }
 }
 
-/// The answer to a client that left while its request waited (it will not read it; 499
-/// is what the metrics and the access log count it as).
+/// The answer to a client that left while its request waited.
 fn gone() -> Resp {
-    text(
-        StatusCode::from_u16(499).expect("a status"),
-        "the client left while its request waited for the app\n",
-    )
+    answer_from(Answer::gone(), Version::HTTP_11)
 }
 
 /// A permit, given back when the response ends.

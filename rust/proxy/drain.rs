@@ -20,22 +20,20 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 use pin_project_lite::pin_project;
-use serde_json::json;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::answer::{close, json as json_answer, retry_elsewhere};
+use super::answer::{close, from as answer_from};
 use super::layer::{layer, Req, Resp};
 use super::listener::Port;
 use super::log::Log;
+use crate::door::Refusal;
+use crate::front::Answer;
 use crate::runner::{LifeView, RunnerHandle};
 use crate::verdict::{Drained, Event, Verdict};
-
-pub const REASON_HEADER: HeaderName = HeaderName::from_static("x-runwarden-draining");
 /// How long requests answered at the deadline get to have their 503 written before
 /// streams still running are cut.
 const ANSWER_GRACE: Duration = Duration::from_millis(500);
@@ -47,8 +45,6 @@ pub struct DrainState {
     /// runner that starts over (K2).
     passed: RwLock<CancellationToken>,
     answered: AtomicU64,
-    /// The in-flight count reached 0.
-    pub idle: Notify,
     hurry: Notify,
 }
 
@@ -58,23 +54,13 @@ impl DrainState {
             life,
             passed: RwLock::new(CancellationToken::new()),
             answered: AtomicU64::new(0),
-            idle: Notify::new(),
             hurry: Notify::new(),
         })
     }
 
-    /// Q6: the answer to a request the door refused because the runner drains.
-    pub fn refusal(&self, version: Version) -> Resp {
-        let verdict = self.life.borrow().verdict.clone();
-        let detail = "the runner started draining while the request waited for a place at \
-                      the app; it never reached the app: retry it on another runner";
-        match verdict {
-            Some(verdict) => refused(&verdict, detail, version),
-            None => retry_elsewhere(json_answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"error": "runner is draining", "detail": detail}),
-            )),
-        }
+    /// The verdict, while the runner drains.
+    pub fn verdict(&self) -> Option<Verdict> {
+        self.life.borrow().verdict.clone()
     }
 
     /// A second stop signal: stop waiting for requests in flight.
@@ -110,9 +96,12 @@ layer! {
 impl<S: super::layer::Inner> DrainService<S> {
     fn handle(&mut self, request: Req) -> DrainFuture<S::Answer> {
         let version = request.version();
-        if let Some(verdict) = self.state.life.borrow().verdict.clone() {
+        if let Some(verdict) = self.state.verdict() {
             return DrainFuture::Now {
-                response: Some(Box::new(refused(&verdict, "", version))),
+                response: Some(Box::new(answer_from(
+                    Answer::draining(Some(&verdict), ""),
+                    version,
+                ))),
             };
         }
         DrainFuture::Later {
@@ -166,34 +155,19 @@ where
                 }
                 std::task::ready!(passed.poll(cx));
                 state.answered.fetch_add(1, Ordering::Relaxed);
-                let verdict = state.life.borrow().verdict.clone();
-                let detail = "the request was still in flight when the drain timeout ended; \
-                              retry it on another runner";
-                Poll::Ready(Ok(match verdict {
-                    Some(verdict) => refused(&verdict, detail, *version),
-                    None => {
-                        retry_elsewhere(json_answer(StatusCode::SERVICE_UNAVAILABLE, &json!({})))
-                    }
-                }))
+                let verdict = state.verdict();
+                Poll::Ready(Ok(answer_from(
+                    Answer::past_the_drain(verdict.as_ref()),
+                    *version,
+                )))
             }
         }
     }
 }
 
-/// The answer to a request the drain refuses: 503, Retry-After, the reason.
-fn refused(verdict: &Verdict, detail: &str, version: Version) -> Resp {
-    let body = json!({
-        "error": "runner is draining",
-        "reason": verdict.reason.as_str(),
-        "detail": if detail.is_empty() { verdict.detail.as_str() } else { detail },
-    });
-    let mut response = retry_elsewhere(json_answer(StatusCode::SERVICE_UNAVAILABLE, &body));
-    response.headers_mut().insert(
-        REASON_HEADER,
-        HeaderValue::from_static(verdict.reason.as_str()),
-    );
-    close(&mut response, version);
-    response
+/// Q6: the answer to a request the door refused (`Refusal::Draining`: the drain's).
+pub fn refused(why: Refusal, state: &DrainState, version: Version) -> Resp {
+    answer_from(Answer::overloaded(why, state.verdict().as_ref()), version)
 }
 
 /// The drain, each time the runner drains: wait for the requests in flight, answer or cut
@@ -201,7 +175,7 @@ fn refused(verdict: &Verdict, detail: &str, version: Version) -> Resp {
 pub async fn course(
     state: Arc<DrainState>,
     runner: RunnerHandle,
-    proxy: Arc<Port>,
+    proxy: Option<Arc<Port>>,
     timeout: Duration,
     log: Log,
 ) {
@@ -215,7 +189,7 @@ pub async fn course(
         let traffic = runner.traffic();
         let deadline = Instant::now() + timeout;
         loop {
-            let idle = state.idle.notified();
+            let idle = runner.idle();
             if traffic.in_flight() == 0 {
                 break;
             }
@@ -229,7 +203,9 @@ pub async fn course(
             in_flight: traffic.in_flight(),
             ..Drained::default()
         };
-        if drained.in_flight > 0 {
+        // Embedded (no proxy port), the front answers or cuts what is left itself when it
+        // hears `Drained`.
+        if let (true, Some(proxy)) = (drained.in_flight > 0, &proxy) {
             state.set_passed(true);
             let grace = Instant::now() + ANSWER_GRACE;
             while Instant::now() < grace {

@@ -14,13 +14,12 @@ use bytes::Bytes;
 use http_body::Frame;
 
 use super::body::Hook;
-use super::drain::DrainState;
 use super::layer::{layer, Post, Req, Resp, Then};
 use crate::runner::RunnerHandle;
 
 layer! {
     /// D2, H9.
-    InFlightLayer => InFlightService { runner: RunnerHandle, drain: Arc<DrainState>, h9: bool }
+    InFlightLayer => InFlightService { runner: RunnerHandle, h9: bool }
     future Then<S::Answer, InFlight>
 }
 
@@ -38,7 +37,6 @@ impl<S: super::layer::Inner> InFlightService<S> {
         });
         let guard = InFlight {
             runner: self.runner.clone(),
-            drain: Arc::clone(&self.drain),
             wait,
             waiting_on_client: false,
         };
@@ -83,7 +81,6 @@ impl Post for InFlight {
 /// One request in flight; it leaves when dropped (before its answer, if the client left).
 pub struct InFlight {
     runner: RunnerHandle,
-    drain: Arc<DrainState>,
     /// H9's accounting, when an H9 rule reads it.
     wait: Option<Arc<ClientWait>>,
     waiting_on_client: bool,
@@ -111,8 +108,6 @@ impl Hook for InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.polled();
-        if self.runner.traffic().finished() == 0 {
-            self.drain.idle.notify_waiters();
-        }
+        self.runner.request_finished();
     }
 }

@@ -50,10 +50,7 @@ impl Post for Judge {
         if response.extensions().get::<Own>().is_some() {
             return response;
         }
-        let status = response.status().as_u16();
-        if matches!(status, 500 | 502 | 503 | 504) {
-            runner.response(status); // R1, R4
-        }
+        runner.response(response.status().as_u16()); // R1, R4
         if grpc::is_grpc(response.headers()) {
             match grpc::status(response.headers()) {
                 Some(code) => judge_grpc(&runner, code),

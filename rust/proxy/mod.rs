@@ -179,9 +179,11 @@ pub struct Wiring {
     pub canary: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
-/// Both ports, bound; served once started.
+/// Both ports, bound; served once started. The embedded front (SPEC E) has no proxy port:
+/// the app's server takes the traffic, and only the admin port and the drain's course run
+/// here.
 pub struct DataPlane {
-    pub proxy: Arc<Port>,
+    pub proxy: Option<Arc<Port>>,
     pub admin: Arc<Port>,
     pub max_app_connections: usize,
     drain: std::sync::OnceLock<Arc<drain::DrainState>>,
@@ -192,7 +194,7 @@ pub struct DataPlane {
 
 struct Pending {
     settings: ProxySettings,
-    proxy: std::net::TcpListener,
+    proxy: Option<std::net::TcpListener>,
     admin: std::net::TcpListener,
 }
 
@@ -220,8 +222,9 @@ fn bind(host: &str, port: u16) -> Result<std::net::TcpListener> {
 }
 
 impl DataPlane {
-    /// Bind both ports now (a port in use is an error here, before the app starts).
-    pub fn bind(settings: ProxySettings, log: Log) -> Result<DataPlane> {
+    /// Bind both ports now (a port in use is an error here, before the app starts); with
+    /// `proxy` false, the admin port only (the embedded front).
+    pub fn bind(settings: ProxySettings, log: Log, proxy: bool) -> Result<DataPlane> {
         let s = &settings;
         let fds = fd_limits();
         let cap = s
@@ -249,10 +252,12 @@ impl DataPlane {
             Duration::from_secs_f64(s.keep_alive_seconds),
             Duration::from_secs_f64(s.send_timeout_seconds),
         );
-        let proxy = bind(&s.host, s.port)?;
+        let proxy = proxy.then(|| bind(&s.host, s.port)).transpose()?;
         let admin = bind(&s.admin_host, s.admin_port)?;
         Ok(DataPlane {
-            proxy: Port::new("proxy", cap, timeouts, log.clone()),
+            proxy: proxy
+                .is_some()
+                .then(|| Port::new("proxy", cap, timeouts, log.clone())),
             admin: Port::new("admin", ADMIN_CONNECTIONS, timeouts, log.clone()),
             max_app_connections,
             drain: std::sync::OnceLock::new(),
@@ -316,7 +321,7 @@ impl DataPlane {
             proxy,
             admin,
         } = pending;
-        let proxy_port = Arc::clone(&self.proxy);
+        let proxy_port = self.proxy.clone();
         let admin_port = Arc::clone(&self.admin);
         let drain_state = Arc::clone(
             self.drain
@@ -331,7 +336,7 @@ impl DataPlane {
                 metrics: Arc::clone(&wiring.metrics),
                 status: wiring.status,
                 canary: wiring.canary,
-                trusted: trigger::Trusted::new(&settings.check_trusted_sources),
+                trusted: crate::front::Trusted::new(&settings.check_trusted_sources),
             });
             let settings = &settings;
             let stack = Stack::new(
@@ -344,7 +349,7 @@ impl DataPlane {
                 max_app_connections,
             );
             let (Ok(proxy), Ok(admin)) = (
-                tokio::net::TcpListener::from_std(proxy),
+                proxy.map(tokio::net::TcpListener::from_std).transpose(),
                 tokio::net::TcpListener::from_std(admin),
             ) else {
                 log.warn("the data plane could not take its listeners".into());
@@ -353,7 +358,7 @@ impl DataPlane {
             tokio::spawn(drain::course(
                 drain_state,
                 wiring.runner.clone(),
-                Arc::clone(&proxy_port),
+                proxy_port.clone(),
                 settings.drain_timeout(),
                 log.clone(),
             ));
@@ -365,10 +370,12 @@ impl DataPlane {
                     }
                 }),
             );
-            tokio::spawn(proxy_port.run(proxy, builder, move |conn| ConnService {
-                stack: stack.build(&conn),
-                conn,
-            }));
+            if let (Some(port), Some(proxy)) = (proxy_port, proxy) {
+                tokio::spawn(port.run(proxy, builder, move |conn| ConnService {
+                    stack: stack.build(&conn),
+                    conn,
+                }));
+            }
         }
     }
 
@@ -384,16 +391,20 @@ impl DataPlane {
     /// says when. The admin port keeps answering until runwarden exits.
     pub fn close(&self) {
         let running = lock(&self.running);
-        let Some(running) = running.as_ref() else {
+        let (Some(running), Some(proxy)) = (running.as_ref(), self.proxy.clone()) else {
             self.log.event(Event::Closed { cut: 0 });
             return;
         };
-        let proxy = Arc::clone(&self.proxy);
         let log = self.log.clone();
         running.runtime.spawn(async move {
             let cut = proxy.close(tokio::time::Instant::now()).await;
             log.event(Event::Closed { cut: cut as u64 });
         });
+    }
+
+    /// The runtime serving the ports, once started (the embedded front's waits run there).
+    pub fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        lock(&self.running).as_ref().map(|r| r.runtime.clone())
     }
 
     /// Stop the runtime (every connection closes) and join its thread within `timeout`.
@@ -433,7 +444,7 @@ struct Stack {
     log: Log,
     access_log: bool,
     check_header: HeaderName,
-    trusted: trigger::Trusted,
+    trusted: crate::front::Trusted,
     h9: bool,
     request_timeout: Option<Duration>,
     /// Whether a front proxy in front of trusted loopback checks was warned of (H5).
@@ -461,7 +472,7 @@ impl Stack {
             access_log: settings.access_log,
             check_header: HeaderName::from_bytes(settings.check_header.as_bytes())
                 .expect("a validated header name"),
-            trusted: trigger::Trusted::new(&settings.check_trusted_sources),
+            trusted: crate::front::Trusted::new(&settings.check_trusted_sources),
             h9,
             request_timeout: settings
                 .request_timeout_seconds
@@ -509,7 +520,6 @@ impl Stack {
             },
             inflight::InFlightLayer {
                 runner: self.runner.clone(),
-                drain: Arc::clone(&self.drain),
                 h9: self.h9,
             },
             door::DoorLayer {

@@ -4,49 +4,22 @@
 //! an ordinary one, so no client can turn a slow moment of the app into checks that count.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::HeaderName;
-use http::StatusCode;
-use ipnet::IpNet;
 use pin_project_lite::pin_project;
-use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::answer::json as json_answer;
+use super::answer::from as answer_from;
 use super::conn::ConnState;
 use super::layer::{layer, Req, Resp};
 use super::log::Log;
+use crate::front::{Answer, Trusted};
 use crate::runner::{CheckWait, RunnerHandle};
-use crate::status::outcome_json;
 use crate::verdict::{Outcome, Trigger};
-
-/// The peers whose check header is a gateway's request (`--check-trusted-sources`).
-#[derive(Clone, Debug)]
-pub struct Trusted(Arc<[IpNet]>);
-
-impl Trusted {
-    pub fn new(networks: &[String]) -> Trusted {
-        Trusted(
-            networks
-                .iter()
-                .filter_map(|n| crate::setting::parse_network(n))
-                .collect(),
-        )
-    }
-
-    pub fn contains(&self, peer: IpAddr) -> bool {
-        let peer = match peer {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
-            v4 => v4,
-        };
-        self.0.iter().any(|net| net.contains(&peer))
-    }
-}
 
 layer! {
     /// H5.
@@ -70,7 +43,7 @@ impl<S: super::layer::Inner> TriggerService<S> {
                 self.behind_a_front_proxy(&request);
                 return match self.runner.trigger_and_wait(Trigger::Gateway) {
                     CheckWait::Latest(outcome) => TriggerFuture::Now {
-                        response: Some(Box::new(answer(&outcome))),
+                        response: Some(Box::new(answer(Some(&outcome)))),
                     },
                     CheckWait::Pending(outcome) => TriggerFuture::Check { outcome },
                 };
@@ -128,50 +101,14 @@ where
                 Poll::Ready(Ok(*response.take().expect("an answer is taken once")))
             }
             TriggerProj::Check { outcome } => {
-                Poll::Ready(Ok(match std::task::ready!(outcome.poll(cx)) {
-                    Ok(outcome) => answer(&outcome),
-                    Err(_) => json_answer(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &json!({"passed": false, "reason": "the check was abandoned: the runner is starting over or stopping"}),
-                    ),
-                }))
+                let outcome = std::task::ready!(outcome.poll(cx));
+                Poll::Ready(Ok(answer(outcome.as_ref().ok())))
             }
         }
     }
 }
 
-/// `200` and the check, or `503` and why it failed.
-fn answer(outcome: &Outcome) -> Resp {
-    let passed = outcome.report.passed();
-    let mut body = json!({"passed": passed, "check": outcome_json(outcome)});
-    if !passed {
-        body["reason"] = match &outcome.report.error {
-            Some(error) => json!(error),
-            None => json!(format!(
-                "health check answered {}",
-                outcome.report.status.unwrap_or(0)
-            )),
-        };
-    }
-    let status = if passed {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    json_answer(status, &body)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn h5_trusted_sources_match_networks_and_mapped_addresses() {
-        let trusted = Trusted::new(&["127.0.0.0/8".into(), "::1/128".into()]);
-        assert!(trusted.contains("127.0.0.1".parse().unwrap()));
-        assert!(trusted.contains("::ffff:127.0.0.2".parse().unwrap()));
-        assert!(trusted.contains("::1".parse().unwrap()));
-        assert!(!trusted.contains("10.0.0.1".parse().unwrap()));
-        assert!(!Trusted::new(&[]).contains("127.0.0.1".parse().unwrap()));
-    }
+/// H5's answer (`Answer::check`); a check request is answered as HTTP/1.1 would be.
+fn answer(outcome: Option<&Outcome>) -> Resp {
+    answer_from(Answer::check(outcome), http::Version::HTTP_11)
 }

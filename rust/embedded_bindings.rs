@@ -1,0 +1,344 @@
+//! Python bindings of the embedded front (SPEC E): what the ASGI middleware calls per
+//! request. Only translation lives here, between ASGI's dicts and the front's decisions
+//! (`embedded/`): the per-request cost is one `Front.enter` and the wrapped `send`.
+
+use std::sync::{Arc, Mutex};
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use crate::embedded::{Entry, Front, Visit, Wait};
+use crate::front::Answer;
+use crate::health_bindings::PyCheckOutcome;
+use crate::worker::lock;
+
+const START: &str = "http.response.start";
+const WEBSOCKET_START: &str = "websocket.http.response.start";
+
+/// The embedded front: requests enter the runner by it.
+#[pyclass(frozen, module = "runwarden._core", name = "Front")]
+pub struct PyFront {
+    front: Arc<Front>,
+    /// The check header (H5, H6), lowercase.
+    header: Vec<u8>,
+}
+
+impl PyFront {
+    pub fn new(py: Python<'_>, front: Arc<Front>, header: Option<&str>) -> PyResult<Py<PyFront>> {
+        let header = header
+            .unwrap_or("x-fal-runner-health-check")
+            .to_ascii_lowercase()
+            .into_bytes();
+        Py::new(py, PyFront { front, header })
+    }
+}
+
+/// Whether an ASGI header list holds `name` (any case).
+fn holds(headers: &Bound<'_, PyAny>, name: &[u8]) -> PyResult<bool> {
+    for pair in headers.try_iter()? {
+        let pair = pair?;
+        let key = pair.get_item(0)?;
+        if key.cast::<PyBytes>()?.as_bytes().eq_ignore_ascii_case(name) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The header list without `name`.
+fn without<'py>(headers: &Bound<'py, PyAny>, name: &[u8]) -> PyResult<Bound<'py, PyList>> {
+    let kept = PyList::empty(headers.py());
+    for pair in headers.try_iter()? {
+        let pair = pair?;
+        let key = pair.get_item(0)?;
+        if !key.cast::<PyBytes>()?.as_bytes().eq_ignore_ascii_case(name) {
+            kept.append(pair)?;
+        }
+    }
+    Ok(kept)
+}
+
+#[pymethods]
+impl PyFront {
+    /// A new request (`scope` of type http or websocket; `send` the server's): a `Ticket`
+    /// to call the app with (it is the `send` to give the app), an `Answer` runwarden
+    /// gives itself, a `Waiting` for a place at the app, or None for a trusted gateway's
+    /// check request (H5: run a check and answer with `check_answer`). An untrusted peer's
+    /// check header is removed from `scope` here.
+    fn enter(
+        &self,
+        py: Python<'_>,
+        scope: &Bound<'_, PyDict>,
+        send: Py<PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let headers = scope.get_item("headers")?;
+        let asks = match &headers {
+            Some(headers) => holds(headers, &self.header)?,
+            None => false,
+        };
+        let client = scope.get_item("client")?;
+        let peer = match (&client, asks) {
+            (Some(client), true) if !client.is_none() => {
+                Some(client.get_item(0)?.str()?.to_str()?.to_owned())
+            }
+            _ => None,
+        };
+        let (entry, strip) = self.front.enter(asks, peer.as_deref());
+        if let (true, Some(headers)) = (strip, &headers) {
+            scope.set_item("headers", without(headers, &self.header)?)?;
+        }
+        let http1 = match scope.get_item("http_version")? {
+            Some(version) => !version.cast::<PyString>()?.to_str()?.starts_with('2'),
+            None => true,
+        };
+        Ok(match entry {
+            Entry::Admitted(visit) => Py::new(py, self.ticket(visit, send, http1))?.into_any(),
+            Entry::Answer(answer) => Py::new(py, PyAnswer::new(answer, http1))?.into_any(),
+            Entry::Check => py.None(),
+            Entry::Queued(wait) => Py::new(
+                py,
+                PyWaiting {
+                    call: wait.call(),
+                    wait: Mutex::new(Some(wait)),
+                    front: Arc::clone(&self.front),
+                    header: self.header.clone(),
+                    send,
+                    http1,
+                },
+            )?
+            .into_any(),
+        })
+    }
+
+    /// H5: the answer to a gateway's check request, once the check is done (None: it was
+    /// abandoned).
+    #[pyo3(signature = (outcome = None))]
+    fn check_answer(&self, outcome: Option<PyRef<'_, PyCheckOutcome>>) -> PyAnswer {
+        PyAnswer::new(
+            self.front.check_answer(outcome.as_ref().map(|o| &o.inner)),
+            true,
+        )
+    }
+
+    /// D6: the answer to a request still in flight at the drain's deadline that had not
+    /// begun its response.
+    fn past_the_drain(&self) -> PyAnswer {
+        PyAnswer::new(self.front.past_the_drain(), true)
+    }
+
+    /// Whether the runner drains.
+    #[getter]
+    fn draining(&self) -> bool {
+        self.front.draining()
+    }
+}
+
+impl PyFront {
+    fn ticket(&self, visit: Visit, send: Py<PyAny>, http1: bool) -> PyTicket {
+        ticket(&self.front, &self.header, visit, send, http1)
+    }
+}
+
+fn ticket(
+    front: &Arc<Front>,
+    header: &[u8],
+    visit: Visit,
+    send: Py<PyAny>,
+    http1: bool,
+) -> PyTicket {
+    PyTicket {
+        visit: Mutex::new(visit),
+        send,
+        front: Arc::clone(front),
+        header: header.to_vec(),
+        http1,
+    }
+}
+
+/// One request at the app. Give it to the app as its `send`: it judges the response's
+/// status (R1, R4), removes the check header from it (H6) and adds `Connection: close`
+/// while the runner drains (D6), then sends as the server's `send` would. `done()` once
+/// the app has returned.
+#[pyclass(frozen, module = "runwarden._core", name = "Ticket")]
+pub struct PyTicket {
+    visit: Mutex<Visit>,
+    send: Py<PyAny>,
+    front: Arc<Front>,
+    header: Vec<u8>,
+    http1: bool,
+}
+
+#[pymethods]
+impl PyTicket {
+    fn __call__<'py>(&self, message: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+        let py = message.py();
+        let kind = message
+            .get_item("type")?
+            .ok_or_else(|| PyRuntimeError::new_err("an ASGI message without a type"))?;
+        let kind = kind.cast::<PyString>()?;
+        let kind = kind.to_str()?;
+        if kind != START && kind != WEBSOCKET_START {
+            lock(&self.visit).progress();
+            return self.send.bind(py).call1((message,));
+        }
+        let status: u16 = message
+            .get_item("status")?
+            .ok_or_else(|| PyRuntimeError::new_err("a response start without a status"))?
+            .extract()?;
+        let headers = message.get_item("headers")?;
+        let asks = match &headers {
+            Some(headers) => holds(headers, &self.header)?,
+            None => false,
+        };
+        lock(&self.visit).respond(status, asks);
+        let close = self.http1 && self.front.draining();
+        if !asks && !close {
+            return self.send.bind(py).call1((message,));
+        }
+        // The app's message is its own: the changed one is a copy.
+        let changed = message.copy()?;
+        let kept = match &headers {
+            Some(headers) => without(headers, &self.header)?,
+            None => PyList::empty(py),
+        };
+        if close {
+            let connection = without(kept.as_any(), b"connection")?;
+            connection.append((PyBytes::new(py, b"connection"), PyBytes::new(py, b"close")))?;
+            changed.set_item("headers", connection)?;
+        } else {
+            changed.set_item("headers", kept)?;
+        }
+        self.send.bind(py).call1((changed,))
+    }
+
+    /// Whether the app's response has begun.
+    #[getter]
+    fn responded(&self) -> bool {
+        lock(&self.visit).responded()
+    }
+
+    /// Q3: the request outlived `request_timeout_seconds`; the 504 to send if its response
+    /// had not begun (None: cut it).
+    fn timed_out(&self) -> Option<PyAnswer> {
+        lock(&self.visit)
+            .timed_out()
+            .map(|answer| PyAnswer::new(answer, self.http1))
+    }
+
+    /// The app returned (or gave up): the request leaves the runner (D2, Q2, H6).
+    fn done(&self) {
+        lock(&self.visit).finish();
+    }
+}
+
+/// A request waiting for a place at the app (Q2). Its `call` is the `Entered` event's.
+#[pyclass(frozen, module = "runwarden._core", name = "Waiting")]
+pub struct PyWaiting {
+    call: u64,
+    wait: Mutex<Option<Wait>>,
+    front: Arc<Front>,
+    header: Vec<u8>,
+    send: Py<PyAny>,
+    http1: bool,
+}
+
+#[pymethods]
+impl PyWaiting {
+    #[getter]
+    fn call(&self) -> u64 {
+        self.call
+    }
+
+    /// After `Entered`: a `Ticket` (the request is at the app now) or the door's `Answer`;
+    /// None if the wait is not over.
+    fn take(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let mut wait = lock(&self.wait);
+        let Some(entered) = wait.as_mut().and_then(|w| w.take(&self.front)) else {
+            return Ok(None);
+        };
+        *wait = None;
+        Ok(Some(match entered {
+            Ok(visit) => {
+                let send = self.send.clone_ref(py);
+                Py::new(
+                    py,
+                    ticket(&self.front, &self.header, visit, send, self.http1),
+                )?
+                .into_any()
+            }
+            Err(answer) => Py::new(py, PyAnswer::new(answer, self.http1))?.into_any(),
+        }))
+    }
+
+    /// The client left, or the server gave up the request: its place goes to the next in
+    /// line at once, and it never reaches the app.
+    fn abandon(&self) {
+        lock(&self.wait).take();
+    }
+}
+
+/// An answer runwarden gives itself (`front::Answer`), as ASGI's response messages take it.
+#[pyclass(frozen, module = "runwarden._core", name = "Answer")]
+pub struct PyAnswer {
+    answer: Answer,
+    http1: bool,
+}
+
+impl PyAnswer {
+    fn new(answer: Answer, http1: bool) -> PyAnswer {
+        PyAnswer { answer, http1 }
+    }
+}
+
+#[pymethods]
+impl PyAnswer {
+    #[getter]
+    fn status(&self) -> u16 {
+        self.answer.status.as_u16()
+    }
+
+    /// The response's headers, as `http.response.start` takes them.
+    #[getter]
+    fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let a = &self.answer;
+        let pair = |name: &[u8], value: &[u8]| {
+            PyTuple::new(py, [PyBytes::new(py, name), PyBytes::new(py, value)])
+        };
+        let list = PyList::empty(py);
+        list.append(pair(b"content-type", a.content_type.as_bytes())?)?;
+        let length = a.body.len().to_string();
+        list.append(pair(b"content-length", length.as_bytes())?)?;
+        for (name, value) in &a.headers {
+            list.append(pair(name.as_str().as_bytes(), value.as_bytes())?)?;
+        }
+        if a.close && self.http1 {
+            list.append(pair(b"connection", b"close")?)?;
+        }
+        Ok(list)
+    }
+
+    #[getter]
+    fn body<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.answer.body)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Answer(status={})", self.answer.status.as_u16())
+    }
+}
+
+/// Embedded (E4): call the app's health route on this loop and answer check `call`
+/// (`Core.answer_check`).
+#[pyclass(frozen, module = "runwarden._core", name = "AppCheck")]
+pub struct PyAppCheck {
+    #[pyo3(get)]
+    pub call: u64,
+}
+
+/// Embedded (Q2): the wait named `call` at the door is over (`Waiting.take`).
+#[pyclass(frozen, module = "runwarden._core", name = "Entered")]
+pub struct PyEntered {
+    #[pyo3(get)]
+    pub call: u64,
+}
