@@ -1,5 +1,6 @@
-"""The command line (SPEC C): `runwarden serve [OPTIONS] [-- APP COMMAND ...]` and
-`runwarden demo`. Exit codes: `runwarden.exit_codes`."""
+"""The command line (SPEC C): `runwarden serve [OPTIONS] [-- APP COMMAND ...]`,
+`runwarden run MODULE:APP [OPTIONS]` (SPEC E7) and `runwarden demo`. Exit codes:
+`runwarden.exit_codes`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from runwarden import __version__, exit_codes, logs, termination
+from runwarden import __version__, exit_codes, logs, run, termination
 from runwarden.settings import RULE_IDS, ConfigError, Settings, add_options, resolve, suggest
 
 DEMO_DEFAULTS = {
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(serve)
+    run.add_parser(commands, _epilog())
     demo = commands.add_parser(
         "demo",
         help="start a small bundled model server behind runwarden, for a first look",
@@ -79,7 +81,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:  # options but no command, such as `runwarden -v`
-        parser.error("a command is needed: serve or demo")
+        parser.error("a command is needed: serve, run or demo")
     if unknown:  # said with the command's own usage, not the top level's
         sub = _command_parser(parser, args.command)
         options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
@@ -147,6 +149,8 @@ def run_cli(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = N
     if not argv:  # `runwarden` alone: what it can do, not a bare error
         build_parser().print_help()
         return exit_codes.BAD_CONFIG
+    if argv[0] == "run":
+        return _run(argv, env)
     try:
         settings = parse(argv, env)
     except ConfigError as exc:
@@ -176,6 +180,22 @@ def run_cli(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = N
     if runner.exit is not None:
         termination.write(termination.resolve(settings.termination_message_path), runner.exit.line)
     return code
+
+
+def _run(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """`runwarden run`: its own options, then the app served with runwarden inside."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        run.unknown_options(_command_parser(parser, "run"), unknown)
+    try:
+        return run.main(args, env)
+    except ConfigError as exc:
+        print(f"runwarden: error: {exc}", file=sys.stderr)
+        path = _given(argv, "--termination-message-path", env)
+        line = f"exiting with code {exit_codes.BAD_CONFIG} (bad_config): {exc}"
+        termination.write(termination.resolve(path), line)
+        return exit_codes.BAD_CONFIG
 
 
 def main() -> None:

@@ -425,12 +425,16 @@ HELP_GROUPS: tuple[tuple[str, frozenset[str]], ...] = (
 """`--help`'s sections: each option in the first whose names hold it."""
 
 
-def add_options(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None) -> None:
-    """Add every option to `parser`, in `HELP_GROUPS`' sections; values left unset are None
-    (the environment or the default fills them)."""
+def add_options(
+    parser: argparse.ArgumentParser,
+    defaults: Mapping[str, Any] | None = None,
+    specs: Sequence[Spec] = SPECS,
+) -> None:
+    """Add each option of `specs` (every one by default) to `parser`, in `HELP_GROUPS`'
+    sections; values left unset are None (the environment or the default fills them)."""
     overrides = dict(defaults or {})
     groups = {title: parser.add_argument_group(title) for title, _ in HELP_GROUPS}
-    for spec in SPECS:
+    for spec in specs:
         title = next(t for t, names in HELP_GROUPS if spec.name in names)
         group = groups[title]
         shown = str(overrides[spec.name]) if spec.name in overrides else spec.default_text

@@ -1,0 +1,293 @@
+"""SPEC E: runwarden inside the app's own process, shown on real uvicorn processes on
+loopback: the Starlette app of `embedded_app.py` with `Runwarden` added by
+`add_middleware` and configured only by RUNWARDEN_* (as vLLM's `--middleware` gives it),
+under plain `uvicorn`, under `runwarden run`, and under a server that runs uvicorn itself
+(vLLM's `serve_http`)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import HERE, clean_env, free_port, poll, wait_until_listening
+
+from runwarden import exit_codes
+
+SHORT = {
+    "RUNWARDEN_PERIOD_SECONDS": "0.2",
+    "RUNWARDEN_TIMEOUT_SECONDS": "0.5",
+    "RUNWARDEN_START_PERIOD_SECONDS": "0",
+    "RUNWARDEN_TRIGGER_INTERVAL_SECONDS": "0.1",
+    "RUNWARDEN_DRAIN_TIMEOUT_SECONDS": "5",
+    "RUNWARDEN_ADMIN_HOST": "127.0.0.1",
+    "RUNWARDEN_TERMINATION_MESSAGE_PATH": "off",
+}
+CHECK = "x-fal-runner-health-check"
+
+
+@dataclass
+class Server:
+    """A server process with runwarden inside; its output goes to a file."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def state(self) -> dict[str, object]:
+        return dict(httpx.get(f"{self.url}/_control/state", timeout=5).json())
+
+    def set_health(self, mode: str) -> None:
+        httpx.post(f"{self.url}/_control/health", json={"mode": mode}, timeout=5)
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{self.admin}/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        poll(ready, 10)
+
+    def wait_exit(self, timeout: float = 20) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout}s:\n{self.log()}") from None
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """A factory: `serve(how, **env)` starts `embedded_app` under `how` ("uvicorn", "run",
+    "vllm"), waits until it listens, and stops it at the end."""
+    started: list[Server] = []
+
+    def start(how: str = "uvicorn", *extra: str, listen: bool = True, **env: str) -> Server:
+        port, admin_port = free_port(), free_port()
+        commands = {
+            "uvicorn": [sys.executable, "-m", "uvicorn", "embedded_app:app",
+                        "--host", "127.0.0.1", "--port", str(port)],
+            "run": [sys.executable, "-m", "runwarden", "run", "embedded_app:bare",
+                    "--host", "127.0.0.1", "--port", str(port)],
+            "vllm": [sys.executable, str(HERE / "embedded_vllm_style.py"), str(port)],
+        }  # fmt: skip
+        log_path = tmp_path / f"server-{port}.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [*commands[how], *extra],
+                cwd=HERE,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=clean_env(**{**SHORT, "RUNWARDEN_ADMIN_PORT": str(admin_port), **env}),
+            )
+        server = Server(proc, port, admin_port, log_path)
+        started.append(server)
+        if listen:
+            try:
+                wait_until_listening(port, proc)
+            except (RuntimeError, TimeoutError):
+                raise AssertionError(f"the server did not start:\n{server.log()}") from None
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            if server.proc.poll() is None:
+                server.proc.kill()
+                server.proc.wait(timeout=10)
+
+
+def test_E2_ready_and_serving_with_settings_from_the_environment_only(serve) -> None:
+    """E2, A: `add_middleware(Runwarden)` with no arguments, RUNWARDEN_* only (as vLLM's
+    --middleware gives it): /readyz once the first check passed, requests served, and
+    /status says where each setting came from."""
+    server = serve()
+    server.wait_ready()
+    answer = httpx.get(f"{server.url}/work", timeout=5)
+    assert answer.status_code == 200 and answer.json()["ok"]
+    status = httpx.get(f"{server.admin}/status", timeout=5).json()
+    assert status["app"]["mode"] == "embedded"
+    assert status["health"]["health_url"] == "asgi:/health"
+    assert status["setting_sources"]["period_seconds"] == "environment"
+    assert status["settings"]["period_seconds"] == 0.2
+    # E3: the marked route's declaration fills what it sets.
+    assert status["settings"]["failure_threshold"] == 2
+    assert status["setting_sources"]["failure_threshold"] == "option"
+    metrics = httpx.get(f"{server.admin}/metrics", timeout=5).text
+    assert 'runwarden_proxied_requests_total{source="app",status="200"}' in metrics
+
+
+def test_R1_E5_a_503_replaces_the_runner_and_the_process_exits_12(serve) -> None:
+    server = serve()
+    server.wait_ready()
+    answer = httpx.get(f"{server.url}/work?status=503", timeout=5)
+    assert answer.status_code == 503  # R1: forwarded unchanged
+    assert server.wait_exit() == exit_codes.BY_REASON["app_503"] == 12
+    log = server.log()
+    assert "exiting with code 12 (app_503): the app answered 503" in log
+    assert log.count("exiting with code") == 1
+
+
+def test_H4_E5_failing_checks_replace_the_runner_exit_10(serve) -> None:
+    server = serve()
+    server.wait_ready()
+    server.set_health("fail")
+    assert server.wait_exit() == 10
+    assert "2 consecutive failed checks" in server.log()  # the marked route's threshold
+
+
+def test_E4_a_blocked_event_loop_fails_its_checks_by_timeout_exit_10(serve) -> None:
+    """E4: the check goes through the app's own loop; synchronous code that blocks it makes
+    the checks time out, as a hung server's would."""
+    server = serve()
+    server.wait_ready()
+    blocked = threading.Thread(
+        target=lambda: httpx.get(f"{server.url}/block?seconds=4", timeout=10), daemon=True
+    )
+    blocked.start()
+    assert server.wait_exit() == 10
+    assert "timed out after 0.5s" in server.log()
+
+
+def test_H5_a_gateway_check_is_answered_by_runwarden_not_the_endpoint(serve) -> None:
+    server = serve()
+    server.wait_ready()
+    served = server.state()["served"]
+    answer = httpx.get(f"{server.url}/work", headers={CHECK: "1"}, timeout=5)
+    assert answer.status_code == 200
+    assert answer.json()["passed"] is True
+    assert answer.json()["check"]["status"] == 200
+    assert server.state()["served"] == served  # /work never saw it
+
+
+def test_H5_an_untrusted_peers_check_header_is_removed_and_the_request_served(serve) -> None:
+    server = serve(RUNWARDEN_CHECK_TRUSTED_SOURCES="10.9.8.7/32")
+    server.wait_ready()
+    answer = httpx.get(f"{server.url}/work", headers={CHECK: "1"}, timeout=5)
+    assert answer.status_code == 200 and answer.json()["ok"]
+    assert CHECK not in answer.json()["headers"]
+
+
+def test_H6_a_response_asking_a_check_loses_the_header_and_its_failure_exits_11(serve) -> None:
+    # No regular check in the way: only the one the response asks for.
+    server = serve(RUNWARDEN_PERIOD_SECONDS="600")
+    server.wait_ready()
+    server.set_health("fail")
+    answer = httpx.get(f"{server.url}/work?ask_check=1", timeout=5)
+    assert answer.status_code == 200
+    assert CHECK not in answer.headers
+    assert server.wait_exit() == 11
+    assert "(manual_check)" in server.log()
+
+
+def test_D2_E5_sigterm_lets_the_request_in_flight_finish_and_exits_0(serve) -> None:
+    server = serve()
+    server.wait_ready()
+    result: dict[str, httpx.Response] = {}
+    client = threading.Thread(
+        target=lambda: result.setdefault(
+            "r", httpx.get(f"{server.url}/work?delay=1", timeout=10)
+        )
+    )
+    client.start()
+    poll(lambda: server.state()["at_app"] == 1, 5)
+    server.proc.send_signal(signal.SIGTERM)
+    client.join(10)
+    assert result["r"].status_code == 200
+    assert server.wait_exit() == 0
+    assert "exiting with code 0 (shutdown)" in server.log()
+
+
+def test_Q2_max_concurrency_1_never_has_two_requests_at_the_app(serve) -> None:
+    server = serve(RUNWARDEN_MAX_CONCURRENCY="1")
+    server.wait_ready()
+    results: list[int] = []
+
+    def one() -> None:
+        results.append(httpx.get(f"{server.url}/work?delay=0.2", timeout=10).status_code)
+
+    clients = [threading.Thread(target=one) for _ in range(5)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(15)
+    assert results == [200] * 5
+    assert server.state()["most_at_app"] == 1
+    door = httpx.get(f"{server.admin}/status", timeout=5).json()["door"]
+    assert door["admitted"] >= 5 and door["at_app"] == 0
+
+
+def test_Q2_a_full_queue_is_answered_by_runwarden_never_the_app(serve) -> None:
+    server = serve(RUNWARDEN_MAX_CONCURRENCY="1", RUNWARDEN_MAX_QUEUE="0")
+    server.wait_ready()
+    first = threading.Thread(
+        target=lambda: httpx.get(f"{server.url}/work?delay=1", timeout=10), daemon=True
+    )
+    first.start()
+    door = lambda: httpx.get(f"{server.admin}/status", timeout=5).json()["door"]  # noqa: E731
+    poll(lambda: door()["at_app"] == 1, 5)
+    answer = httpx.get(f"{server.url}/work", timeout=5)
+    assert answer.status_code == 503
+    assert answer.headers["x-runwarden-overloaded"] == "queue_full"
+    assert answer.headers["retry-after"] == "1"
+    first.join(5)
+    assert door()["refused"]["queue_full"] == 1
+    assert server.proc.poll() is None, "runwarden's own 503 never replaces the runner"
+
+
+def test_Q3_a_request_past_its_timeout_gets_504_and_its_task_is_cancelled(serve) -> None:
+    server = serve(RUNWARDEN_REQUEST_TIMEOUT_SECONDS="0.3")
+    server.wait_ready()
+    started = time.monotonic()
+    answer = httpx.get(f"{server.url}/work?delay=3", timeout=10)
+    assert answer.status_code == 504
+    assert time.monotonic() - started < 2
+    poll(lambda: server.state()["at_app"] == 0, 5)  # the app's task was cancelled
+    assert server.proc.poll() is None
+
+
+def test_E3_two_marked_health_checks_stop_start_up_naming_both(serve) -> None:
+    server = serve(listen=False, EMBEDDED_TWO_MARKS="1")
+    code = server.wait_exit()
+    assert code != 0
+    log = server.log()
+    assert "two endpoints are marked as the health check" in log
+    assert "embedded_app.health (GET /health)" in log
+    assert "embedded_app.other_health (GET /ready)" in log
+
+
+def test_E7_runwarden_run_serves_the_app_and_exits_12_on_a_503(serve) -> None:
+    server = serve("run")
+    server.wait_ready()
+    assert httpx.get(f"{server.url}/work", timeout=5).status_code == 200
+    httpx.get(f"{server.url}/work?status=503", timeout=5)
+    assert server.wait_exit() == 12
+
+
+def test_E5_a_server_that_runs_uvicorn_itself_exits_12_on_a_503(serve) -> None:
+    """vLLM's serve_http: uvicorn.Server on the loop, the loop's own signal handlers."""
+    server = serve("vllm")
+    server.wait_ready()
+    httpx.get(f"{server.url}/work?status=503", timeout=5)
+    assert server.wait_exit() == 12
+    assert "exiting with code 12 (app_503)" in server.log()
