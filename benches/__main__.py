@@ -18,7 +18,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benches import detection, footprint, front_door, interference, protocols, proxy, report
+from benches import (
+    detection,
+    embedded,
+    footprint,
+    front_door,
+    interference,
+    protocols,
+    proxy,
+    report,
+)
 from benches.common import ROOT, Profile, log
 from benches.tools import ensure_tools
 
@@ -29,9 +38,10 @@ RUNNERS: dict[str, Any] = {
     "detection": detection,
     "footprint": footprint,
     "front_door": front_door,
+    "embedded": embedded,
 }
 SECTIONS = tuple(RUNNERS)
-NEEDS_TOOLS = ("proxy", "front_door")
+NEEDS_TOOLS = ("proxy", "front_door", "embedded")
 """The sections that compare with nginx and drive wrk."""
 
 

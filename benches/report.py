@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benches import embedded
+
 BEGIN = "<!-- benches: generated, begin (python -m benches rewrites this part) -->"
 END = "<!-- benches: generated, end -->"
 
@@ -112,6 +114,8 @@ def evaluate(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
         ))  # fmt: skip
     if "proxy" in results:
         out += proxy_targets(results["proxy"])
+    if "embedded" in results:
+        out += embedded.targets_rows(results["embedded"])
     for name, d in results.get("detection", {}).items():
         bound = d["bound"]
         if "skipped" in d:
@@ -247,6 +251,8 @@ def tables(results: dict[str, Any]) -> list[str]:
         lines.append("")
     if "proxy" in results:
         lines += proxy_tables(results["proxy"], results.get("stream_bytes", 1 << 30))
+    if "embedded" in results:
+        lines += embedded.tables(results["embedded"])
     if "detection" in results:
         lines += ["### 5. Detection latency (fault injected → runwarden exited)", "",
                   "| fault | reason | deadline s | median s | worst s | exit code |",

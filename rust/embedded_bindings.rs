@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
@@ -34,12 +35,33 @@ impl PyFront {
     }
 }
 
+/// A header pair's name: a tuple's first item read directly (the common case, and every
+/// request pays for it), any other sequence's by index.
+fn name_of<'py>(pair: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    match pair.cast::<PyTuple>() {
+        Ok(tuple) => tuple.get_item(0),
+        Err(_) => pair.get_item(0),
+    }
+}
+
 /// Whether an ASGI header list holds `name` (any case).
 fn holds(headers: &Bound<'_, PyAny>, name: &[u8]) -> PyResult<bool> {
+    let matches = |pair: &Bound<'_, PyAny>| -> PyResult<bool> {
+        Ok(name_of(pair)?
+            .cast::<PyBytes>()?
+            .as_bytes()
+            .eq_ignore_ascii_case(name))
+    };
+    if let Ok(list) = headers.cast::<PyList>() {
+        for pair in list.iter() {
+            if matches(&pair)? {
+                return Ok(true);
+            }
+        }
+        return Ok(false);
+    }
     for pair in headers.try_iter()? {
-        let pair = pair?;
-        let key = pair.get_item(0)?;
-        if key.cast::<PyBytes>()?.as_bytes().eq_ignore_ascii_case(name) {
+        if matches(&pair?)? {
             return Ok(true);
         }
     }
@@ -51,8 +73,11 @@ fn without<'py>(headers: &Bound<'py, PyAny>, name: &[u8]) -> PyResult<Bound<'py,
     let kept = PyList::empty(headers.py());
     for pair in headers.try_iter()? {
         let pair = pair?;
-        let key = pair.get_item(0)?;
-        if !key.cast::<PyBytes>()?.as_bytes().eq_ignore_ascii_case(name) {
+        if !name_of(&pair)?
+            .cast::<PyBytes>()?
+            .as_bytes()
+            .eq_ignore_ascii_case(name)
+        {
             kept.append(pair)?;
         }
     }
@@ -72,23 +97,25 @@ impl PyFront {
         scope: &Bound<'_, PyDict>,
         send: Py<PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let headers = scope.get_item("headers")?;
+        let headers = scope.get_item(intern!(py, "headers"))?;
         let asks = match &headers {
             Some(headers) => holds(headers, &self.header)?,
             None => false,
         };
-        let client = scope.get_item("client")?;
-        let peer = match (&client, asks) {
-            (Some(client), true) if !client.is_none() => {
-                Some(client.get_item(0)?.str()?.to_str()?.to_owned())
-            }
-            _ => None,
+        let peer = match asks {
+            true => match scope.get_item(intern!(py, "client"))? {
+                Some(client) if !client.is_none() => {
+                    Some(client.get_item(0)?.str()?.to_str()?.to_owned())
+                }
+                _ => None,
+            },
+            false => None,
         };
         let (entry, strip) = self.front.enter(asks, peer.as_deref());
         if let (true, Some(headers)) = (strip, &headers) {
-            scope.set_item("headers", without(headers, &self.header)?)?;
+            scope.set_item(intern!(py, "headers"), without(headers, &self.header)?)?;
         }
-        let http1 = match scope.get_item("http_version")? {
+        let http1 = match scope.get_item(intern!(py, "http_version"))? {
             Some(version) => !version.cast::<PyString>()?.to_str()?.starts_with('2'),
             None => true,
         };
@@ -150,6 +177,7 @@ fn ticket(
     PyTicket {
         visit: Mutex::new(visit),
         send,
+        h9: front.h9(),
         front: Arc::clone(front),
         header: header.to_vec(),
         http1,
@@ -167,6 +195,8 @@ pub struct PyTicket {
     front: Arc<Front>,
     header: Vec<u8>,
     http1: bool,
+    /// Whether an H9 rule reads the bytes moved.
+    h9: bool,
 }
 
 #[pymethods]
@@ -174,19 +204,21 @@ impl PyTicket {
     fn __call__<'py>(&self, message: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
         let py = message.py();
         let kind = message
-            .get_item("type")?
+            .get_item(intern!(py, "type"))?
             .ok_or_else(|| PyRuntimeError::new_err("an ASGI message without a type"))?;
         let kind = kind.cast::<PyString>()?;
         let kind = kind.to_str()?;
         if kind != START && kind != WEBSOCKET_START {
-            lock(&self.visit).progress();
+            if self.h9 {
+                lock(&self.visit).progress();
+            }
             return self.send.bind(py).call1((message,));
         }
         let status: u16 = message
-            .get_item("status")?
+            .get_item(intern!(py, "status"))?
             .ok_or_else(|| PyRuntimeError::new_err("a response start without a status"))?
             .extract()?;
-        let headers = message.get_item("headers")?;
+        let headers = message.get_item(intern!(py, "headers"))?;
         let asks = match &headers {
             Some(headers) => holds(headers, &self.header)?,
             None => false,

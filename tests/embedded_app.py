@@ -12,13 +12,12 @@ import asyncio
 import os
 import time
 
+import runwarden
+from runwarden.asgi import Runwarden
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-
-import runwarden
-from runwarden.asgi import Runwarden
 
 STATE = {"health": "ok", "health_calls": 0, "at_app": 0, "most_at_app": 0, "served": 0}
 
@@ -57,7 +56,7 @@ async def work(request: Request) -> Response:
 
 async def block(request: Request) -> Response:
     """Synchronous code on the loop: nothing else runs meanwhile."""
-    time.sleep(float(request.query_params.get("seconds", "3")))
+    time.sleep(float(request.query_params.get("seconds", "3")))  # noqa: ASYNC251 - the point
     return PlainTextResponse("unblocked")
 
 

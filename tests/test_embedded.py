@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import HERE, clean_env, free_port, poll, wait_until_listening
-
 from runwarden import exit_codes
 
 SHORT = {
@@ -205,9 +204,7 @@ def test_D2_E5_sigterm_lets_the_request_in_flight_finish_and_exits_0(serve) -> N
     server.wait_ready()
     result: dict[str, httpx.Response] = {}
     client = threading.Thread(
-        target=lambda: result.setdefault(
-            "r", httpx.get(f"{server.url}/work?delay=1", timeout=10)
-        )
+        target=lambda: result.setdefault("r", httpx.get(f"{server.url}/work?delay=1", timeout=10))
     )
     client.start()
     poll(lambda: server.state()["at_app"] == 1, 5)

@@ -7,6 +7,7 @@ them holds the GIL. Python hears about state changes through `Core.event_fd()`,
 a socket the asyncio loop watches, and `Core.drain_events()`.
 """
 
+from collections.abc import MutableMapping
 from typing import Any, Literal, TypedDict, final
 
 Trigger = Literal["regular", "gateway", "extra", "manual", "startup"]
@@ -366,7 +367,7 @@ class Entered:
 class Front:
     """Embedded (SPEC E): the front requests enter the runner by (`Core.front()`)."""
 
-    def enter(self, scope: dict[str, Any], send: Any) -> Ticket | Answer | Waiting | None:
+    def enter(self, scope: MutableMapping[str, Any], send: Any) -> Ticket | Answer | Waiting | None:
         """A new request (an ASGI scope of type http or websocket, and the server's `send`):
         a `Ticket` to call the app with (it is the app's `send`), an `Answer` runwarden gives
         itself (D1, Q2), a `Waiting` for a place at the app (Q2), or None for a trusted

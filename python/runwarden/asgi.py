@@ -23,7 +23,7 @@ from typing import Any
 
 from runwarden._core import Answer, Front, Ticket, Waiting
 from runwarden.declaration import HealthCheck, HealthCheckError, choose
-from runwarden.inprocess import InProcess, clean_stop_on_sigterm, stop_process
+from runwarden.inprocess import InProcess, clean_stop_on_sigterm, sibling_holds, stop_process
 from runwarden.settings import ConfigError, Settings, resolve_embedded
 
 Scope = MutableMapping[str, Any]
@@ -34,6 +34,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("runwarden")
 TEXT_FORMAT = "%(levelname)s:     %(name)s: %(message)s"
+MAX_WORKERS = 64
+"""The most workers of one server that get an admin port each (admin_port, the next, …)."""
 """runwarden's lines beside uvicorn's, when the server set up no logging for them."""
 
 if sys.version_info >= (3, 11):
@@ -67,7 +69,6 @@ class Runwarden:
         """As resolved now; start-up adds what the marked health route declares."""
         self.runner: InProcess | None = None
         self._front: Front | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._timeout = self.settings.request_timeout_seconds
         self._starting: asyncio.Lock | None = None
 
@@ -79,25 +80,21 @@ class Runwarden:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         front = self._front
-        kind = scope["type"]
-        if front is None or kind == "lifespan":
-            if kind == "lifespan":
+        if front is None:  # the lifespan comes first, and once
+            if scope["type"] == "lifespan":
                 return await self._lifespan(scope, receive, send)
             front = await self._start_lazily()
         entry = front.enter(scope, send)
         if entry.__class__ is Ticket and self._timeout is None:
-            # The hot path: the app, with the ticket as its `send`.
-            task = asyncio.current_task()
-            tasks = self._tasks
-            tasks.add(task)  # type: ignore[arg-type]
+            # The hot path: the app, with the ticket as its `send`. No registry of requests
+            # is kept: the drain's deadline finds the few left by their frames (`at_app`).
             try:
                 await self.app(scope, receive, entry)  # type: ignore[arg-type]
             except asyncio.CancelledError:
-                if not await self._cut(entry, send):  # type: ignore[arg-type]
+                if not await self._cut(entry, send):
                     raise
             finally:
-                entry.done()  # type: ignore[union-attr]
-                tasks.discard(task)  # type: ignore[arg-type]
+                entry.done()
             return
         await self._other(entry, scope, receive, send)
 
@@ -117,9 +114,6 @@ class Runwarden:
 
     async def _visit(self, ticket: Ticket, scope: Scope, receive: Receive, send: Send) -> None:
         """A request at the app, under `request_timeout_seconds` when set (Q3)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         try:
             if self._timeout is None:
                 await self.app(scope, receive, ticket)  # type: ignore[arg-type]
@@ -130,7 +124,6 @@ class Runwarden:
                 raise
         finally:
             ticket.done()
-            self._tasks.discard(task)
 
     async def _timed(self, ticket: Ticket, scope: Scope, receive: Receive, send: Send,
                      seconds: float) -> None:  # fmt: skip
@@ -186,7 +179,8 @@ class Runwarden:
         first: Message | None = None
         try:
             if heard is not None:
-                await asyncio.wait({entered, heard}, return_when=asyncio.FIRST_COMPLETED)
+                either: set[asyncio.Future[Any]] = {entered, heard}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 if not entered.done():
                     first = heard.result()
                     if first["type"] == "http.disconnect":
@@ -217,6 +211,7 @@ class Runwarden:
         _log_somewhere()
         found = choose(self.app, self.health_check)
         settings, method = self.settings, self.settings.health_method
+        declared: dict[str, Any] = {}
         if found is not None:
             declared = {"health_path": found.path, **found.check.given}
             for name in ("health_path", "health_method"):
@@ -228,9 +223,24 @@ class Runwarden:
                     )
             settings = resolve_embedded({**self._given, **declared}, os.environ)
             method = found.method if "health_method" not in found.check.given else method
-        self.settings = settings
-        self.runner = InProcess(self.app, settings, method, state)
-        self._front = await self.runner.start()
+        codes = (Runwarden.__call__.__code__, Runwarden._visit.__code__)
+        for _ in range(MAX_WORKERS):
+            self.settings = settings
+            self.runner = InProcess(self.app, settings, method, state, codes)
+            try:
+                self._front = await self.runner.start()
+                break
+            except OSError:
+                taken = settings.admin_port
+                if not await asyncio.to_thread(sibling_holds, taken):
+                    raise
+                # A multi-worker server: each worker embeds its own runner (E5).
+                log.info("admin port %d is another worker's; this worker (pid %d) tries %d",
+                         taken, os.getpid(), taken + 1)  # fmt: skip
+                settings = resolve_embedded({**self._given, **declared, "admin_port": taken + 1},
+                                            os.environ)  # fmt: skip
+        else:
+            raise OSError(f"no admin port free for this worker from {self.settings.admin_port}")
         clean_stop_on_sigterm()
 
     async def _start_lazily(self) -> Front:
@@ -255,7 +265,7 @@ class Runwarden:
         `--lifespan auto` would serve on). An app without a lifespan still gets one."""
         message = await receive()
         if message["type"] != "lifespan.startup":
-            return await self.app(scope, receive, send)  # type: ignore[arg-type]
+            return await self.app(scope, receive, send)
         try:
             await self._startup(scope.get("state"))
         except (ConfigError, HealthCheckError, OSError) as exc:
@@ -283,16 +293,19 @@ class Runwarden:
             await send(sent)
 
         try:
-            await self.app(scope, app_receive, app_send)  # type: ignore[arg-type]
+            await self.app(scope, app_receive, app_send)
         except Exception:
             if started:
                 raise
-            # The app has no lifespan: runwarden keeps the server's for itself.
-            await send({"type": "lifespan.startup.complete"})
-            while (await receive())["type"] != "lifespan.shutdown":
-                pass
-            await self._stop("the server is shutting down")
-            await send({"type": "lifespan.shutdown.complete"})
+        if started:
+            return
+        # The app has no lifespan (it raised, or returned, without starting): runwarden
+        # keeps the server's for itself.
+        await send({"type": "lifespan.startup.complete"})
+        while (await receive())["type"] != "lifespan.shutdown":
+            pass
+        await self._stop("the server is shutting down")
+        await send({"type": "lifespan.shutdown.complete"})
 
     async def _stop(self, detail: str) -> None:
         if self.runner is not None:

@@ -82,6 +82,8 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:  # options but no command, such as `runwarden -v`
         parser.error("a command is needed: serve, run or demo")
+    if unknown and args.command == "run":
+        run.unknown_options(_command_parser(parser, "run"), unknown)
     if unknown:  # said with the command's own usage, not the top level's
         sub = _command_parser(parser, args.command)
         options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
@@ -89,6 +91,10 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         sub.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if args.command == "serve":
         return resolve(args, env, app_command)
+    if args.command == "run":
+        if app_command:
+            raise ConfigError("runwarden run takes the app as MODULE:APP, not a command after --")
+        return run.settings(args, env)
     if app_command:
         raise ConfigError("runwarden demo takes no app command (it runs its own)")
     if not 1 <= args.app_port <= 65535:
@@ -149,20 +155,18 @@ def run_cli(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = N
     if not argv:  # `runwarden` alone: what it can do, not a bare error
         build_parser().print_help()
         return exit_codes.BAD_CONFIG
-    if argv[0] == "run":
-        return _run(argv, env)
     try:
         settings = parse(argv, env)
     except ConfigError as exc:
-        print(f"runwarden: error: {exc}", file=sys.stderr)
-        # K1: said to the orchestrator too; the path's own setting may be what is bad.
-        path = _given(argv, "--termination-message-path", env)
-        line = f"exiting with code {exit_codes.BAD_CONFIG} (bad_config): {exc}"
-        termination.write(termination.resolve(path), line)
-        return exit_codes.BAD_CONFIG
+        return _bad_config(argv, env, exc)
     logs.setup(settings.log_level, settings.log_format)
     for note in settings.notes:
         logging.getLogger("runwarden").warning("%s", note)
+    if argv[0] == "run":
+        try:
+            return run.main(settings)
+        except ConfigError as exc:  # the app cannot be loaded
+            return _bad_config(argv, env, exc)
     if argv and argv[0] == "demo":
         if not _demo_installed():
             print(
@@ -182,20 +186,13 @@ def run_cli(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = N
     return code
 
 
-def _run(argv: Sequence[str], env: Mapping[str, str]) -> int:
-    """`runwarden run`: its own options, then the app served with runwarden inside."""
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        run.unknown_options(_command_parser(parser, "run"), unknown)
-    try:
-        return run.main(args, env)
-    except ConfigError as exc:
-        print(f"runwarden: error: {exc}", file=sys.stderr)
-        path = _given(argv, "--termination-message-path", env)
-        line = f"exiting with code {exit_codes.BAD_CONFIG} (bad_config): {exc}"
-        termination.write(termination.resolve(path), line)
-        return exit_codes.BAD_CONFIG
+def _bad_config(argv: Sequence[str], env: Mapping[str, str], exc: ConfigError) -> int:
+    print(f"runwarden: error: {exc}", file=sys.stderr)
+    # K1: said to the orchestrator too; the path's own setting may be what is bad.
+    path = _given(argv, "--termination-message-path", env)
+    line = f"exiting with code {exit_codes.BAD_CONFIG} (bad_config): {exc}"
+    termination.write(termination.resolve(path), line)
+    return exit_codes.BAD_CONFIG
 
 
 def main() -> None:

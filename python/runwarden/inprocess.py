@@ -21,7 +21,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from runwarden import exit_codes, termination
-from runwarden._core import AppCheck, Entered, Front, Verdict
+from runwarden._core import AppCheck, Entered, Front, Ticket, Verdict
 from runwarden.logs import fields
 from runwarden.runner import Exit, say_draining, say_outcome
 from runwarden.settings import Settings
@@ -37,7 +37,9 @@ exits anyway."""
 class InProcess:
     """One runner inside the app's process: the core, the checks through the app, the exit."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, method: str, state: Any) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, method: str, state: Any, fronts: tuple[Any, ...]
+    ) -> None:
         self.app = app
         """The app below the middleware: checks call it."""
         self.settings = settings
@@ -47,8 +49,8 @@ class InProcess:
         self.warden = Warden(
             settings.health, "http://127.0.0.1", settings.gpu, settings.proxy, embedded=True
         )
-        self.tasks: set[asyncio.Task[Any]] = set()
-        """The tasks of requests at the app (D6: the drain's deadline cancels what is left)."""
+        self.fronts = fronts
+        """The code of the middleware's frames that hold a request at the app (`at_app`)."""
         self.waits: dict[int, asyncio.Future[None]] = {}
         self.cutting = False
         """Set when the drain's deadline cancels the requests still in flight."""
@@ -108,7 +110,7 @@ class InProcess:
         if drained.in_flight:
             # Each answers 503 with Retry-After if its response had not begun, or is cut.
             self.cutting = True
-            for task in list(self.tasks):
+            for task in at_app(self.fronts):
                 task.cancel()
             log.warning(
                 "drain ended with %d request(s) still in flight: cancelled at the app",
@@ -146,6 +148,33 @@ class InProcess:
         )
         path = termination.resolve(self.settings.termination_message_path)
         termination.write(path, exit_.line)
+
+
+def sibling_holds(port: int) -> bool:
+    """Whether `port` is held by another worker of this process's server: a process with the
+    same parent (uvicorn --workers, gunicorn), found as `ss -lptn` would."""
+    from runwarden import sidecar
+
+    found, _ = sidecar.holders(sidecar.listening_inodes(port))
+    parent = os.getppid()
+    return any(ppid == parent and pid != os.getpid() for pid, ppid in found.items())
+
+
+def at_app(fronts: tuple[Any, ...]) -> list[asyncio.Task[Any]]:
+    """D6: the tasks of requests still at the app: those whose chain of awaits passes a
+    middleware frame (code in `fronts`) holding a `Ticket`. Found this way once, at the
+    drain's deadline, rather than kept in a registry every request would pay for."""
+    found = []
+    for task in asyncio.all_tasks():
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None)
+            if frame is not None and frame.f_code in fronts:
+                if any(isinstance(v, Ticket) for v in frame.f_locals.values()):
+                    found.append(task)
+                    break
+            coro = getattr(coro, "cr_await", None)
+    return found
 
 
 async def call_route(

@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from runwarden import exit_codes, logs, termination
+from runwarden import exit_codes, termination
 from runwarden.settings import (
     PROXY_ONLY,
     SPECS,
     ConfigError,
+    Settings,
     add_options,
     resolve_embedded,
     suggest,
@@ -29,7 +31,7 @@ RUN_SPECS = tuple(s for s in SPECS if s.name not in PROXY_ONLY)
 
 def add_parser(commands: Any, epilog: str) -> argparse.ArgumentParser:
     """`run`'s options, under `runwarden`'s commands."""
-    run = commands.add_parser(
+    run: argparse.ArgumentParser = commands.add_parser(
         "run",
         help="serve a Python ASGI app (MODULE:APP) on uvicorn with runwarden inside it",
         usage="runwarden run MODULE:APP [OPTIONS]",
@@ -59,39 +61,48 @@ def given(args: argparse.Namespace) -> dict[str, Any]:
     return {s.name: getattr(args, s.name) for s in RUN_SPECS if getattr(args, s.name) is not None}
 
 
-def main(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+def settings(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """`run`'s settings: the embedded ones (SPEC E2), with the app's own host, port and
+    target."""
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be a TCP port 1-65535, got {args.port}", "port")
+    resolved = resolve_embedded(given(args), env)
+    resolved.override(host=args.host, port=args.port)
+    resolved.sources.update(host="option", port="option")
+    resolved.serve_app = (args.target, args.host, args.port, args.app_dir, given(args))
+    return resolved
+
+
+def main(settings: Settings) -> int:
     """Serve until the runner is replaced or stopped; the exit code (D4, E5)."""
     if importlib.util.find_spec("uvicorn") is None:
         print("runwarden: error: runwarden run needs uvicorn: pip install 'uvicorn[standard]'",
               file=sys.stderr)  # fmt: skip
         return exit_codes.BAD_CONFIG
-    if not 1 <= args.port <= 65535:
-        raise ConfigError(f"--port must be a TCP port 1-65535, got {args.port}", "port")
-    options = given(args)
-    settings = resolve_embedded(options, env)  # bad options fail before the app is imported
-    logs.setup(settings.log_level, settings.log_format)
-    for note in settings.notes:
-        logging.getLogger("runwarden").warning("%s", note)
+    assert settings.serve_app is not None, "run.settings() first"
+    target, host, port, app_dir, options = settings.serve_app
 
     import uvicorn
     from uvicorn.importer import ImportFromStringError, import_from_string
 
     from runwarden.asgi import Runwarden
 
-    sys.path.insert(0, args.app_dir)
+    sys.path.insert(0, app_dir)
     try:
-        app = import_from_string(args.target)
+        app = import_from_string(target)
     except ImportFromStringError as exc:
-        raise ConfigError(f"cannot load the app {args.target!r}: {exc}") from None
+        raise ConfigError(f"cannot load the app {target!r}: {exc}") from None
     guarded = Runwarden(app, **options)
     config = uvicorn.Config(
         guarded,
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         lifespan="on",
-        log_config=None,  # runwarden's logging, set up above, carries uvicorn's lines too
+        # D2: in-flight requests finish within the drain timeout, on a stop as in a drain.
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_seconds),
+        log_config=None,  # runwarden's logging, set up already, carries uvicorn's lines too
     )
     server = uvicorn.Server(config)
     server.run()

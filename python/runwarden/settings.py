@@ -389,6 +389,13 @@ class Settings:
         self.sources: dict[str, str] = {}
         """Where each setting's value came from: option, environment, profile NAME, or
         default (`/status`'s `setting_sources`)."""
+        self.serve_app: tuple[str, str, int, str, dict[str, Any]] | None = None
+        """`runwarden run`: the app (MODULE:APP), its host and port, where to import it from,
+        and the options given (SPEC E7)."""
+
+    def override(self, **values: Any) -> None:
+        """Set values decided outside the table (`runwarden run`'s host and port: the app's)."""
+        self._values.update(values)
 
     def __getattr__(self, name: str) -> Any:
         try:

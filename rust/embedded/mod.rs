@@ -46,6 +46,7 @@ pub struct Front {
     runtime: tokio::runtime::Handle,
     events: Arc<EventQueue>,
     next_wait: AtomicU64,
+    h9: bool,
 }
 
 impl Front {
@@ -57,6 +58,7 @@ impl Front {
         events: Arc<EventQueue>,
     ) -> Front {
         Front {
+            h9: runner.h9(),
             life: runner.life(),
             runner,
             trusted,
@@ -147,6 +149,11 @@ impl Front {
         self.metrics
             .request(answer.status.as_u16(), Source::Runwarden);
         answer
+    }
+
+    /// Whether an H9 rule reads the bytes requests move (`allow_on_busy`, `stall_seconds`).
+    pub fn h9(&self) -> bool {
+        self.h9
     }
 
     /// The runner drains: responses carry `Connection: close` (D6).
