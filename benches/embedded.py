@@ -1,4 +1,4 @@
-"""Section 7: the embedded front's cost (SPEC E). One Starlette app (`benches.embedded_app`)
+"""Section 9: the embedded front's cost (SPEC E). One Starlette app (`benches.embedded_app`)
 on uvicorn with uvloop and httptools, reached three ways in one run: served bare, with
 runwarden inside it (`Runwarden(app)`, settings from RUNWARDEN_*), and bare behind
 `runwarden serve` (the proxy front). wrk at concurrency 1 and 64 in alternating rounds; each
@@ -195,9 +195,9 @@ def targets_rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool | No
     share = 100 * embedded[64]["rps"] / bare[64]["rps"]
     p50 = 100 * (embedded[1]["p50_ms"] / bare[1]["p50_ms"] - 1)
     return [
-        ("7. embedded requests/s at c=64, share of the bare app's", "≥ 97%",
+        ("9. embedded requests/s at c=64, share of the bare app's", "≥ 97%",
          f"{_f(share, 1)}% ({_f(embedded[64]['rps'])} vs {_f(bare[64]['rps'])})", share >= 97),
-        ("7. embedded p50 added at c=1", "≤ 5%",
+        ("9. embedded p50 added at c=1", "≤ 5%",
          f"{_f(p50, 1)}% ({_f(embedded[1]['p50_ms'], 3)} vs {_f(bare[1]['p50_ms'], 3)} ms)",
          p50 <= 5),
     ]  # fmt: skip
@@ -205,7 +205,7 @@ def targets_rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool | No
 
 def tables(results: dict[str, Any]) -> list[str]:
     lines = [
-        "### 7. Embedded: the app alone, with runwarden inside, behind runwarden serve", "",
+        "### 9. Embedded: the app alone, with runwarden inside, behind runwarden serve", "",
         f"One Starlette app on uvicorn (uvloop, httptools), GET /json (1 KiB); wrk, one "
         f"thread; the median of {results['rounds']} alternating rounds. CPU µs per request: "
         "user + system time of the processes that serve it (the app's server; for the "

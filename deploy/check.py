@@ -135,16 +135,21 @@ def runwarden_parse() -> Any:
 
 
 def command_line(name: str, argv: Sequence[str], env: Mapping[str, str], sidecar: bool) -> None:
-    """`argv` as the process is started (runwarden first): runwarden's parser must take it."""
+    """`argv` as the process is started (runwarden first): runwarden's parser must take it.
+    `runwarden run MODULE:APP` (embedded, SPEC E) serves the traffic port itself."""
+    embedded = argv[1:2] == ["run"]
     check(
-        len(argv) >= 2 and Path(argv[0]).name == "runwarden" and argv[1] == "serve",
-        f"{name}: starts `runwarden serve` ({shlex.join(argv[:2])})",
+        len(argv) >= 2 and Path(argv[0]).name == "runwarden" and argv[1] in ("serve", "run"),
+        f"{name}: starts `runwarden serve` or `runwarden run` ({shlex.join(argv[:2])})",
     )
     has_app = "--" in argv and argv.index("--") < len(argv) - 1
-    check(
-        has_app != sidecar,
-        f"{name}: {'no app command (sidecar)' if sidecar else 'an app command after --'}",
-    )
+    if embedded:
+        check(not sidecar and not has_app, f"{name}: the app is MODULE:APP, in one container")
+    else:
+        check(
+            has_app != sidecar,
+            f"{name}: {'no app command (sidecar)' if sidecar else 'an app command after --'}",
+        )
     if PARSE is None:
         return
     settings, error = PARSE(argv[1:], env)
@@ -155,16 +160,23 @@ def command_line(name: str, argv: Sequence[str], env: Mapping[str, str], sidecar
     if settings is None:
         return
     check(bool(settings.sidecar) == sidecar, f"{name}: sidecar={sidecar}")
+    if embedded:
+        check(
+            settings.admin_port == ADMIN_PORT and settings.port == PROXY_PORT,
+            f"{name}: the app on {PROXY_PORT}, admin on {ADMIN_PORT}",
+        )
+        return
     check(
         settings.admin_port == ADMIN_PORT and settings.port == PROXY_PORT,
         f"{name}: proxy on {PROXY_PORT}, admin on {ADMIN_PORT}",
     )
 
 
-def timeouts(env: Mapping[str, str]) -> tuple[float, float]:
-    """The drain and app-stop timeouts the environment sets (both must be set explicitly)."""
+def timeouts(env: Mapping[str, str], embedded: bool = False) -> tuple[float, float]:
+    """The drain and app-stop timeouts the environment sets (both must be set explicitly;
+    embedded, there is no app process to stop apart, so the drain alone)."""
     drain = env.get("RUNWARDEN_DRAIN_TIMEOUT_SECONDS")
-    stop = env.get("RUNWARDEN_APP_STOP_TIMEOUT_SECONDS")
+    stop = "0" if embedded else env.get("RUNWARDEN_APP_STOP_TIMEOUT_SECONDS")
     check(
         drain is not None and stop is not None,
         "RUNWARDEN_DRAIN_TIMEOUT_SECONDS and RUNWARDEN_APP_STOP_TIMEOUT_SECONDS are set",
@@ -291,7 +303,7 @@ def kubernetes(image: Mapping[str, Any]) -> list[dict[str, Any]]:
                 warden.get("terminationMessagePolicy") == "FallbackToLogsOnError",
                 "termination message: runwarden's line, else the log's tail",
             )
-            drain, stop = timeouts(env)
+            drain, stop = timeouts(env, embedded=argv[1:2] == ["run"])
             pre_stop = pre_stop_sleep(warden)
             grace = pod.get("terminationGracePeriodSeconds", 30)
             check(
@@ -520,7 +532,7 @@ def nomad(image: Mapping[str, Any]) -> None:
                     *config.get("args", image["CMD"]),
                 ]
                 command_line("task runwarden", argv, env, sidecar=False)
-                drain, stop = timeouts(env)
+                drain, stop = timeouts(env, embedded=argv[1:2] == ["run"])
                 kill = seconds(task.get("kill_timeout", "5s"))
                 check(
                     kill >= drain + stop + MARGIN,

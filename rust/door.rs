@@ -40,6 +40,14 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// No limit at all: the door only holds requests for an exclusive check (Q1).
+    pub const UNBOUNDED: usize = usize::MAX / 2;
+
+    /// Whether the door bounds the requests at the app.
+    pub fn bounded(&self) -> bool {
+        self.limit < Limits::UNBOUNDED
+    }
+
     /// No bound but `limit`: requests over it wait in arrival order for as long as it takes.
     pub fn permits(limit: usize) -> Limits {
         Limits {

@@ -60,7 +60,7 @@ impl Default for Admission {
     /// No limit the door would hold a request for; the drain timeout's default.
     fn default() -> Admission {
         Admission {
-            door: Door::new(Limits::permits(usize::MAX / 2)),
+            door: Door::new(Limits::permits(Limits::UNBOUNDED)),
             window_bound: Duration::from_secs(30),
         }
     }

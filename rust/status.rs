@@ -172,7 +172,7 @@ pub fn door_json(door: &DoorSnapshot) -> Value {
         .collect();
     json!({
         "at_app": door.at_app,
-        "max_concurrency": door.limits.limit,
+        "max_concurrency": door.limits.bounded().then_some(door.limits.limit),
         "queued": door.queued,
         "max_queue": door.limits.queue,
         "queue_timeout_seconds": door.limits.queue_timeout.map(|t| round3(t.as_secs_f64())),

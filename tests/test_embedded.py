@@ -12,12 +12,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import HERE, clean_env, free_port, poll, wait_until_listening
+from conftest import HERE, Runwarden, clean_env, free_port, poll, wait_until_listening
 from runwarden import exit_codes
 
 SHORT = {
@@ -32,46 +31,15 @@ SHORT = {
 CHECK = "x-fal-runner-health-check"
 
 
-@dataclass
-class Server:
-    """A server process with runwarden inside; its output goes to a file."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    admin_port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class Server(Runwarden):
+    """A server process with runwarden inside (`port` is the app's own); its test app's
+    controls."""
 
     def state(self) -> dict[str, object]:
         return dict(httpx.get(f"{self.url}/_control/state", timeout=5).json())
 
     def set_health(self, mode: str) -> None:
         httpx.post(f"{self.url}/_control/health", json={"mode": mode}, timeout=5)
-
-    def wait_ready(self) -> None:
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{self.admin}/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        poll(ready, 10)
-
-    def wait_exit(self, timeout: float = 20) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running after {timeout}s:\n{self.log()}") from None
 
 
 @pytest.fixture
@@ -124,7 +92,7 @@ def test_E2_ready_and_serving_with_settings_from_the_environment_only(serve) -> 
     server.wait_ready()
     answer = httpx.get(f"{server.url}/work", timeout=5)
     assert answer.status_code == 200 and answer.json()["ok"]
-    status = httpx.get(f"{server.admin}/status", timeout=5).json()
+    status = httpx.get(f"{server.admin_url}/status", timeout=5).json()
     assert status["app"]["mode"] == "embedded"
     assert status["health"]["health_url"] == "asgi:/health"
     assert status["setting_sources"]["period_seconds"] == "environment"
@@ -132,7 +100,7 @@ def test_E2_ready_and_serving_with_settings_from_the_environment_only(serve) -> 
     # E3: the marked route's declaration fills what it sets.
     assert status["settings"]["failure_threshold"] == 2
     assert status["setting_sources"]["failure_threshold"] == "option"
-    metrics = httpx.get(f"{server.admin}/metrics", timeout=5).text
+    metrics = httpx.get(f"{server.admin_url}/metrics", timeout=5).text
     assert 'runwarden_proxied_requests_total{source="app",status="200"}' in metrics
 
 
@@ -230,7 +198,7 @@ def test_Q2_max_concurrency_1_never_has_two_requests_at_the_app(serve) -> None:
         c.join(15)
     assert results == [200] * 5
     assert server.state()["most_at_app"] == 1
-    door = httpx.get(f"{server.admin}/status", timeout=5).json()["door"]
+    door = httpx.get(f"{server.admin_url}/status", timeout=5).json()["door"]
     assert door["admitted"] >= 5 and door["at_app"] == 0
 
 
@@ -241,7 +209,7 @@ def test_Q2_a_full_queue_is_answered_by_runwarden_never_the_app(serve) -> None:
         target=lambda: httpx.get(f"{server.url}/work?delay=1", timeout=10), daemon=True
     )
     first.start()
-    door = lambda: httpx.get(f"{server.admin}/status", timeout=5).json()["door"]  # noqa: E731
+    door = lambda: httpx.get(f"{server.admin_url}/status", timeout=5).json()["door"]  # noqa: E731
     poll(lambda: door()["at_app"] == 1, 5)
     answer = httpx.get(f"{server.url}/work", timeout=5)
     assert answer.status_code == 503
@@ -288,3 +256,72 @@ def test_E5_a_server_that_runs_uvicorn_itself_exits_12_on_a_503(serve) -> None:
     httpx.get(f"{server.url}/work?status=503", timeout=5)
     assert server.wait_exit() == 12
     assert "exiting with code 12 (app_503)" in server.log()
+
+
+def _two_free_ports() -> int:
+    """A port whose next one is free too (the second worker's admin port)."""
+    import socket
+
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two free ports in a row")
+
+
+def test_E5_each_worker_has_its_runner_and_a_replacement_restarts_only_its_worker(
+    serve,
+) -> None:
+    """uvicorn --workers 2: the first worker serves the admin port, the other the next one;
+    a 503 replaces the worker that answered it, and uvicorn starts a fresh one."""
+    admin = _two_free_ports()
+    server = serve("uvicorn", "--workers", "2", RUNWARDEN_ADMIN_PORT=str(admin))
+    ports = (admin, admin + 1)
+
+    def pids() -> dict[int, int] | None:
+        found = {}
+        for port in ports:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code != 200:
+                    return None
+                status = httpx.get(f"http://127.0.0.1:{port}/status", timeout=1).json()
+            except httpx.TransportError:
+                return None
+            found[port] = status["app"]["pid"]
+        return found
+
+    before = poll(pids, 20)
+    assert isinstance(before, dict) and len(set(before.values())) == 2
+    assert httpx.get(f"{server.url}/work?status=503", timeout=5).status_code == 503
+    after = poll(lambda: (p := pids()) and p != before and p, 30)
+    assert isinstance(after, dict)
+    assert len(set(after.values()) - set(before.values())) == 1, "one worker was replaced"
+    assert server.proc.poll() is None, "the server itself keeps serving"
+    assert "exiting with code 12 (app_503)" in server.log()
+
+
+def test_D6_a_request_still_at_the_app_at_the_drain_deadline_gets_503_to_retry(serve) -> None:
+    """D6, E4: the drain waits drain_timeout_seconds for the requests in flight; one still at
+    the app then (its response not begun) is cancelled and answered 503 with Retry-After,
+    never reset and never a 500."""
+    server = serve(RUNWARDEN_DRAIN_TIMEOUT_SECONDS="1")
+    server.wait_ready()
+    result: dict[str, httpx.Response] = {}
+    slow = threading.Thread(
+        target=lambda: result.setdefault("r", httpx.get(f"{server.url}/work?delay=10", timeout=15))
+    )
+    slow.start()
+    poll(lambda: server.state()["at_app"] == 1, 5)
+    started = time.monotonic()
+    assert httpx.get(f"{server.url}/work?status=503", timeout=5).status_code == 503
+    slow.join(10)
+    answer = result["r"]
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "1"
+    assert answer.headers["x-runwarden-draining"] == "app_503"
+    assert time.monotonic() - started < 5
+    assert server.wait_exit() == 12

@@ -74,8 +74,9 @@ impl Front {
     /// removed before the app sees the request (an untrusted peer's, H5).
     pub fn enter(&self, check_header: bool, peer: Option<&str>) -> (Entry, bool) {
         // D1: nothing new reaches a draining runner.
-        if let Some(verdict) = &self.life.borrow().verdict {
-            return (self.own(Answer::draining(Some(verdict), "")), false);
+        let verdict = self.life.borrow().verdict.clone();
+        if let Some(verdict) = verdict {
+            return (self.own(Answer::draining(Some(&verdict), "")), false);
         }
         // H5: a trusted gateway's check is answered here; anyone else's header is dropped.
         let mut strip = false;

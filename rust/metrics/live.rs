@@ -207,7 +207,13 @@ impl Collector for Live {
                 .collect(),
             vec![(vec![], door.at_app as f64)],
             vec![(vec![], door.queued as f64)],
-            vec![(vec![], door.limits.limit as f64)],
+            vec![(
+                vec![],
+                match door.limits.bounded() {
+                    true => door.limits.limit as f64,
+                    false => f64::INFINITY,
+                },
+            )],
             Refusal::ALL
                 .iter()
                 .zip(door.refused)
