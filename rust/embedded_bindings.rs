@@ -22,7 +22,7 @@ const WEBSOCKET_START: &str = "websocket.http.response.start";
 pub struct PyFront {
     front: Arc<Front>,
     /// The check header (H5, H6), lowercase.
-    header: Vec<u8>,
+    header: Arc<[u8]>,
 }
 
 impl PyFront {
@@ -30,7 +30,8 @@ impl PyFront {
         let header = header
             .unwrap_or("x-fal-runner-health-check")
             .to_ascii_lowercase()
-            .into_bytes();
+            .into_bytes()
+            .into();
         Py::new(py, PyFront { front, header })
     }
 }
@@ -169,7 +170,7 @@ impl PyFront {
 
 fn ticket(
     front: &Arc<Front>,
-    header: &[u8],
+    header: &Arc<[u8]>,
     visit: Visit,
     send: Py<PyAny>,
     http1: bool,
@@ -179,7 +180,7 @@ fn ticket(
         send,
         h9: front.h9(),
         front: Arc::clone(front),
-        header: header.to_vec(),
+        header: Arc::clone(header),
         http1,
     }
 }
@@ -193,7 +194,7 @@ pub struct PyTicket {
     visit: Mutex<Visit>,
     send: Py<PyAny>,
     front: Arc<Front>,
-    header: Vec<u8>,
+    header: Arc<[u8]>,
     http1: bool,
     /// Whether an H9 rule reads the bytes moved.
     h9: bool,
@@ -270,7 +271,7 @@ pub struct PyWaiting {
     call: u64,
     wait: Mutex<Option<Wait>>,
     front: Arc<Front>,
-    header: Vec<u8>,
+    header: Arc<[u8]>,
     send: Py<PyAny>,
     http1: bool,
 }

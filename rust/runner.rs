@@ -400,9 +400,12 @@ impl RunnerHandle {
     /// clock thread must hear about.
     fn becoming_busy(&self, change: impl FnOnce(&TrafficCounters)) {
         let traffic = &self.0.traffic;
+        if !self.0.stall_detection {
+            return change(traffic); // every request pays for this look: none without H9
+        }
         let was_idle = traffic.snapshot().in_flight == 0;
         change(traffic);
-        if was_idle && self.0.stall_detection {
+        if was_idle {
             // Through the lock, so the clock thread cannot miss it between deciding to wait
             // and waiting.
             let _scheduler = self.0.lock();

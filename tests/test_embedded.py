@@ -6,6 +6,8 @@ under plain `uvicorn`, under `runwarden run`, and under a server that runs uvico
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -65,6 +67,7 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=clean_env(**{**SHORT, "RUNWARDEN_ADMIN_PORT": str(admin_port), **env}),
+                start_new_session=True,  # its workers, if any, are stopped with it
             )
         server = Server(proc, port, admin_port, log_path)
         started.append(server)
@@ -79,9 +82,9 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         yield start
     finally:
         for server in started:
-            if server.proc.poll() is None:
-                server.proc.kill()
-                server.proc.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(timeout=10)
 
 
 def test_E2_ready_and_serving_with_settings_from_the_environment_only(serve) -> None:

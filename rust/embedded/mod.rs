@@ -47,6 +47,8 @@ pub struct Front {
     events: Arc<EventQueue>,
     next_wait: AtomicU64,
     h9: bool,
+    /// Whether a wait at the door has a deadline (a timer of the core's runtime).
+    timed_waits: bool,
 }
 
 impl Front {
@@ -59,6 +61,7 @@ impl Front {
     ) -> Front {
         Front {
             h9: runner.h9(),
+            timed_waits: runner.door().snapshot().limits.queue_timeout.is_some(),
             life: runner.life(),
             runner,
             trusted,
@@ -96,9 +99,9 @@ impl Front {
             manual: false,
             finished: false,
         };
-        // Q1, Q2: a place at the app now, a wait for one, or a refusal. A wait's timer is
-        // the core runtime's.
-        let _runtime = self.runtime.enter();
+        // Q1, Q2: a place at the app now, a wait for one, or a refusal. A wait's timer
+        // (`queue_timeout_seconds`, with `max_concurrency`) is the core runtime's.
+        let _runtime = self.timed_waits.then(|| self.runtime.enter());
         let entry = match self.runner.door().enter() {
             DoorEntry::Admitted(permit) => {
                 visit.permit = Some(permit);
