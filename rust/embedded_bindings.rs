@@ -245,6 +245,15 @@ impl PyTicket {
         self.send.bind(py).call1((changed,))
     }
 
+    /// The app raised before its response began, so the server answers 500: judged as the
+    /// app's own 500 (R4: one extra check).
+    fn raised(&self) {
+        let mut visit = lock(&self.visit);
+        if !visit.responded() {
+            visit.respond(500, false);
+        }
+    }
+
     /// Whether the app's response has begun.
     #[getter]
     fn responded(&self) -> bool {

@@ -54,6 +54,11 @@ async def work(request: Request) -> Response:
         STATE["at_app"] -= 1
 
 
+async def crash(request: Request) -> Response:
+    """The app raises: the server answers 500."""
+    raise RuntimeError("the model fell over")
+
+
 async def block(request: Request) -> Response:
     """Synchronous code on the loop: nothing else runs meanwhile."""
     time.sleep(float(request.query_params.get("seconds", "3")))  # noqa: ASYNC251 - the point
@@ -73,6 +78,7 @@ routes = [
     Route("/health", health),
     Route("/work", work, methods=["GET", "POST"]),
     Route("/block", block),
+    Route("/crash", crash),
     Route("/_control/health", control_health, methods=["POST"]),
     Route("/_control/state", control_state),
 ]

@@ -328,3 +328,21 @@ def test_D6_a_request_still_at_the_app_at_the_drain_deadline_gets_503_to_retry(s
     assert answer.headers["x-runwarden-draining"] == "app_503"
     assert time.monotonic() - started < 5
     assert server.wait_exit() == 12
+
+
+def test_R4_an_app_that_raises_gets_one_extra_check_as_for_a_500(serve) -> None:
+    """R2, R4: the server answers 500 for an app that raised; that asks one extra check
+    (counted as the app's 500) and replaces nothing."""
+    server = serve(RUNWARDEN_PERIOD_SECONDS="600")
+    server.wait_ready()
+    calls = server.state()["health_calls"]
+
+    def crashed_and_checked() -> bool:
+        # A crash within trigger_interval_seconds of the last check gets that one (R4).
+        assert httpx.get(f"{server.url}/crash", timeout=5).status_code == 500
+        return int(server.state()["health_calls"]) > int(calls)  # type: ignore[call-overload]
+
+    poll(crashed_and_checked, 5)
+    metrics = server.metrics()
+    assert metrics['runwarden_proxied_requests_total{source="app",status="500"}'] >= 1
+    assert server.proc.poll() is None

@@ -387,6 +387,8 @@ class Ticket:
     adds `Connection: close` while draining (D6), then sends."""
 
     def __call__(self, message: dict[str, Any]) -> Any: ...
+    def raised(self) -> None:
+        """The app raised before its response began (the server answers 500): R4."""
     @property
     def responded(self) -> bool:
         """Whether the app's response has begun."""

@@ -93,6 +93,9 @@ class Runwarden:
             except asyncio.CancelledError:
                 if not await self._cut(entry, send):
                     raise
+            except Exception:
+                entry.raised()  # R4: the server answers it 500
+                raise
             finally:
                 entry.done()
             return
@@ -122,6 +125,9 @@ class Runwarden:
         except asyncio.CancelledError:
             if not await self._cut(ticket, send):
                 raise
+        except Exception:
+            ticket.raised()  # R4: the server answers it 500
+            raise
         finally:
             ticket.done()
 
