@@ -170,8 +170,8 @@ async def per_request(calls: int) -> dict[str, float]:
     async def ticket_send() -> None:
         ticket = front.enter(request, _nothing)
         for _ in range(calls):
-            await ticket(START)  # type: ignore[misc,operator]
-            await ticket(BODY)  # type: ignore[misc,operator]
+            await ticket.send(START)  # type: ignore[union-attr]
+            await ticket.send(BODY)  # type: ignore[union-attr]
         ticket.done()  # type: ignore[union-attr]
 
     out: dict[str, float] = {}
@@ -252,10 +252,12 @@ def targets_rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool | No
     rows: list[tuple[str, str, str, bool | None]] = []
     if counted:
         added = 100 * (counted["guarded"] / counted["bare"] - 1)
-        rows.append(("9. embedded instructions per request added (callgrind; ≥ 97% of a "
-                     "CPU-bound server's requests/s)", "≤ 3%",
-                     f"+{_f(added, 1)}% ({_f(counted['guarded'])} vs {_f(counted['bare'])})",
-                     added <= 3))  # fmt: skip
+        # Informative: what the count alone predicts for a CPU-bound server (its requests/s
+        # fall as its instructions per request rise, at the same instructions per cycle).
+        rows.append(("9. embedded instructions per request added (callgrind), and the "
+                     "requests/s share they predict", "(≥ 97%)",
+                     f"+{_f(added, 1)}% ({_f(counted['guarded'])} vs {_f(counted['bare'])}): "
+                     f"{_f(100 * counted['bare'] / counted['guarded'], 1)}%", None))  # fmt: skip
     return [
         *rows,
         ("9. embedded requests/s at c=64, share of the bare app's", "≥ 97%",

@@ -15,6 +15,7 @@ use crate::health_bindings::PyCheckOutcome;
 use crate::worker::lock;
 
 const START: &str = "http.response.start";
+const BODY: &str = "http.response.body";
 const WEBSOCKET_START: &str = "websocket.http.response.start";
 
 /// The embedded front: requests enter the runner by it.
@@ -42,6 +43,14 @@ fn name_of<'py>(pair: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     match pair.cast::<PyTuple>() {
         Ok(tuple) => tuple.get_item(0),
         Err(_) => pair.get_item(0),
+    }
+}
+
+/// Whether a response body message says more follows.
+fn more_body(message: &Bound<'_, PyDict>) -> PyResult<bool> {
+    match message.get_item(intern!(message.py(), "more_body"))? {
+        Some(more) => more.is_truthy(),
+        None => Ok(false),
     }
 }
 
@@ -177,7 +186,7 @@ fn ticket(
 ) -> PyTicket {
     PyTicket {
         visit: Mutex::new(visit),
-        send,
+        server_send: send,
         h9: front.h9(),
         front: Arc::clone(front),
         header: Arc::clone(header),
@@ -185,14 +194,15 @@ fn ticket(
     }
 }
 
-/// One request at the app. Give it to the app as its `send`: it judges the response's
-/// status (R1, R4), removes the check header from it (H6) and adds `Connection: close`
-/// while the runner drains (D6), then sends as the server's `send` would. `done()` once
-/// the app has returned.
+/// One request at the app. Its `send` is the app's: it judges the response's status (R1,
+/// R4), removes the check header from it (H6) and adds `Connection: close` while the runner
+/// drains (D6), then sends as the server's `send` would; the response's last part ends the
+/// visit. `done()` ends it too (the app returned without one); so does dropping it.
 #[pyclass(frozen, module = "runwarden._core", name = "Ticket")]
 pub struct PyTicket {
     visit: Mutex<Visit>,
-    send: Py<PyAny>,
+    /// The server's `send`.
+    server_send: Py<PyAny>,
     front: Arc<Front>,
     header: Arc<[u8]>,
     http1: bool,
@@ -202,7 +212,8 @@ pub struct PyTicket {
 
 #[pymethods]
 impl PyTicket {
-    fn __call__<'py>(&self, message: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+    /// The `send` the app is given (a method: called without an arguments tuple).
+    fn send<'py>(&self, message: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
         let py = message.py();
         let kind = message
             .get_item(intern!(py, "type"))?
@@ -213,7 +224,13 @@ impl PyTicket {
             if self.h9 {
                 lock(&self.visit).progress();
             }
-            return self.send.bind(py).call1((message,));
+            let sent = self.server_send.bind(py).call1((message,));
+            // The response's last part is handed to the server: the request leaves (D2),
+            // its place is free (Q2), a manual check asked for runs (H6).
+            if kind == BODY && !more_body(message)? {
+                lock(&self.visit).finish();
+            }
+            return sent;
         }
         let status: u16 = message
             .get_item(intern!(py, "status"))?
@@ -227,7 +244,7 @@ impl PyTicket {
         lock(&self.visit).respond(status, asks);
         let close = self.http1 && self.front.draining();
         if !asks && !close {
-            return self.send.bind(py).call1((message,));
+            return self.server_send.bind(py).call1((message,));
         }
         // The app's message is its own: the changed one is a copy.
         let changed = message.copy()?;
@@ -242,7 +259,7 @@ impl PyTicket {
         } else {
             changed.set_item("headers", kept)?;
         }
-        self.send.bind(py).call1((changed,))
+        self.server_send.bind(py).call1((changed,))
     }
 
     /// The app raised before its response began, so the server answers 500: judged as the

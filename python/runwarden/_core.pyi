@@ -7,7 +7,7 @@ them holds the GIL. Python hears about state changes through `Core.event_fd()`,
 a socket the asyncio loop watches, and `Core.drain_events()`.
 """
 
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, MutableMapping
 from typing import Any, Literal, TypedDict, final
 
 Trigger = Literal["regular", "gateway", "extra", "manual", "startup"]
@@ -383,10 +383,11 @@ class Front:
 
 @final
 class Ticket:
-    """One request at the app; the `send` it is given: judges the response (R1, R4, H6),
-    adds `Connection: close` while draining (D6), then sends."""
+    """One request at the app; `send` is the app's: it judges the response (R1, R4, H6),
+    adds `Connection: close` while draining (D6), then sends; the response's last part ends
+    the visit (so does `done()`, or letting the ticket go)."""
 
-    def __call__(self, message: dict[str, Any]) -> Any: ...
+    def send(self, message: MutableMapping[str, Any]) -> Awaitable[None]: ...
     def raised(self) -> None:
         """The app raised before its response began (the server answers 500): R4."""
     @property

@@ -88,16 +88,16 @@ class Runwarden:
         if entry.__class__ is Ticket and self._timeout is None:
             # The hot path: the app, with the ticket as its `send`. No registry of requests
             # is kept: the drain's deadline finds the few left by their frames (`at_app`).
+            # The response's last part ends the visit; one that never comes ends it when the
+            # ticket is let go, as this frame returns.
             try:
-                await self.app(scope, receive, entry)  # type: ignore[arg-type]
+                await self.app(scope, receive, entry.send)
             except asyncio.CancelledError:
                 if not await self._cut(entry, send):
                     raise
             except Exception:
                 entry.raised()  # R4: the server answers it 500
                 raise
-            finally:
-                entry.done()
             return
         await self._other(entry, scope, receive, send)
 
@@ -119,7 +119,7 @@ class Runwarden:
         """A request at the app, under `request_timeout_seconds` when set (Q3)."""
         try:
             if self._timeout is None:
-                await self.app(scope, receive, ticket)  # type: ignore[arg-type]
+                await self.app(scope, receive, ticket.send)
             else:
                 await self._timed(ticket, scope, receive, send, self._timeout)
         except asyncio.CancelledError:
@@ -136,9 +136,9 @@ class Runwarden:
         try:
             if sys.version_info >= (3, 11):
                 async with timeout(seconds):
-                    await self.app(scope, receive, ticket)  # type: ignore[arg-type]
+                    await self.app(scope, receive, ticket.send)
             else:  # pragma: no cover - 3.10
-                await asyncio.wait_for(self.app(scope, receive, ticket), seconds)  # type: ignore[arg-type]
+                await asyncio.wait_for(self.app(scope, receive, ticket.send), seconds)
         except (TimeoutError, asyncio.TimeoutError):
             answer = ticket.timed_out()
             if answer is None:
