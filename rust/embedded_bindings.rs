@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
@@ -37,15 +38,6 @@ impl PyFront {
     }
 }
 
-/// A header pair's name: a tuple's first item read directly (the common case, and every
-/// request pays for it), any other sequence's by index.
-fn name_of<'py>(pair: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    match pair.cast::<PyTuple>() {
-        Ok(tuple) => tuple.get_item(0),
-        Err(_) => pair.get_item(0),
-    }
-}
-
 /// Whether a response body message says more follows.
 fn more_body(message: &Bound<'_, PyDict>) -> PyResult<bool> {
     match message.get_item(intern!(message.py(), "more_body"))? {
@@ -54,24 +46,78 @@ fn more_body(message: &Bound<'_, PyDict>) -> PyResult<bool> {
     }
 }
 
+/// A header pair's name: a tuple's first item read directly, any other sequence's by index.
+fn name_of<'py>(pair: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    match pair.cast::<PyTuple>() {
+        Ok(tuple) => tuple.get_item(0),
+        Err(_) => pair.get_item(0),
+    }
+}
+
+/// The name of the `index`th header of an ASGI header list of `(bytes, bytes)` tuples, as
+/// borrowed bytes: every request pays for this look (twice: its head and its answer's), so
+/// no reference is counted and nothing is allocated. None for any other shape (the caller
+/// then reads the list the general way).
+///
+/// # Safety
+/// `list` is a list, `index` is below its length, the GIL is held, and no Python code runs
+/// while the returned bytes are used (the list and its items cannot change meanwhile).
+unsafe fn borrowed_name<'a>(list: *mut ffi::PyObject, index: usize) -> Option<&'a [u8]> {
+    let pair = ffi::PyList_GetItem(list, index as ffi::Py_ssize_t);
+    if pair.is_null() {
+        ffi::PyErr_Clear();
+        return None;
+    }
+    if ffi::PyTuple_Check(pair) == 0 || ffi::PyTuple_Size(pair) < 1 {
+        return None;
+    }
+    let name = ffi::PyTuple_GetItem(pair, 0);
+    if name.is_null() {
+        ffi::PyErr_Clear();
+        return None;
+    }
+    if ffi::PyBytes_Check(name) == 0 {
+        return None;
+    }
+    let data = ffi::PyBytes_AsString(name);
+    let length = ffi::PyBytes_Size(name);
+    if data.is_null() || length < 0 {
+        ffi::PyErr_Clear();
+        return None;
+    }
+    Some(std::slice::from_raw_parts(
+        data.cast::<u8>(),
+        length as usize,
+    ))
+}
+
 /// Whether an ASGI header list holds `name` (any case).
 fn holds(headers: &Bound<'_, PyAny>, name: &[u8]) -> PyResult<bool> {
-    let matches = |pair: &Bound<'_, PyAny>| -> PyResult<bool> {
-        Ok(name_of(pair)?
-            .cast::<PyBytes>()?
-            .as_bytes()
-            .eq_ignore_ascii_case(name))
-    };
     if let Ok(list) = headers.cast::<PyList>() {
-        for pair in list.iter() {
-            if matches(&pair)? {
-                return Ok(true);
+        let mut general = false;
+        for index in 0..list.len() {
+            // SAFETY: a list, an index below its length, the GIL held (`headers` is bound),
+            // and only Rust runs until the comparison is done.
+            match unsafe { borrowed_name(list.as_ptr(), index) } {
+                Some(key) if key.eq_ignore_ascii_case(name) => return Ok(true),
+                Some(_) => {}
+                None => {
+                    general = true;
+                    break;
+                }
             }
         }
-        return Ok(false);
+        if !general {
+            return Ok(false);
+        }
     }
     for pair in headers.try_iter()? {
-        if matches(&pair?)? {
+        let pair = pair?;
+        if name_of(&pair)?
+            .cast::<PyBytes>()?
+            .as_bytes()
+            .eq_ignore_ascii_case(name)
+        {
             return Ok(true);
         }
     }
