@@ -244,7 +244,7 @@ fn ticket(
 /// R4), removes the check header from it (H6) and adds `Connection: close` while the runner
 /// drains (D6), then sends as the server's `send` would; the response's last part ends the
 /// visit. `done()` ends it too (the app returned without one); so does dropping it.
-#[pyclass(frozen, module = "runwarden._core", name = "Ticket")]
+#[pyclass(frozen, freelist = 256, module = "runwarden._core", name = "Ticket")]
 pub struct PyTicket {
     visit: Mutex<Visit>,
     /// The server's `send`.
