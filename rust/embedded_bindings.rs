@@ -308,13 +308,14 @@ impl PyTicket {
         self.server_send.bind(py).call1((changed,))
     }
 
-    /// The app raised before its response began, so the server answers 500: judged as the
-    /// app's own 500 (R4: one extra check).
+    /// The app raised: the request is over, and if its response had not begun the server
+    /// answers 500, judged as the app's own 500 (R4: one extra check).
     fn raised(&self) {
         let mut visit = lock(&self.visit);
         if !visit.responded() {
             visit.respond(500, false);
         }
+        visit.finish();
     }
 
     /// Whether the app's response has begun.

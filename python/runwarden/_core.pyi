@@ -389,7 +389,8 @@ class Ticket:
 
     def send(self, message: MutableMapping[str, Any]) -> Awaitable[None]: ...
     def raised(self) -> None:
-        """The app raised before its response began (the server answers 500): R4."""
+        """The app raised: the request is over; before its response began, the server
+        answers 500 (R4)."""
     @property
     def responded(self) -> bool:
         """Whether the app's response has begun."""

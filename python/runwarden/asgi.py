@@ -94,6 +94,7 @@ class Runwarden:
                 await self.app(scope, receive, entry.send)
             except asyncio.CancelledError:
                 if not await self._cut(entry, send):
+                    entry.done()
                     raise
             except Exception:
                 entry.raised()  # R4: the server answers it 500
@@ -157,6 +158,7 @@ class Runwarden:
         await send({"type": "http.response.start", "status": answer.status,
                     "headers": answer.headers})  # fmt: skip
         await send({"type": "http.response.body", "body": answer.body})
+        ticket.done()
         return True
 
     async def _answer(self, answer: Answer, scope: Scope, send: Send) -> None:
