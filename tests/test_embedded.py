@@ -44,6 +44,18 @@ class Server(Runwarden):
         httpx.post(f"{self.url}/_control/health", json={"mode": mode}, timeout=5)
 
 
+def at_the_app(server: Server, path: str) -> tuple[threading.Thread, dict[str, httpx.Response]]:
+    """A request to `path` on a thread of its own, returned once it is at the app; its
+    response lands in the dict under "r"."""
+    result: dict[str, httpx.Response] = {}
+    client = threading.Thread(
+        target=lambda: result.setdefault("r", httpx.get(f"{server.url}{path}", timeout=15))
+    )
+    client.start()
+    poll(lambda: server.state()["at_app"] == 1, 5)
+    return client, result
+
+
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """A factory: `serve(how, **env)` starts `embedded_app` under `how` ("uvicorn", "run",
@@ -173,12 +185,7 @@ def test_H6_a_response_asking_a_check_loses_the_header_and_its_failure_exits_11(
 def test_D2_E5_sigterm_lets_the_request_in_flight_finish_and_exits_0(serve) -> None:
     server = serve()
     server.wait_ready()
-    result: dict[str, httpx.Response] = {}
-    client = threading.Thread(
-        target=lambda: result.setdefault("r", httpx.get(f"{server.url}/work?delay=1", timeout=10))
-    )
-    client.start()
-    poll(lambda: server.state()["at_app"] == 1, 5)
+    client, result = at_the_app(server, "/work?delay=1")
     server.proc.send_signal(signal.SIGTERM)
     client.join(10)
     assert result["r"].status_code == 200
@@ -313,12 +320,7 @@ def test_D6_a_request_still_at_the_app_at_the_drain_deadline_gets_503_to_retry(s
     never reset and never a 500."""
     server = serve(RUNWARDEN_DRAIN_TIMEOUT_SECONDS="1")
     server.wait_ready()
-    result: dict[str, httpx.Response] = {}
-    slow = threading.Thread(
-        target=lambda: result.setdefault("r", httpx.get(f"{server.url}/work?delay=10", timeout=15))
-    )
-    slow.start()
-    poll(lambda: server.state()["at_app"] == 1, 5)
+    slow, result = at_the_app(server, "/work?delay=10")
     started = time.monotonic()
     assert httpx.get(f"{server.url}/work?status=503", timeout=5).status_code == 503
     slow.join(10)
