@@ -209,12 +209,6 @@ impl PyFront {
     fn past_the_drain(&self) -> PyAnswer {
         PyAnswer::new(self.front.past_the_drain(), true)
     }
-
-    /// Whether the runner drains.
-    #[getter]
-    fn draining(&self) -> bool {
-        self.front.draining()
-    }
 }
 
 impl PyFront {

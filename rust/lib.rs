@@ -223,14 +223,11 @@ impl PyCore {
             .as_ref()
             .map_or(AppProtocol::Http1, |p| p.app_protocol);
         let admission = match &proxy {
-            // Embedded with no max_concurrency: the app's server bounds its connections, and
-            // the door only holds requests for an exclusive check (Q1).
-            Some(p) if embedded && p.max_concurrency == 0 => runner::Admission {
-                window_bound: p.drain_timeout(),
-                ..runner::Admission::default()
-            },
             Some(p) => runner::Admission {
-                door: door::Door::new(proxy::door_limits(p)),
+                door: door::Door::new(match embedded {
+                    true => embedded::door_limits(p),
+                    false => proxy::door_limits(p),
+                }),
                 window_bound: p.drain_timeout(),
             },
             None => runner::Admission::default(),

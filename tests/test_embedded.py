@@ -348,3 +348,54 @@ def test_R4_an_app_that_raises_gets_one_extra_check_as_for_a_500(serve) -> None:
     metrics = server.metrics()
     assert metrics['runwarden_proxied_requests_total{source="app",status="500"}'] >= 1
     assert server.proc.poll() is None
+
+
+async def _app(scope: object, receive: object, send: object) -> None:
+    return None
+
+
+def test_E1_HealthCheck_has_the_seeds_defaults_keeps_what_it_was_given_and_names_a_bad_value() -> (
+    None
+):
+    from runwarden import HealthCheck, HealthSettings, SettingsError
+
+    check = HealthCheck(start_period_seconds=10)
+    assert check.given == {"start_period_seconds": 10}
+    assert (check.start_period_seconds, check.timeout_seconds) == (10, 5)
+    assert (check.failure_threshold, check.call_regularly) == (3, True)
+    for bad, setting in (({"failure_threshold": 0}, "failure_threshold"),
+                         ({"timeout_seconds": -1}, "timeout_seconds"),
+                         ({"no_such_setting": 1}, "no_such_setting")):  # fmt: skip
+        with pytest.raises(SettingsError) as raised:
+            HealthCheck(**bad)
+        assert isinstance(raised.value, ValueError)
+        assert raised.value.setting == setting
+    assert HealthSettings is not HealthCheck  # the core's settings stay, under their name
+
+
+def test_E2_Runwarden_refuses_a_bad_unknown_proxy_only_or_doubled_setting_at_construction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runwarden import HealthCheck
+    from runwarden.asgi import Runwarden
+    from runwarden.settings import ConfigError
+
+    for name in [k for k in os.environ if k.startswith("RUNWARDEN_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError, match="did you mean max_concurrency") as raised:
+        Runwarden(_app, max_concurency=2)
+    assert raised.value.setting == "max_concurency"
+    with pytest.raises(ConfigError, match="proxy's") as raised:
+        Runwarden(_app, max_app_connections=4)
+    assert raised.value.setting == "max_app_connections"
+    with pytest.raises(ConfigError, match="given twice"):
+        Runwarden(_app, health_check=HealthCheck(timeout_seconds=2), timeout_seconds=3)
+    with pytest.raises(ValueError, match="failure_threshold"):
+        Runwarden(_app, failure_threshold=0)
+    # Explicit > environment > default; the environment fills what a declaration leaves out.
+    monkeypatch.setenv("RUNWARDEN_PERIOD_SECONDS", "7")
+    monkeypatch.setenv("RUNWARDEN_TIMEOUT_SECONDS", "9")
+    guarded = Runwarden(_app, health_check=HealthCheck(timeout_seconds=2))
+    assert guarded.settings.timeout_seconds == 2
+    assert guarded.settings.period_seconds == 7
+    assert guarded.settings.sources["period_seconds"] == "environment"

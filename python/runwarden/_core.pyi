@@ -378,8 +378,6 @@ class Front:
     def past_the_drain(self) -> Answer:
         """D6: the answer to a request still in flight at the drain's deadline that had not
         begun its response."""
-    @property
-    def draining(self) -> bool: ...
 
 @final
 class Ticket:

@@ -17,13 +17,24 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::door::{Entry as DoorEntry, Permit, Refusal};
+use crate::door::{Entry as DoorEntry, Limits, Permit, Refusal};
 use crate::events::EventQueue;
 use crate::front::{Answer, Trusted};
 use crate::metrics::{Metrics, Source};
 use crate::runner::{LifeView, RunnerHandle};
+use crate::settings::ProxySettings;
 use crate::verdict::Event;
 use crate::worker::lock;
+
+/// SPEC Q2 in-process: with no `max_concurrency` the app's server bounds its connections
+/// and the door only holds requests for an exclusive check (Q1); with one, the proxy's
+/// bounds.
+pub fn door_limits(settings: &ProxySettings) -> Limits {
+    match settings.max_concurrency {
+        0 => Limits::permits(Limits::UNBOUNDED),
+        _ => crate::proxy::door_limits(settings),
+    }
+}
 
 /// What the runner says to a new request.
 pub enum Entry {
