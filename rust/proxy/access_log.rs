@@ -42,6 +42,19 @@ impl<S: super::layer::Inner> AccessLogService<S> {
     }
 }
 
+/// The line of a head hyper could not parse and answered itself: no method or target can
+/// be told, so they read `-`, as in nginx's log of such a request.
+pub fn unparsed(conn: &ConnState, status: u16) -> AccessLine {
+    AccessLine {
+        client: conn.peer.ip().to_string(),
+        method: "-".into(),
+        target: "-".into(),
+        version: "1.1",
+        status,
+        duration: Default::default(),
+    }
+}
+
 impl<P: Post> Post for Option<P> {
     fn post(self, response: Resp) -> Resp {
         match self {

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -88,8 +88,11 @@ pub struct ConnState {
     stalls: Mutex<Vec<Arc<AtomicU64>>>,
     /// The client spoke HTTP/2 (prior knowledge).
     h2: AtomicBool,
-    /// What the head in hand showed of itself (`sniff.rs`).
-    sniffed: AtomicU8,
+    /// The first head that showed what hyper does not tell (`sniff.rs`): its number << 8 |
+    /// what it showed.
+    flagged: AtomicU64,
+    /// Since when a head not yet handed on has been arriving (a pipelined one among them).
+    pending_head_since: AtomicU64,
     killed: Signal,
     /// For whoever else waits on the kill (a tunnel).
     kill: Notify,
@@ -113,7 +116,8 @@ impl ConnState {
             write_blocked_since: AtomicU64::new(NONE),
             stalls: Mutex::new(Vec::new()),
             h2: AtomicBool::new(false),
-            sniffed: AtomicU8::new(0),
+            flagged: AtomicU64::new(0),
+            pending_head_since: AtomicU64::new(NONE),
             killed: Signal::default(),
             kill: Notify::new(),
             shutdown: Signal::default(),
@@ -137,14 +141,36 @@ impl ConnState {
             && self.head_since.load(Ordering::Relaxed) == NONE
     }
 
-    /// What the head's bytes showed (`sniff.rs`), for the request it becomes.
-    pub fn sniffed(&self, found: u8) {
-        self.sniffed.store(found, Ordering::Relaxed);
+    /// The requests hyper has handed on so far on this connection; the one it hands on now
+    /// is numbered so (the first is 1).
+    pub fn requests(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
-    /// Take what the head of the request starting now showed.
-    pub fn take_sniffed(&self) -> u8 {
-        self.sniffed.swap(0, Ordering::Relaxed)
+    /// The head numbered `number` showed `found` (`sniff.rs`); the first such head only, as
+    /// its refusal ends the connection.
+    pub fn flag(&self, number: u64, found: u8) {
+        let flagged = (number << 8) | u64::from(found);
+        let _ = self
+            .flagged
+            .compare_exchange(0, flagged, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// What the head of request `number` showed (0: nothing).
+    pub fn flagged(&self, number: u64) -> u8 {
+        let flagged = self.flagged.load(Ordering::Relaxed);
+        if flagged >> 8 == number {
+            flagged as u8
+        } else {
+            0
+        }
+    }
+
+    /// A head has begun behind the request in hand (pipelined), or the one begun has ended:
+    /// its header timeout counts from now once the connection is free for it.
+    pub fn head_pending(&self, begun: bool) {
+        let since = if begun { now_nanos() } else { NONE };
+        self.pending_head_since.store(since, Ordering::Relaxed);
     }
 
     /// Bytes arrived from the client: while no request is in hand, they begin a head.
@@ -227,7 +253,10 @@ impl ConnState {
         let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if !self.busy() {
             self.idle_since.store(now_nanos(), Ordering::Relaxed);
-            self.head_since.store(NONE, Ordering::Relaxed);
+            // A head that arrived behind this request has waited for the connection; the
+            // header timeout counts it from its first byte (S6).
+            let pending = self.pending_head_since.load(Ordering::Relaxed);
+            self.head_since.store(pending, Ordering::Relaxed);
             self.idle.notify_waiters();
         }
     }
@@ -408,13 +437,15 @@ impl Timeouts {
 }
 
 /// Serve `stream` with hyper's HTTP/1.1 and HTTP/2 (prior knowledge) until the connection
-/// ends, or `state` says to shut it down (gracefully) or to cut it.
+/// ends, or `state` says to shut it down (gracefully) or to cut it. Returns the status hyper
+/// answered a head it could not parse with (its own 400, 414 or 431, which no layer sees).
 pub async fn serve<S>(
     stream: TcpStream,
     state: Arc<ConnState>,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     service: S,
-) where
+) -> Option<u16>
+where
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<super::body::ProxyBody>,
@@ -426,6 +457,7 @@ pub async fn serve<S>(
     let io = hyper_util::rt::TokioIo::new(super::io::Watched::new(stream, Arc::clone(&state)));
     let mut connection = Box::pin(builder.serve_connection_with_upgrades(io, service));
     let mut graceful = false;
+    let mut unparsed = None;
     let killed = poll_fn(|cx| {
         if state.killed.poll(cx).is_ready() {
             return Poll::Ready(true);
@@ -434,11 +466,14 @@ pub async fn serve<S>(
             graceful = true;
             connection.as_mut().graceful_shutdown();
         }
-        connection.as_mut().poll(cx).map(|_| false)
+        connection.as_mut().poll(cx).map(|served| {
+            unparsed = served.err().and_then(|e| answered_unparsed(&*e));
+            false
+        })
     })
     .await;
     if killed {
-        return;
+        return unparsed;
     }
     // What hyper still holds of an unfinished exchange (the client left) goes now.
     drop(connection);
@@ -447,4 +482,23 @@ pub async fn serve<S>(
         () = state.killed() => {}
         () = state.settled() => {}
     }
+    unparsed
+}
+
+/// The status hyper wrote itself for a head it could not parse (its `on_error`), if the
+/// connection ended so.
+fn answered_unparsed(error: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    if !error.is_parse() || error.is_parse_status() || error.is_parse_version_h2() {
+        return None;
+    }
+    if error.is_parse_too_large() {
+        // hyper tells a long target from a long head only in its message.
+        return Some(if error.to_string().contains("URI") {
+            414
+        } else {
+            431
+        });
+    }
+    Some(400)
 }

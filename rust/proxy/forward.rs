@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HOST, UPGRADE};
+use http::header::{HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body::Body;
 use serde_json::json;
@@ -79,6 +79,14 @@ impl tower::Service<Req> for Forward {
                 if let Ok(host) = HeaderValue::from_str(this.address.authority.as_str()) {
                     parts.headers.insert(HOST, host);
                 }
+            }
+            if !this.h2c && body_of_unknown_length_on(&parts.method, &body) {
+                // hyper's client sends such a body as no body at all (it assumes a GET has
+                // none unless told): say it is chunked, so every byte the client sent
+                // reaches the app (S1).
+                parts
+                    .headers
+                    .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
             }
             // A pooled connection the app closes just as a request is written to it fails
             // with no answer; a request that can be sent again without harm is, once.
@@ -172,6 +180,14 @@ impl Shared {
         );
         unreachable("runwarden could not reach the app; see its log", local)
     }
+}
+
+/// A body whose length is not known ahead (HTTP/1.1 chunked, HTTP/2 DATA frames without
+/// `content-length`) on a method hyper's client would send it empty for.
+fn body_of_unknown_length_on(method: &Method, body: &impl Body) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && !body.is_end_stream()
+        && body.size_hint().exact().is_none()
 }
 
 /// RFC 9110 9.2.2: a method whose request can be repeated without a different effect.

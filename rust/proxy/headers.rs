@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 
 use http::header::{
-    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, HOST, SERVER, TE, TRAILER,
+    HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, DATE, HOST, SERVER, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, StatusCode, Version};
@@ -164,6 +164,9 @@ pub fn rewrite_request<B>(
     for name in &dropped {
         headers.remove(name);
     }
+    if h2 {
+        join_cookies(headers);
+    }
     if trailers_ok {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
@@ -178,6 +181,24 @@ pub fn rewrite_request<B>(
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host);
     }
+}
+
+/// RFC 9113 8.2.3: an HTTP/2 client may split its `cookie` into one field per cookie; they
+/// are one `Cookie` again before they reach the app, joined by "; " (an HTTP/1.1 server
+/// reads only one, and a list joined by "," reads as a single cookie).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (crumbs.next(), crumbs.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for crumb in headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Each crumb was a valid value, and "; " is too.
+    let joined = HeaderValue::from_bytes(&joined).expect("crumbs joined are a header value");
+    headers.insert(COOKIE, joined);
 }
 
 /// S2/S4 on the way back: hop-by-hop headers out, one `Server` and one `Date`.
@@ -290,6 +311,23 @@ mod tests {
         *h2.version_mut() = Version::HTTP_2;
         rewrite_request(&mut h2, &forwarded_for("::1".parse().unwrap()), false);
         assert_eq!(h2.headers()["te"], "trailers");
+    }
+
+    #[test]
+    fn s2_http2_cookie_crumbs_reach_the_app_as_one_cookie() {
+        let mut h2 = request(&[
+            ("cookie", "session=abc123"),
+            ("cookie", "csrf=tok"),
+            ("cookie", "lang=en"),
+        ]);
+        *h2.version_mut() = Version::HTTP_2;
+        rewrite_request(&mut h2, &forwarded_for("::1".parse().unwrap()), false);
+        let cookies: Vec<_> = h2.headers().get_all(COOKIE).iter().collect();
+        assert_eq!(cookies, ["session=abc123; csrf=tok; lang=en"]);
+        let mut one = request(&[("cookie", "a=1")]);
+        *one.version_mut() = Version::HTTP_2;
+        rewrite_request(&mut one, &forwarded_for("::1".parse().unwrap()), false);
+        assert_eq!(one.headers()[COOKIE], "a=1");
     }
 
     #[test]

@@ -82,11 +82,16 @@ impl AsyncRead for Watched {
                     this.state.set_h2();
                 }
                 if !this.sniffer.active() && this.state.head_begins() {
-                    this.sniffer.start();
+                    this.sniffer.start(this.state.requests());
                 }
                 if this.sniffer.active() {
-                    if let Some(found) = this.sniffer.scan(read) {
-                        this.state.sniffed(found);
+                    let begun = this.sniffer.in_head();
+                    this.sniffer.scan(read);
+                    if let Some((number, found)) = this.sniffer.take_flagged() {
+                        this.state.flag(number, found);
+                    }
+                    if this.sniffer.in_head() != begun {
+                        this.state.head_pending(this.sniffer.in_head());
                     }
                 }
                 this.state.read_some();

@@ -107,7 +107,12 @@ pub struct Port {
     ended: Notify,
     left: Notify,
     log: Log,
+    /// Told of each head hyper refused itself (its status), as no layer sees those.
+    unparsed: std::sync::OnceLock<Unparsed>,
 }
+
+/// What a port does with a head hyper refused itself: the connection, hyper's status.
+pub type Unparsed = Box<dyn Fn(&ConnState, u16) + Send + Sync>;
 
 impl Port {
     pub fn new(name: &'static str, cap: usize, timeouts: Timeouts, log: Log) -> Arc<Port> {
@@ -123,7 +128,13 @@ impl Port {
             ended: Notify::new(),
             left: Notify::new(),
             log,
+            unparsed: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Count and log the heads hyper refuses itself with `unparsed`.
+    pub fn on_unparsed(&self, unparsed: Unparsed) {
+        let _ = self.unparsed.set(unparsed);
     }
 
     pub fn open(&self) -> usize {
@@ -253,7 +264,10 @@ impl Port {
         let service = service(Arc::clone(&state));
         let builder = Arc::clone(builder);
         tokio::spawn(async move {
-            conn::serve(stream, Arc::clone(&state), builder, service).await;
+            let unparsed = conn::serve(stream, Arc::clone(&state), builder, service).await;
+            if let (Some(status), Some(told)) = (unparsed, port.unparsed.get()) {
+                told(&state, status);
+            }
             lock(&port.slots).remove(&state);
             port.left.notify_waiters();
         });

@@ -371,6 +371,7 @@ impl DataPlane {
                 }),
             );
             if let (Some(port), Some(proxy)) = (proxy_port, proxy) {
+                port.on_unparsed(stack.unparsed());
                 tokio::spawn(port.run(proxy, builder, move |conn| ConnService {
                     stack: stack.build(&conn),
                     conn,
@@ -487,6 +488,19 @@ impl Stack {
                 log: log.clone(),
             }),
         }
+    }
+
+    /// A head hyper refused itself (400, 414, 431) is counted and logged as the metrics and
+    /// access log layers would have, had it reached them (source `runwarden`).
+    fn unparsed(&self) -> listener::Unparsed {
+        let metrics = Arc::clone(&self.metrics);
+        let log = self.access_log.then(|| self.log.clone());
+        Box::new(move |conn, status| {
+            metrics.request(status, crate::metrics::Source::Runwarden);
+            if let Some(log) = &log {
+                log.event(Event::Access(access_log::unparsed(conn, status)));
+            }
+        })
     }
 
     /// One connection's stack, in the order a request meets it.

@@ -24,8 +24,8 @@ layer! {
 
 impl<S: super::layer::Inner> RefusalsService<S> {
     fn handle(&mut self, request: Req) -> Then<S::Answer, ()> {
-        // Taken now, in the call that starts the request: the head it read is this one's.
-        let sniffed = self.conn.take_sniffed();
+        // The request hyper hands on now is the connection's latest, numbered as its head.
+        let sniffed = self.conn.flagged(self.conn.requests());
         match refused(&request, sniffed) {
             Some((status, why)) => Then::now(refusal(status, why, request.version())),
             None => Then::later(self.inner.call(request), ()),
@@ -83,6 +83,19 @@ pub fn refused<B>(request: &http::Request<B>, sniffed: u8) -> Option<(StatusCode
                 "the request's authority is not a host[:port]\n",
             ));
         }
+        // RFC 9113 8.3.1: an HTTP/2 `host` naming another entity than `:authority` is
+        // malformed (the app would see one, a cache or router in front the other).
+        if !h1
+            && host.is_some_and(|h| {
+                !h.as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
+            })
+        {
+            return Some((
+                StatusCode::BAD_REQUEST,
+                "the Host header differs from the request's :authority\n",
+            ));
+        }
     }
     if let Some(why) = transfer_coding(headers) {
         return Some(why);
@@ -116,14 +129,15 @@ pub fn refused<B>(request: &http::Request<B>, sniffed: u8) -> Option<(StatusCode
     None
 }
 
-/// RFC 9112 6.1: a coding runwarden does not decode (anything but `chunked` alone) is 501.
+/// RFC 9112 6.1: a coding runwarden does not decode (anything but `chunked` alone) is 501,
+/// as nginx answers; an empty one too (`Transfer-Encoding:` beside `chunked` is two
+/// framings an intermediary may read differently).
 fn transfer_coding(headers: &HeaderMap) -> Option<(StatusCode, &'static str)> {
     let mut codings = headers
         .get_all(TRANSFER_ENCODING)
         .iter()
         .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|coding| !coding.is_empty());
+        .map(<[u8]>::trim_ascii);
     let first = codings.next();
     match (first, codings.next()) {
         (None, _) => None,
@@ -135,17 +149,29 @@ fn transfer_coding(headers: &HeaderMap) -> Option<(StatusCode, &'static str)> {
     }
 }
 
-/// RFC 9112 3.2: `Host = uri-host [ ":" port ]`: a reg-name, an IPv4 address or an IP
-/// literal in brackets, and digits after one colon.
+/// RFC 9112 3.2: `Host = uri-host [ ":" port ]`: a host name, an IPv4 address or an IP
+/// literal in brackets, and a port (1 to 5 digits, at most 65535) after one colon; or empty,
+/// as a request whose target names no authority may send it. Stricter than RFC 3986's
+/// reg-name, as nginx is: no sub-delimiters (`a,b` and `a;b` would read as a list or a
+/// parameter to whatever parses `X-Forwarded-Host` next), no empty name before a port.
 pub fn valid_host(host: &[u8]) -> bool {
+    if host.is_empty() {
+        return true;
+    }
     let (name, port) = match host.iter().rposition(|b| *b == b':') {
         Some(colon) if !host.starts_with(b"[") || host[..colon].ends_with(b"]") => {
             (&host[..colon], Some(&host[colon + 1..]))
         }
         _ => (host, None),
     };
-    if port.is_some_and(|p| !p.iter().all(u8::is_ascii_digit)) {
-        return false;
+    if let Some(port) = port {
+        let digits = !port.is_empty() && port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
+        let number = std::str::from_utf8(port)
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok());
+        if !digits || number.is_none_or(|n| n > 65535) {
+            return false;
+        }
     }
     if let Some(literal) = name.strip_prefix(b"[").and_then(|n| n.strip_suffix(b"]")) {
         return !literal.is_empty()
@@ -153,27 +179,10 @@ pub fn valid_host(host: &[u8]) -> bool {
                 .iter()
                 .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
     }
-    name.iter().all(|b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    })
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%'))
 }
 
 #[cfg(test)]
@@ -214,6 +223,14 @@ mod tests {
         );
         assert_eq!(status(&request(h2, "GET", "/x", &["a", "b"])), Some(bad));
         assert_eq!(status(&request(h2, "GET", "/x", &["a b"])), Some(bad));
+        let both = |host| status(&request(h2, "GET", "http://app.example/x", &[host]));
+        assert_eq!(both("app.example"), None);
+        assert_eq!(both("APP.example"), None);
+        assert_eq!(
+            both("evil.example"),
+            Some(bad),
+            "host differs from :authority"
+        );
         assert_eq!(
             status(&request(h2, "GET", "http://user@app.example/x", &[])),
             Some(bad)
@@ -241,10 +258,24 @@ mod tests {
             "[::1]:8080",
             "[::1]",
             "",
+            "x:65535",
         ] {
             assert!(valid_host(good.as_bytes()), "{good:?}");
         }
-        for bad in ["good.example evil", "a@b", "x:port", "[::1", "a/b", "x:1:2"] {
+        for bad in [
+            "good.example evil",
+            "a@b",
+            "x:port",
+            "[::1",
+            "a/b",
+            "x:1:2",
+            "a,b",
+            "a;b",
+            ":80",
+            "x:",
+            "x:65536",
+            "x:000080",
+        ] {
             assert!(!valid_host(bad.as_bytes()), "{bad:?}");
         }
     }
@@ -266,6 +297,10 @@ mod tests {
             &["gzip"],
             &["chunked", "chunked"],
             &["chunked, chunked"],
+            &["", "chunked"],
+            &["chunked", ""],
+            &["chunked,"],
+            &[""],
         ] {
             let status = with(refused).map(|(status, _)| status);
             assert_eq!(status, Some(StatusCode::NOT_IMPLEMENTED), "{refused:?}");
