@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from runwarden import app_limits
 from runwarden._core import SETTINGS, GpuSettings, HealthSettings, ProxySettings, SettingsError
 from runwarden.profiles import NAMES as PROFILE_NAMES
 from runwarden.profiles import PROFILES
@@ -500,6 +501,7 @@ def resolve(
         if sources[name] == "default":
             values[name] = value
             sources[name] = f"profile {profile}"
+    door_note = app_limits.fit_door(values, sources, app_command)
     if values["gpus"] is None:
         values["gpus"], selection = watched_gpus(app_command, env)
     elif values["gpus"] == ALL_GPUS:
@@ -526,6 +528,8 @@ def resolve(
     on = values["gpu_monitoring"]
     settings = Settings(values, health, proxy, gpu if on else None, tuple(app_command), selection)
     settings.sources = sources
+    if door_note:
+        settings.notes.append(door_note)
     if links:
         settings.notes.append(
             f"ignored {', '.join(links)}: Kubernetes service links of a Service named "

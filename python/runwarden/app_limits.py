@@ -1,0 +1,77 @@
+"""What the supervised app's own command says of the load it sheds (issue 22, item 4).
+
+A server that answers 503 past a limit of its own (uvicorn's `--limit-concurrency`) would
+have its load-shedding judged as the app saying it is broken (SPEC R1: a 503 replaces the
+runner), and its refusals would fail the health checks too. runwarden's door (SPEC Q) must
+then keep the app under that limit, with room for a check: uvicorn counts open connections
+(runwarden's pool holds one per request at the app, and a check opens one more) and refuses
+a request once the count, its own connection included, reaches the limit. So at most
+`limit - 2` requests may be at the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def uvicorn_limit(command: Sequence[str]) -> tuple[int, str] | None:
+    """`--limit-concurrency L` of a uvicorn command (`uvicorn …`, `python -m uvicorn …`):
+    (L, the words that said it), or None."""
+    words = list(command)
+    starts = [i for i, w in enumerate(words) if w.rsplit("/", 1)[-1] == "uvicorn"]
+    starts += [i + 1 for i, w in enumerate(words[:-1]) if w == "-m" and words[i + 1] == "uvicorn"]
+    if not starts:
+        return None
+    for i, word in enumerate(words[min(starts) :], start=min(starts)):
+        text = None
+        if word == "--limit-concurrency" and i + 1 < len(words):
+            text = words[i + 1]
+        elif word.startswith("--limit-concurrency="):
+            text = word.split("=", 1)[1]
+        if text is not None and text.isdigit() and int(text) > 0:
+            return int(text), f"uvicorn --limit-concurrency {int(text)}"
+    return None
+
+
+def door_within(limit: int) -> int:
+    """The most requests at the app that leave a check room under a connection limit."""
+    return max(1, limit - 2)
+
+
+def fit_door(
+    values: dict[str, object], sources: dict[str, str], app_command: Sequence[str]
+) -> str | None:
+    """Keep `--max-concurrency` within the app's own limit, if its command sets one: set it
+    when it was not given, else say when the given one lets the app shed load. Returns the
+    line to log, if any."""
+    found = uvicorn_limit(app_command)
+    if found is None:
+        return None
+    limit, said = found
+    fits = door_within(limit)
+    given = int(values["max_concurrency"])  # type: ignore[call-overload]
+    tight = "" if limit > 2 else (
+        f"; a limit of {limit} leaves no room for a check beside a request: raise it to 3 "
+        "or more"
+    )  # fmt: skip
+    if sources["max_concurrency"] in ("default",) or sources["max_concurrency"].startswith(
+        "profile"
+    ):
+        if given and given <= fits:
+            return None
+        values["max_concurrency"] = fits
+        sources["max_concurrency"] = f"app command ({said})"
+        return (
+            f"--max-concurrency set to {fits}: the app's {said} answers 503 once {limit} "
+            f"connections are open, and runwarden replaces a runner whose app answers 503 "
+            f"(R1); its pool holds one connection per request and a check one more, so "
+            f"requests beyond {fits} wait at runwarden instead{tight}"
+        )
+    if given == 0 or given > fits:
+        shown = "no limit" if given == 0 else str(given)
+        return (
+            f"--max-concurrency {shown} lets more requests reach the app than its {said} "
+            f"takes: its 503s past {limit} open connections would replace this runner (R1) "
+            f"and fail its checks; set --max-concurrency {fits} or less{tight}"
+        )
+    return None

@@ -1,0 +1,72 @@
+"""A healthy app that sheds load itself is never replaced by load alone (issue 22, item 4).
+
+uvicorn's `--limit-concurrency L` answers 503 once L connections are open (its own counted),
+and runwarden replaces a runner whose app answers 503 (SPEC R1). runwarden reads that limit
+off the app's command and keeps its door (SPEC Q) at L - 2: one connection per request at
+the app, and one for a check. Black box: `runwarden serve -- python -m uvicorn … --limit-
+concurrency 4`, a burst of 40 requests, checks every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import httpx
+from conftest import free_port
+
+
+def _uvicorn(port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "app_server:app", "--app-dir", "tests",
+            "--port", str(port), "--log-level", "warning", *extra]  # fmt: skip
+
+
+def _burst(url: str, count: int) -> list[httpx.Response]:
+    async def run() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=count)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            calls = (client.get(f"{url}/predict", params={"latency": "0.3"}) for _ in range(count))
+            return await asyncio.gather(*calls)
+
+    return asyncio.run(run())
+
+
+def test_Q4_uvicorn_limit_concurrency_sets_the_door_and_a_burst_replaces_nothing(runwarden):
+    """Issue 22, item 4: with `--limit-concurrency 4` in the app's command and no
+    `--max-concurrency`, the door is 2 (said in the log and /status); a burst of 40 is all
+    answered by the app (200), no check fails, and the runner stays (before: exit 12, or 10
+    with `--max-concurrency 3`)."""
+    port = free_port()
+    rw = runwarden(
+        f"http://127.0.0.1:{port}", "--max-queue", "64",
+        app_command=_uvicorn(port, "--limit-concurrency", "4"), wait_ready=True,
+    )  # fmt: skip
+    responses = _burst(rw.url, 40)
+    assert [r.status_code for r in responses] == [200] * 40
+    time.sleep(0.5)  # checks keep running after the burst, every 0.2 s
+    assert rw.proc.poll() is None, rw.log()
+    status = rw.status()
+    assert status["door"]["max_concurrency"] == 2
+    assert status["setting_sources"]["max_concurrency"] == (
+        "app command (uvicorn --limit-concurrency 4)"
+    )
+    assert status["checks"], "no check ran"
+    assert all(check["passed"] for check in status["checks"]), status["checks"]
+    assert "--max-concurrency set to 2: the app's uvicorn --limit-concurrency 4" in rw.log()
+
+
+def test_Q4_a_door_wider_than_the_apps_own_limit_is_warned_of(runwarden):
+    """Issue 22, item 4: `--max-concurrency 3` given beside `--limit-concurrency 4` is kept
+    (the operator said so) and warned of at start, naming the value that fits."""
+    port = free_port()
+    rw = runwarden(
+        f"http://127.0.0.1:{port}", "--max-concurrency", "3",
+        app_command=_uvicorn(port, "--limit-concurrency=4"), wait_ready=True,
+    )  # fmt: skip
+    assert rw.status()["door"]["max_concurrency"] == 3
+    assert (
+        "--max-concurrency 3 lets more requests reach the app than its uvicorn "
+        "--limit-concurrency 4 takes" in rw.log()
+    )
+    assert "set --max-concurrency 2 or less" in rw.log()
