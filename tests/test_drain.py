@@ -280,3 +280,45 @@ def test_D6_front_door_9_requests_in_flight_at_the_drain_timeout_get_a_503_to_re
     log = rw.log()
     assert "Traceback" not in log
     assert log.count("drain ended with 3 request(s) still in flight: 3 answered 503") == 1
+
+
+def test_D2_http2_streams_at_the_drain_deadline_are_reset_under_a_goaway(
+    app_server: AppServer, runwarden
+):
+    """D2 (issue 22): an HTTP/2 response still streaming at the drain's deadline is ended
+    with `RST_STREAM`, and its connection says `GOAWAY` before it closes: a client sees a
+    protocol error it can retry on, not a bare TCP close. The server's frames are read raw
+    (type by type), as a client library would stop at the `GOAWAY`."""
+    import socket
+    import struct
+
+    import h2.config
+    import h2.connection
+
+    rw = runwarden(app_server.url, "--drain-timeout-seconds", "1", wait_ready=True)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/sse?events=200&interval=0.05"),
+                          (":scheme", "http"), (":authority", "x")], end_stream=True)  # fmt: skip
+    received = b""
+    with socket.create_connection(("127.0.0.1", rw.port), timeout=10) as sock:
+        sock.sendall(conn.data_to_send())
+        while b"data: 0" not in received:
+            received += sock.recv(65536)
+        rw.proc.send_signal(signal.SIGTERM)  # the drain begins mid-stream
+        while data := sock.recv(65536):
+            received += data
+    frames = []  # (type, flags, stream)
+    at = 0
+    while at + 9 <= len(received):
+        length = int.from_bytes(received[at : at + 3], "big")
+        kind, flags, stream = struct.unpack(">BBI", received[at + 3 : at + 9])
+        frames.append((kind, flags, stream & 0x7FFFFFFF))
+        at += 9 + length
+    DATA, RST_STREAM, GOAWAY, END_STREAM = 0x0, 0x3, 0x7, 0x1  # RFC 9113 6
+    assert (RST_STREAM, 0, 1) in frames, frames
+    assert any(kind == GOAWAY for kind, _, _ in frames), frames
+    assert not any(k == DATA and f & END_STREAM and s == 1 for k, f, s in frames), (
+        "the stream ran to its end: nothing was cut"
+    )
+    assert rw.wait_exit() == exit_codes.CLEAN

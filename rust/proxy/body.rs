@@ -27,6 +27,31 @@ struct Deadline {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A way to end one streaming body from outside it (the drain's deadline on HTTP/2): the
+/// body fails on its next poll, so hyper resets its stream (`RST_STREAM`) and the rest of
+/// the connection lives on to say `GOAWAY`.
+#[derive(Default)]
+pub struct Cut {
+    set: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Cut {
+    pub fn cut(&self) {
+        self.set.store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether it was cut; else wake `cx` when it is.
+    fn poll(&self, cx: &Context<'_>) -> bool {
+        if self.set.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.set.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// The hooks an app's body usually gets (in flight, the door's permit, metrics, its
 /// connection's count), room made for them at once.
 const HOOKS: usize = 4;
@@ -94,6 +119,7 @@ pub struct ProxyBody {
     /// with a connection whose body failed).
     failed: Option<BoxError>,
     deadline: Option<Box<Deadline>>,
+    cut: Option<Arc<Cut>>,
 }
 
 impl ProxyBody {
@@ -126,7 +152,13 @@ impl ProxyBody {
             trailed: false,
             failed: None,
             deadline: None,
+            cut: None,
         }
+    }
+
+    /// Let `cut` end this body (an app's body: its response is streaming).
+    pub fn cut_by(&mut self, cut: Arc<Cut>) {
+        self.cut = Some(cut);
     }
 
     /// Q3: cut the app's body if it has not ended by `at`, and call `expired` then (a body
@@ -194,6 +226,10 @@ impl Body for ProxyBody {
                 }
                 if let Some(link) = link {
                     link.drive(cx);
+                }
+                if this.cut.as_ref().is_some_and(|cut| cut.poll(cx)) {
+                    this.end(End::Failed);
+                    return Poll::Ready(Some(Err("cut at the drain's deadline".into())));
                 }
                 if let Some(deadline) = &mut this.deadline {
                     if std::future::Future::poll(deadline.timer.as_mut(), cx).is_ready() {

@@ -85,7 +85,7 @@ pub struct ConnState {
     /// HTTP/2: for each response streaming, since when a frame handed to hyper waits for
     /// the client to open its flow-control window (`NONE`: it does not). A stalled stream
     /// writes nothing, so `write_blocked_since` would never see it.
-    stalls: Mutex<Vec<Arc<AtomicU64>>>,
+    h2_streams: Mutex<Vec<Arc<H2Stream>>>,
     /// The client spoke HTTP/2 (prior knowledge).
     h2: AtomicBool,
     /// The first head that showed what hyper does not tell (`sniff.rs`): its number << 8 |
@@ -114,7 +114,7 @@ impl ConnState {
             idle_since: AtomicU64::new(now_nanos()),
             head_since: AtomicU64::new(NONE),
             write_blocked_since: AtomicU64::new(NONE),
-            stalls: Mutex::new(Vec::new()),
+            h2_streams: Mutex::new(Vec::new()),
             h2: AtomicBool::new(false),
             flagged: AtomicU64::new(0),
             pending_head_since: AtomicU64::new(NONE),
@@ -196,9 +196,9 @@ impl ConnState {
         if !self.is_h2() {
             return None;
         }
-        crate::worker::lock(&self.stalls)
+        crate::worker::lock(&self.h2_streams)
             .iter()
-            .map(|since| since.load(Ordering::Relaxed))
+            .map(|stream| stream.stall.load(Ordering::Relaxed))
             .filter(|&since| since != NONE)
             .min()
     }
@@ -259,6 +259,26 @@ impl ConnState {
             self.head_since.store(pending, Ordering::Relaxed);
             self.idle.notify_waiters();
         }
+    }
+
+    /// The drain's deadline (D2), for responses still streaming: an HTTP/2 connection says
+    /// `GOAWAY` and resets each such stream (`RST_STREAM`), which a client can tell from a
+    /// broken connection and retry; an HTTP/1 one can only be closed. Returns how many were
+    /// cut.
+    pub fn cut_streaming(&self) -> u32 {
+        let streaming = self.streaming();
+        if streaming == 0 {
+            return 0;
+        }
+        if !self.is_h2() {
+            self.kill();
+            return streaming;
+        }
+        self.shut_down();
+        for stream in crate::worker::lock(&self.h2_streams).iter() {
+            stream.cut.cut();
+        }
+        streaming
     }
 
     /// Close the connection now, whatever it is doing.
@@ -324,14 +344,18 @@ impl super::layer::Post for Active {
         conn.request_left(&conn.active);
         if streaming {
             // Until hyper first asks for the body, it waits for a window too.
-            let stall = conn.is_h2().then(|| {
-                let stall = Arc::new(AtomicU64::new(now_nanos()));
-                crate::worker::lock(&conn.stalls).push(Arc::clone(&stall));
-                stall
+            let h2 = conn.is_h2().then(|| {
+                let stream = Arc::new(H2Stream {
+                    stall: AtomicU64::new(now_nanos()),
+                    cut: Arc::default(),
+                });
+                crate::worker::lock(&conn.h2_streams).push(Arc::clone(&stream));
+                response.body_mut().cut_by(Arc::clone(&stream.cut));
+                stream
             });
             response
                 .body_mut()
-                .hook(Box::new(Streaming { conn, stall }));
+                .hook(Box::new(Streaming { conn, h2 }));
         }
         response
     }
@@ -349,29 +373,36 @@ impl Drop for Active {
 /// its client.
 pub struct Streaming {
     conn: Arc<ConnState>,
-    stall: Option<Arc<AtomicU64>>,
+    h2: Option<Arc<H2Stream>>,
+}
+
+/// An HTTP/2 stream whose response is streaming: since when it has waited for its client's
+/// window (`NONE`: it does not), and how to cut it alone.
+pub struct H2Stream {
+    stall: AtomicU64,
+    cut: Arc<super::body::Cut>,
 }
 
 impl super::body::Hook for Streaming {
     /// hyper asks for the next frame: the client took the last one.
     fn polled(&mut self) {
-        if let Some(stall) = &self.stall {
-            stall.store(NONE, Ordering::Relaxed);
+        if let Some(stream) = &self.h2 {
+            stream.stall.store(NONE, Ordering::Relaxed);
         }
     }
 
     /// A frame goes to hyper, which sends it once the client's window has room.
     fn frame(&mut self, _frame: &http_body::Frame<bytes::Bytes>) {
-        if let Some(stall) = &self.stall {
-            stall.store(now_nanos(), Ordering::Relaxed);
+        if let Some(stream) = &self.h2 {
+            stream.stall.store(now_nanos(), Ordering::Relaxed);
         }
     }
 }
 
 impl Drop for Streaming {
     fn drop(&mut self) {
-        if let Some(stall) = self.stall.take() {
-            crate::worker::lock(&self.conn.stalls).retain(|s| !Arc::ptr_eq(s, &stall));
+        if let Some(stream) = self.h2.take() {
+            crate::worker::lock(&self.conn.h2_streams).retain(|s| !Arc::ptr_eq(s, &stream));
         }
         self.conn.request_left(&self.conn.streaming);
     }

@@ -37,6 +37,9 @@ use crate::verdict::{Drained, Event, Verdict};
 /// How long requests answered at the deadline get to have their 503 written before
 /// streams still running are cut.
 const ANSWER_GRACE: Duration = Duration::from_millis(500);
+/// How long an HTTP/2 stream cut at the deadline gets to have its `RST_STREAM` sent before
+/// its connection is closed all the same.
+const CUT_GRACE: Duration = Duration::from_secs(1);
 
 /// What the drain layer and the drain's course share.
 pub struct DrainState {
@@ -219,14 +222,26 @@ pub async fn course(
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            // Streams and tunnels still running are cut with their connections.
+            // Streams and tunnels still running are cut: HTTP/2 streams each with
+            // `RST_STREAM` under a `GOAWAY`, HTTP/1 ones with their connections; what has
+            // not ended after `CUT_GRACE` (a stream waiting on its client's window never
+            // hears its cut) goes with its connection.
             let mut cut = 0;
+            let mut h2 = Vec::new();
             for conn in proxy.connections() {
-                let streaming = conn.streaming();
-                if streaming > 0 {
-                    conn.kill();
-                    cut += u64::from(streaming);
+                let streaming = conn.cut_streaming();
+                cut += u64::from(streaming);
+                if streaming > 0 && conn.is_h2() {
+                    h2.push(conn);
                 }
+            }
+            if !h2.is_empty() {
+                tokio::spawn(async move {
+                    tokio::time::sleep(CUT_GRACE).await;
+                    for conn in h2.into_iter().filter(|c| c.streaming() > 0) {
+                        conn.kill();
+                    }
+                });
             }
             drained.answered = state.answered.swap(0, Ordering::Relaxed);
             drained.cut = cut;
