@@ -172,6 +172,11 @@ impl ProxyBody {
         }
     }
 
+    /// A tunnel's answer (`101`, or `200` to WebSocket over HTTP/2).
+    pub fn is_tunnel(&self) -> bool {
+        matches!(self.inner, Inner::Tunnel(_))
+    }
+
     /// The app's body, or a tunnel (a response whose end is the app's to say).
     pub fn is_app(&self) -> bool {
         !matches!(self.inner, Inner::Full(_))

@@ -344,7 +344,8 @@ impl super::layer::Post for Active {
         conn.request_left(&conn.active);
         if streaming {
             // Until hyper first asks for the body, it waits for a window too.
-            let h2 = conn.is_h2().then(|| {
+            // A tunnel's stream (WebSocket over HTTP/2) sends no body frames to watch.
+            let h2 = (conn.is_h2() && !response.body().is_tunnel()).then(|| {
                 let stream = Arc::new(H2Stream {
                     stall: AtomicU64::new(now_nanos()),
                     cut: Arc::default(),
@@ -353,9 +354,7 @@ impl super::layer::Post for Active {
                 response.body_mut().cut_by(Arc::clone(&stream.cut));
                 stream
             });
-            response
-                .body_mut()
-                .hook(Box::new(Streaming { conn, h2 }));
+            response.body_mut().hook(Box::new(Streaming { conn, h2 }));
         }
         response
     }

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{StatusCode, Version};
+use http::Version;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
@@ -70,7 +70,7 @@ where
                 runner,
             } => {
                 if let Poll::Ready(Ok(mut response)) = inner.poll(cx) {
-                    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    if !response.body().is_tunnel() {
                         let at = deadline.deadline();
                         let runner = runner.clone();
                         response.body_mut().deadline(

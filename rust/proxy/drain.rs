@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{StatusCode, Version};
+use http::Version;
 use pin_project_lite::pin_project;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -151,7 +151,7 @@ where
             } => {
                 if let Poll::Ready(Ok(mut response)) = inner.poll(cx) {
                     let draining = state.life.borrow().draining();
-                    if draining && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    if draining && !response.body().is_tunnel() {
                         close(&mut response, *version);
                     }
                     return Poll::Ready(Ok(response));

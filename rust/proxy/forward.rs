@@ -137,7 +137,10 @@ impl tower::Service<Req> for Forward {
                     idle: this.tunnel_idle,
                     log: this.log.clone(),
                 }));
-                let (parts, _) = response.into_parts();
+                let (mut parts, _) = response.into_parts();
+                if version == http::Version::HTTP_2 {
+                    super::extended_connect::to_h2_answer(&mut parts);
+                }
                 return Ok(Resp::from_parts(parts, ProxyBody::tunnel(hooks)));
             }
             Ok(response.map(|body| ProxyBody::app(body, link)))

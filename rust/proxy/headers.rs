@@ -65,7 +65,11 @@ layer! {
 
 impl<S: super::layer::Inner> HeadersService<S> {
     fn handle(&mut self, mut request: Req) -> Then<S::Answer, Answered> {
-        let tunnel = is_tunnel(&request);
+        let websocket = super::extended_connect::is_websocket(&request);
+        if websocket {
+            super::extended_connect::to_upgrade(&mut request);
+        }
+        let tunnel = websocket || is_tunnel(&request);
         let answered = Answered {
             version: request.version(),
             asked_upgrade: !tunnel && request.headers().contains_key(UPGRADE),

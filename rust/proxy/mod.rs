@@ -30,6 +30,7 @@ pub mod conn;
 pub mod deadline;
 pub mod door;
 pub mod drain;
+pub mod extended_connect;
 pub mod forward;
 pub mod grpc;
 pub mod headers;
@@ -432,6 +433,8 @@ fn server_builder() -> Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // RFC 8441: WebSocket over HTTP/2 (`extended_connect.rs`).
+        .enable_connect_protocol()
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     builder

@@ -108,8 +108,11 @@ pub fn refused<B>(request: &http::Request<B>, sniffed: u8) -> Option<(StatusCode
             ));
         }
     }
-    if request.method() == Method::CONNECT {
-        return Some((StatusCode::BAD_REQUEST, "CONNECT is not proxied\n"));
+    if request.method() == Method::CONNECT && !super::extended_connect::is_websocket(request) {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "CONNECT is not proxied (but for WebSocket over HTTP/2)\n",
+        ));
     }
     let uri = request.uri();
     if uri.path() == "*" || !uri.path().starts_with('/') {
