@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import time
 import urllib.request
@@ -173,6 +174,51 @@ def malformed(port: int, app_port: int, header_timeout: float) -> Finding:
     return not forwarded, "all refused or dropped" if not forwarded else "; ".join(forwarded)
 
 
+def get_body(port: int, app_port: int, header_timeout: float) -> Finding:
+    """22.1: a GET's chunked body (no Content-Length) reaches the app whole."""
+    request = (b"GET /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"7\r\npayload\r\n0\r\n\r\n")  # fmt: skip
+    read = _body(exchange(port, request)).get("body_bytes")
+    return read == 7, f"the app read {read} of 7 bytes"
+
+
+PIPELINED = {
+    "Content-Length with Transfer-Encoding": b"POST /echo HTTP/1.1\r\nHost: x\r\n"
+    b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "HTTP/2.0": b"GET /echo HTTP/2.0\r\nHost: x\r\n\r\n",
+}
+
+
+def pipelined(port: int, app_port: int, header_timeout: float) -> Finding:
+    """22.3: a head refused on an idle connection is refused behind another request too."""
+    before = _seen(app_port).get("/echo", 0)
+    answered = []
+    for name, second in PIPELINED.items():
+        answer = exchange(port, b"GET /json HTTP/1.1\r\nHost: x\r\n\r\n" + second)
+        statuses = [int(s) for s in re.findall(rb"HTTP/1\.[01] (\d{3}) ", answer)]
+        if len(statuses) > 1 and statuses[1] in (200, 502, 503):
+            answered.append(f"{name}: {statuses[1]}")
+    reached = _seen(app_port).get("/echo", 0) - before
+    if reached:
+        answered.append(f"{reached} reached the app")
+    return not answered, "; ".join(answered) or "both refused behind GET /json"
+
+
+HOSTS = [b"a,b", b"a;b", b":80", b"x:", b"x:65536"]
+
+
+def host_values(port: int, app_port: int, header_timeout: float) -> Finding:
+    """22: Host values that are not host[:port], and an empty coding beside chunked."""
+    taken = [h.decode() for h in HOSTS
+             if _status(exchange(port, b"GET /echo HTTP/1.1\r\nHost: " + h + b"\r\n\r\n"))
+             in (200, 502, 503)]  # fmt: skip
+    empty_te = (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")  # fmt: skip
+    if _status(exchange(port, empty_te)) in (200, 502, 503):
+        taken.append("an empty Transfer-Encoding")
+    return not taken, "taken: " + ", ".join(taken) if taken else "all refused"
+
+
 PROBES: dict[str, Callable[[int, int, float], Finding]] = {
     "1. Upgrade body smuggled as a request": upgrade_desync,
     "2. Upgrade request with a body answered": upgrade_answered,
@@ -180,6 +226,9 @@ PROBES: dict[str, Callable[[int, int, float], Finding]] = {
     "4. idle and slow connections closed, no starvation": idle_and_slow,
     "7. trailers never headers": trailers,
     "8. RFC 9112 refusals, owned headers dropped": malformed,
+    "22.1 a GET's chunked body reaches the app": get_body,
+    "22.3 refusals on a pipelined head": pipelined,
+    "22. Host values and an empty coding refused": host_values,
 }
 
 
@@ -214,12 +263,15 @@ def run(profile: Profile, tmp: Path) -> dict[str, Any]:
         assert reference.h2_port is not None
         where = {"nginx": (reference.port, reference.h2_port, reference.pid),
                  "runwarden": (port, port, proc.pid)}  # fmt: skip
-        http1, http2 = {}, {}
+        http1, http2, h2_bytes = {}, {}, {}
         for name, (h1_port, h2_port, pid) in where.items():
             log(f"front door: the HTTP/1 list against {name}")
             http1[name] = probe_all(h1_port, app_port, header_timeout)
             log(f"front door: HTTP/2's attacks against {name}")
             http2[name] = h2_attacks.probe_all(h2_port, app_port, pid, profile.attack_frames)
+            log(f"front door: what HTTP/2 clients send, through {name}")
+            h2_bytes[name] = h2_attacks.fidelity_all(h2_port)
             for item, (ok, detail) in http2[name].items():
                 log(f"front door {name}, {item}: {'pass' if ok else 'FAILS'}: {detail}")
-    return {"http1": http1, "http2": http2, "header_timeout": header_timeout}
+    return {"http1": http1, "http2": http2, "http2_bytes": h2_bytes,
+            "header_timeout": header_timeout}  # fmt: skip

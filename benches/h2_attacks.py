@@ -400,3 +400,83 @@ def probe(
 
 def probe_all(port: int, app_port: int, pid: int, frames: int) -> dict[str, Finding]:
     return {name: probe(attack, port, app_port, pid, frames) for name, attack in ATTACKS.items()}
+
+
+# --- what an HTTP/2 client sent reaches the app (issue 22) -----------------------------------
+
+
+def exchange(
+    port: int, headers: list[tuple[str, str]], body: bytes | None = None
+) -> tuple[int, bytes]:
+    """One HTTP/2 request by the h2 library, as sent (no header checked or normalised):
+    (status or 0 if the stream was reset or the connection ended, body)."""
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+    )
+    conn.initiate_connection()
+    conn.send_headers(1, headers, end_stream=body is None)
+    if body is not None:
+        conn.send_data(1, body, end_stream=True)
+    status, answer = 0, b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(conn.data_to_send())
+        with contextlib.suppress(OSError, h2.exceptions.ProtocolError):
+            while data := sock.recv(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = int(dict(event.headers)[b":status"])
+                    elif isinstance(event, h2.events.DataReceived):
+                        answer += event.data
+                        conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                    elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                        return status, answer
+                sock.sendall(conn.data_to_send())
+    return status, answer
+
+
+def _get(path: str, *extra: tuple[str, str], authority: str = "x") -> list[tuple[str, str]]:
+    return [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", authority),
+            *extra]  # fmt: skip
+
+
+def cookie_crumbs(port: int) -> Finding:
+    """22.2 (RFC 9113 8.2.3): three `cookie` fields reach an HTTP/1.1 app as one line."""
+    crumbs = [("cookie", "session=abc123"), ("cookie", "csrf=tok"), ("cookie", "lang=en")]
+    status, body = exchange(port, _get("/echo", *crumbs))
+    if status != 200:
+        return False, f"answered {status}"
+    lines = [v for n, v in json.loads(body)["headers"] if n.lower() == "cookie"]
+    return lines == ["session=abc123; csrf=tok; lang=en"], f"the app saw {lines}"
+
+
+def get_body(port: int) -> Finding:
+    """22.1: a GET whose DATA frames carry 7 bytes and no `content-length`."""
+    status, body = exchange(port, _get("/echo"), body=b"payload")
+    read = json.loads(body).get("body_bytes") if status == 200 else None
+    return read == 7, f"the app read {read} of 7 bytes"
+
+
+def host_unlike_authority(port: int) -> Finding:
+    """22 (RFC 9113 8.3.1): a `host` naming another entity than `:authority` is malformed."""
+    status, body = exchange(port, _get("/echo", ("host", "evil.example"), authority="app.example"))
+    if status == 200:
+        hosts = [v for n, v in json.loads(body)["headers"] if n.lower() == "host"]
+        return False, f"forwarded, the app saw Host {hosts}"
+    return True, f"refused ({status or 'reset'})"
+
+
+FIDELITY: dict[str, Callable[[int], Finding]] = {
+    '22.2 cookie crumbs joined by "; "': cookie_crumbs,
+    "22.1 a GET body without content-length": get_body,
+    "22. host unlike :authority refused": host_unlike_authority,
+}
+
+
+def fidelity_all(port: int) -> dict[str, Finding]:
+    out = {}
+    for item, probe_one in FIDELITY.items():
+        try:
+            out[item] = probe_one(port)
+        except (OSError, ValueError, KeyError) as exc:
+            out[item] = (False, f"probe failed: {exc!r}")
+    return out

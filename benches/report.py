@@ -136,8 +136,11 @@ def evaluate(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]
                     f["cpu_pct"] < 0.5))  # fmt: skip
     if "front_door" in results:
         for name in ("runwarden", "nginx"):
-            for key, what in (("http1", "HTTP/1 front-door list"), ("http2", "HTTP/2's attacks")):
-                found = results["front_door"][key].get(name, {})
+            for key, what in (("http1", "HTTP/1 front-door list"), ("http2", "HTTP/2's attacks"),
+                              ("http2_bytes", "HTTP/2 nothing lost")):  # fmt: skip
+                found = results["front_door"].get(key, {}).get(name, {})
+                if not found:
+                    continue
                 passed = sum(ok for ok, _ in found.values())
                 out.append((f"7. {what}, {name}", "every item",
                             f"{passed} of {len(found)}", passed == len(found)))  # fmt: skip
@@ -349,6 +352,9 @@ def front_door_tables(r: dict[str, Any]) -> list[str]:
         "passes when the attack was bounded (refused, closed or no longer read), RSS grew by "
         "less than 50 MiB and a fresh request was answered within 1 s.", "",
         *_side_by_side(r["http2"]), "",
+        *(["What HTTP/2 clients send reaches the app (issue 22): `benches.h2_attacks`' "
+           "`FIDELITY` list.", "", *_side_by_side(r["http2_bytes"]), ""]
+          if r.get("http2_bytes") else []),
     ]  # fmt: skip
 
 
