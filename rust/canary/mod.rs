@@ -20,6 +20,13 @@
 //! | out of memory, device busy or exclusive, not permitted, no CUDA, PTX not supported | `canary_unavailable` | warning |
 
 pub mod driver;
+#[cfg(test)]
+mod exactness_tests;
+/// The fake driver's kernels (rust/fake-cuda), compiled here only to be compared with
+/// `known_answer`'s.
+#[cfg(test)]
+#[path = "../fake-cuda/src/kernels.rs"]
+mod fake_kernels;
 pub mod known_answer;
 
 use std::collections::BTreeMap;
