@@ -60,4 +60,4 @@ bench: install-test fake-nvml  ## criterion, then every section of the runner; r
 
 bench-smoke: install-test fake-nvml  ## every benchmark path once, in seconds; measures nothing (CI)
 	$(PYTHON) -m benches --smoke
-	$(PYTHON) -m benches.gpu_check --samples 10 --nvml-library "$$($(PYTHON) -m runwarden.testing build)/libnvidia-ml.so.1"
+	$(PYTHON) -m benches --only gpu --smoke

@@ -31,10 +31,12 @@ pub struct Faults {
     pub oom: bool,
 }
 
-/// The GPUs of the state file, in order; none if it is missing or unreadable.
+/// The GPUs of the state file, in order: with no state file named (or none there yet) the
+/// fake NVML's default, one healthy GPU; none if the file cannot be read or parsed.
 pub fn gpus() -> Vec<Gpu> {
-    let Some(path) = std::env::var_os(STATE_ENV) else {
-        return Vec::new();
+    let path = std::env::var_os(STATE_ENV).filter(|p| !p.is_empty());
+    let Some(path) = path.filter(|p| std::path::Path::new(p).exists()) else {
+        return vec![gpu(0, &Value::Null)];
     };
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
