@@ -103,8 +103,10 @@ def serve_rounds(nvml_library: str | None, cuda_library: str | None, rounds: int
     warm = [s for round_ in seconds[1:] for s in round_]
     passed = all(o == "pass" for round_ in outcomes for o in round_) and bool(outcomes)
     return {
-        "gpus": [{"gpu": r["gpu"], "uuid": r["uuid"], "outcome": r["outcome"],
-                  "detail": r["detail"]} for r in last],  # fmt: skip
+        "gpus": [
+            {"gpu": r["gpu"], "uuid": r["uuid"], "outcome": r["outcome"], "detail": r["detail"]}
+            for r in last
+        ],
         "passed_every_round_on_every_gpu": passed,
         "cold_run_seconds": seconds[0] if seconds else None,
         "warm_run_seconds_median": statistics.median(warm) if warm else None,

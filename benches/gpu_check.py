@@ -192,7 +192,7 @@ def interference(library: str | None, rounds: int = 6) -> dict[str, Any] | None:
 
 
 def gpu_slug(name: str) -> str:
-    """"NVIDIA H100 80GB HBM3" -> "h100": the model, for the report's file name."""
+    """ "NVIDIA H100 80GB HBM3" -> "h100": the model, for the report's file name."""
     model = re.search(r"\b([A-Z]+[0-9]+[A-Z]*)\b", name.removeprefix("NVIDIA "))
     return (model.group(1) if model else re.sub(r"[^a-z0-9]+", "-", name.lower())).lower()
 
