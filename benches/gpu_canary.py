@@ -14,14 +14,16 @@ Against the fake drivers (CI) steps 1 and 2 run, and the fake's figures mean not
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import ctypes
 import json
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from benches.common import PYTHON, free_port, log, running, wait_http
@@ -57,25 +59,36 @@ def _gpu_memory_of(pid: int) -> int | None:
         n.nvmlShutdown()
 
 
-def serve_rounds(nvml_library: str | None, cuda_library: str | None, rounds: int) -> dict[str, Any]:
-    """Step 1: the canary off, then asked `rounds` times, through `runwarden serve`."""
+@contextlib.contextmanager
+def serving(
+    nvml_library: str | None, cuda_library: str | None, canary: str, env: dict[str, str]
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`runwarden serve` with the canary every `canary` seconds (or "off"), ready: its admin
+    URL and process. Health checks hourly, so that only the canary is measured."""
     app, port, admin = free_port(), free_port(), free_port()
     args = [PYTHON, "-m", "runwarden", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--admin-host", "127.0.0.1", "--admin-port", str(admin),
             "--app-url", f"http://127.0.0.1:{app}", "--health-path", "/",
             "--period-seconds", "3600", "--start-period-seconds", "0",
-            "--gpu-canary-seconds", "off", "--gpu-canary-timeout-seconds", "60"]  # fmt: skip
+            "--gpu-sample-seconds", "3600",
+            "--gpu-canary-seconds", canary, "--gpu-canary-timeout-seconds", "60"]  # fmt: skip
     if nvml_library:
         args += ["--nvml-library", nvml_library]
     if cuda_library:
         args += ["--cuda-library", cuda_library]
     args += ["--", PYTHON, "-m", "http.server", str(app), "--bind", "127.0.0.1"]
     base = f"http://127.0.0.1:{admin}"
+    with running(args, port=port, env=env) as proc:
+        wait_http(f"{base}/readyz", proc)
+        yield base, proc
+
+
+def serve_rounds(nvml_library: str | None, cuda_library: str | None, rounds: int) -> dict[str, Any]:
+    """Step 1: the canary off, then asked `rounds` times, through `runwarden serve`."""
     with tempfile.TemporaryDirectory(prefix="runwarden-jit-") as cache:
         # An empty JIT cache: the first round compiles the PTX, as on a fresh node.
         env = {**os.environ, "CUDA_CACHE_PATH": cache}
-        with running(args, port=port, env=env) as proc:
-            wait_http(f"{base}/readyz", proc)
+        with serving(nvml_library, cuda_library, "off", env) as (base, proc):
             time.sleep(1.0)
             off = _get(f"{base}/status")["gpu"]["canary"]
             off_memory = _gpu_memory_of(proc.pid)
@@ -171,8 +184,6 @@ def matmul_cost(
         return None
     if not torch.cuda.is_available():
         return None
-    from runwarden import GpuSettings, HealthSettings, Warden
-
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -187,16 +198,10 @@ def matmul_cost(
             done += 20
         return 2 * n**3 * done / (time.perf_counter() - began) / 1e12
 
-    async def with_canary(period: float, seconds: float) -> tuple[float, int]:
-        # Sampling as slow as it goes, so that only the canary is measured.
-        gpu = GpuSettings(gpu_sample_seconds=3600, nvml_library=nvml_library,
-                          gpu_canary_seconds=period, cuda_library=cuda_library)  # fmt: skip
-        warden = Warden(HealthSettings(period_seconds=3600), "http://127.0.0.1:9", gpu)
-        await warden.start()
-        result = await asyncio.to_thread(tflops, seconds)
-        runs = int((warden.gpu_status() or {}).get("canary", {}).get("runs", 0))
-        await warden.stop()
-        return result, runs
+    def with_canary(period: float, seconds: float) -> tuple[float, int]:
+        with serving(nvml_library, cuda_library, f"{period:g}", dict(os.environ)) as (base, _):
+            figure = tflops(seconds)
+            return figure, int(_get(f"{base}/status")["gpu"]["canary"]["runs"])
 
     tflops(2.0)  # warm up
     out: dict[str, Any] = {}
@@ -211,7 +216,7 @@ def matmul_cost(
             order = ("without", "with") if round_ % 2 == 0 else ("with", "without")
             for name in order:
                 if name == "with":
-                    figure, ran = asyncio.run(with_canary(period, window))
+                    figure, ran = with_canary(period, window)
                     with_.append(figure)
                     runs += ran
                 else:
