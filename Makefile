@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: dev install-test fake-nvml test test-rust test-python lint format docs wheel bench bench-smoke
+.PHONY: dev install-test fake-nvml test test-rust test-python lint ptx-check format docs wheel bench bench-smoke
 
 dev:  ## build the extension in place (editable install) with the test extra
 	$(PYTHON) -m pip install -e '.[test]'
@@ -29,6 +29,9 @@ lint:
 	ruff format --check python tests $(wildcard benches)
 	mypy python/
 	$(PYTHON) -m mypy.stubtest runwarden._core --allowlist python/runwarden/_core.stubtest-allowlist
+
+ptx-check:  ## the canary's PTX assembled by NVIDIA's ptxas for every data-centre GPU (.ci/ptx)
+	bash .ci/ptx
 
 # zig (the `ziglang` package) links against glibc 2.17: one wheel for every manylinux2014 host.
 ZIG_DIR = $$($(PYTHON) -c "import os, ziglang; print(os.path.dirname(ziglang.__file__))")
@@ -57,4 +60,4 @@ bench: install-test fake-nvml  ## criterion, then every section of the runner; r
 
 bench-smoke: install-test fake-nvml  ## every benchmark path once, in seconds; measures nothing (CI)
 	$(PYTHON) -m benches --smoke
-	$(PYTHON) -m benches.gpu_check --samples 10 --nvml-library "$$($(PYTHON) -m runwarden.testing build)/libnvidia-ml.so.1"
+	$(PYTHON) -m benches --only gpu --smoke

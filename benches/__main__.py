@@ -23,6 +23,7 @@ from benches import (
     embedded,
     footprint,
     front_door,
+    gpu,
     interference,
     protocols,
     proxy,
@@ -39,8 +40,11 @@ RUNNERS: dict[str, Any] = {
     "footprint": footprint,
     "front_door": front_door,
     "embedded": embedded,
+    "gpu": gpu,
 }
-SECTIONS = tuple(RUNNERS)
+SECTIONS = tuple(s for s in RUNNERS if s != "gpu")
+"""The sections a plain run measures; `gpu` (benches/gpu_check.py) is asked for by name: its
+figures belong to the GPU it ran on, in benches/gpu_check-<gpu>.json."""
 NEEDS_TOOLS = ("proxy", "front_door", "embedded")
 """The sections that compare with nginx and drive wrk."""
 
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benches", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="every path once, in seconds")
     parser.add_argument(
-        "--only", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}"
+        "--only", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(RUNNERS)}"
     )
     parser.add_argument("--results", type=Path, help="the RESULTS.md to rewrite "
                         "(default: benches/RESULTS.md for a full run of every section, "
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="interleaved rounds per comparison (default 2)")
     args = parser.parse_args(argv)
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = set(sections) - set(SECTIONS)
+    unknown = set(sections) - set(RUNNERS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     profile = Profile.make(args.smoke)

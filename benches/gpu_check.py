@@ -1,6 +1,8 @@
-"""The real-driver checks in one go, for whoever has a GPU: a few minutes, one report.
+"""The real-driver checks in one go, for whoever has a GPU: a few minutes, one report,
+written to benches/gpu_check-<gpu>.json (h100, a100, ...) on a real GPU.
 
-    python -m benches.gpu_check [--nvml-library PATH] [--samples 200] [--json out.json]
+    python -m benches.gpu_check [--nvml-library PATH] [--cuda-library PATH] [--samples 200]
+                                [--canary-rounds 5] [--json out.json]
 
 1. runwarden's sampler and nvidia-ml-py read the same fields from the same driver; the
    fields that do not move (identity, totals, error counts) must be equal, the live ones
@@ -11,9 +13,13 @@
    no fatal finding, the dcgm-exporter series in /metrics, a clean stop (exit 0).
 4. With PyTorch and CUDA: a bf16 matmul's TFLOP/s with runwarden sampling at 10 Hz in the
    same process, against without, in alternating rounds.
+5-7. The compute canary (benches/gpu_canary.py): off is nothing; it passes on every GPU,
+   cold and warm; a context's memory and creation time; the matmul with it every 60 s and
+   every 1 s.
 
-With `--nvml-library` naming the fake driver (CI does) every step but 4 runs against it, so
-the script never rots where no GPU is.
+With `--nvml-library` naming the fake driver (CI does; its `libcuda.so.1` beside it is then
+the CUDA driver) every step but 4 and 7 runs against the fakes, so the script never rots where
+no GPU is.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -29,7 +36,8 @@ import time
 import urllib.request
 from typing import Any
 
-from benches.common import PYTHON, free_port, log, running, wait_http
+from benches import gpu_canary
+from benches.common import PYTHON, ROOT, free_port, log, running, wait_http
 
 STABLE = ("index", "uuid", "name", "pci_bus_id", "memory_total_bytes", "ecc", "retired_pages",
           "remapped_rows", "pcie_replays")  # fmt: skip
@@ -183,12 +191,25 @@ def interference(library: str | None, rounds: int = 6) -> dict[str, Any] | None:
             "cost_pct": 100 * (med_without - med_with) / med_without}  # fmt: skip
 
 
+def gpu_slug(name: str) -> str:
+    """ "NVIDIA H100 80GB HBM3" -> "h100": the model, for the report's file name."""
+    model = re.search(r"\b([A-Z]+[0-9]+[A-Z]*)\b", name.removeprefix("NVIDIA "))
+    return (model.group(1) if model else re.sub(r"[^a-z0-9]+", "-", name.lower())).lower()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benches.gpu_check", description=__doc__)
     parser.add_argument("--nvml-library", help="NVML to load (default: the driver's)")
+    parser.add_argument("--cuda-library", help="CUDA driver for the canary (default: the "
+                        "driver's, or the fake's beside a fake --nvml-library)")  # fmt: skip
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--canary-rounds", type=int, default=5, help="POST /canary rounds")
+    parser.add_argument("--json", help="also write the report here (on a real GPU it is "
+                        "always written to benches/gpu_check-<gpu>.json)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.cuda_library is None and args.nvml_library:
+        beside = os.path.join(os.path.dirname(os.path.abspath(args.nvml_library)), "libcuda.so.1")
+        args.cuda_library = beside if os.path.exists(beside) else None
     if args.nvml_library and os.environ.get("BENCHES_GPU_CHECK_CHILD") != "1":
         # nvidia-ml-py loads `libnvidia-ml.so.1` by name, so the same file must come first on
         # the loader's path before the process starts: run again with it there.
@@ -212,12 +233,19 @@ def main(argv: list[str] | None = None) -> int:
     report["serve"] = serve_check(args.nvml_library)
     log("4. interference with a bf16 matmul (PyTorch and CUDA, when present)")
     report["interference"] = interference(args.nvml_library)
+    report["canary"] = gpu_canary.check(
+        args.nvml_library, args.cuda_library, max(1, args.canary_rounds)
+    )
     text = json.dumps(report, indent=1, default=str)
     print(text)
-    if args.json:
-        with open(args.json, "w") as out:
+    paths = [args.json] if args.json else []
+    if not args.nvml_library and report["gpus"]:  # a real GPU: its report is kept
+        paths.append(str(ROOT / "benches" / f"gpu_check-{gpu_slug(str(report['gpus'][0]))}.json"))
+    for path in paths:
+        with open(path, "w") as out:
             out.write(text)
-    ok = not report["disagreements"] and report["serve"]["ok"]
+        log(f"wrote {path}")
+    ok = not report["disagreements"] and report["serve"]["ok"] and report["canary"]["ok"]
     log("gpu_check: " + ("ok" if ok else "FAILED"))
     return 0 if ok else 1
 

@@ -280,7 +280,30 @@ def tables(results: dict[str, Any]) -> list[str]:
         lines += front_door_tables(results["front_door"])
     if "protocols" in results:
         lines += protocols_table(results["protocols"])
+    if "gpu" in results:
+        lines += gpu_table(results["gpu"])
     return lines
+
+
+def gpu_table(r: dict[str, Any]) -> list[str]:
+    """The compute canary's figures from benches/gpu_check.py."""
+    c = r["canary"]
+    serve, ctx = c["serve"], c["context"]
+    cold = serve["cold_run_seconds"] or []
+    lines = [f"### GPU check ({r['drivers']} drivers: {', '.join(r['gpus'])})", "",
+             "| canary | figure |", "|---|---:|",
+             f"| passed on every GPU, every round | {serve['passed_every_round_on_every_gpu']} |",
+             f"| off: runs | {serve['off']['runs']} |",
+             f"| run, cold (s) | {', '.join(_f(s, 3) for s in cold)} |",
+             f"| run, warm median (s) | {_f(serve['warm_run_seconds_median'], 3)} |",
+             f"| context create, first / median (ms) | {_f(1000 * ctx['create_seconds_first'], 1)}"
+             f" / {_f(1000 * ctx['create_seconds_median'], 1)} |",
+             f"| context memory (MiB) | {_f(ctx['context_memory_mib_median'], 0)} |"]  # fmt: skip
+    for period, m in (c["matmul"] or {}).items():
+        lines.append(f"| bf16 matmul TFLOP/s, canary {period.replace('_', ' ')} vs none "
+                     f"| {_f(m['tflops_with'], 1)} vs {_f(m['tflops_without'], 1)} "
+                     f"({_f(m['cost_pct'], 2)} %) |")  # fmt: skip
+    return [*lines, ""]
 
 
 def proxy_tables(p: dict[str, Any], stream_bytes: int) -> list[str]:

@@ -266,7 +266,13 @@ impl PyCore {
                         .state()
                         .watched
                         .iter()
-                        .filter_map(|g| g.uuid.clone().map(|u| (g.index, u)))
+                        .filter_map(|g| {
+                            Some(canary::Target {
+                                gpu: g.index,
+                                uuid: g.uuid.clone()?,
+                                mig: g.selector.starts_with("MIG-").then(|| g.selector.clone()),
+                            })
+                        })
                         .collect()
                 });
                 Some(Arc::new(canary::Canary::new(

@@ -183,3 +183,40 @@ def test_G7_with_exclusive_checks_the_canary_runs_between_requests(
     ran_after = time.monotonic() - asked
     held.join()
     assert ran_after >= 1.0, f"the canary ran {ran_after:.2f}s after it was asked"
+
+
+MIG = "MIG-c6d4f1ef-42e4-5de3-91c7-45d71585b8ae"
+
+
+def test_G7_a_mig_instance_named_by_cuda_visible_devices_is_tested(
+    runwarden: Callable[..., Runwarden], app_server: AppServer, fakes: Path, nvml: FakeNvml
+) -> None:
+    """GPU 1 is in MIG mode: CUDA shows it only as the instance CUDA_VISIBLE_DEVICES names
+    (its device 0), and that is where the canary runs, wrong answers caught as on a GPU."""
+    nvml.set_gpu(1, mig_uuids=[MIG])
+    rw = runwarden(
+        app_server.url,
+        "--nvml-library", str(fakes / "libnvidia-ml.so.1"),
+        "--cuda-library", str(fakes / "libcuda.so.1"),
+        "--gpu-canary-seconds", "0.5", "--gpu-canary-timeout-seconds", "1",
+        env=clean_env(**{STATE_ENV: str(nvml.path), "CUDA_VISIBLE_DEVICES": MIG}),
+        wait_ready=True,
+    )  # fmt: skip
+    poll(lambda: canary(rw)["last"])
+    last = canary(rw)["last"]
+    assert [(r["gpu"], r["outcome"]) for r in last] == [(1, "pass")], last
+    nvml.set_cuda(1, wrong=True)
+    assert rw.wait_exit() == GPU_FAULT
+    assert "canary_mismatch on GPU 1" in rw.log()
+
+
+def test_G7_a_mig_instance_cuda_does_not_show_is_unavailable_and_says_how(
+    runwarden: Callable[..., Runwarden], app_server: AppServer, fakes: Path, nvml: FakeNvml
+) -> None:
+    nvml.set_gpu(1, mig_uuids=[MIG])
+    rw = serve(runwarden, app_server, fakes, nvml, "--gpus", MIG)
+    poll(lambda: canary(rw)["last"])
+    (run,) = canary(rw)["last"]
+    assert (run["gpu"], run["outcome"]) == (1, "unavailable")
+    assert f"start runwarden with CUDA_VISIBLE_DEVICES={MIG}" in run["detail"]
+    assert rw.status()["state"] == "ready"

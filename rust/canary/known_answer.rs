@@ -7,12 +7,12 @@ use std::ffi::CStr;
 use super::driver::{Arg, Cuda, CudaError, Device};
 
 /// The kernels, compiled by the driver for whatever GPU it finds.
-const PTX: &str = concat!(include_str!("kernels.ptx"), "\0");
+pub(crate) const PTX: &str = concat!(include_str!("kernels.ptx"), "\0");
 
-const MAC_WORDS: u32 = 64 * 1024;
-const MAC_ROUNDS: u32 = 64;
-const MATMUL_N: u32 = 64;
-const PATTERN_WORDS: u32 = 1024 * 1024; // 4 MiB
+pub(crate) const MAC_WORDS: u32 = 64 * 1024;
+pub(crate) const MAC_ROUNDS: u32 = 64;
+pub(crate) const MATMUL_N: u32 = 64;
+pub(crate) const PATTERN_WORDS: u32 = 1024 * 1024; // 4 MiB
 const BLOCK: u32 = 256;
 
 /// What one run found, short of an answer.
@@ -30,7 +30,8 @@ impl From<CudaError> for Failure {
     }
 }
 
-/// The CPU's answer to `runwarden_canary_mac`.
+/// The CPU's answer to `runwarden_canary_mac`: u32 arithmetic that wraps, as `mul.lo.u32`
+/// and `mad.lo.u32` do.
 pub fn mac(n: u32, rounds: u32) -> Vec<u32> {
     (0..n)
         .map(|i| {
@@ -44,24 +45,25 @@ pub fn mac(n: u32, rounds: u32) -> Vec<u32> {
 }
 
 /// Inputs of the matrix product: small integers, so every partial sum is exact in f32.
-fn matrices(n: u32) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn matrices(n: u32) -> (Vec<f32>, Vec<f32>) {
     let a = (0..n * n).map(|i| ((i * 7) % 17) as f32 - 8.0).collect();
     let b = (0..n * n).map(|i| ((i * 5) % 13) as f32 - 6.0).collect();
     (a, b)
 }
 
-/// The CPU's answer to `runwarden_canary_matmul`.
+/// The CPU's answer to `runwarden_canary_matmul`: from +0, one fused multiply-add per k in
+/// order, rounded to nearest even, as the kernel's `fma.rn.f32` loop does.
 pub fn matmul(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
     let mut c = vec![0f32; n * n];
     for i in 0..n {
         for j in 0..n {
-            c[i * n + j] = (0..n).map(|k| a[i * n + k] * b[k * n + j]).sum();
+            c[i * n + j] = (0..n).fold(0.0, |sum, k| a[i * n + k].mul_add(b[k * n + j], sum));
         }
     }
     c
 }
 
-/// The CPU's answer to `runwarden_canary_pattern`.
+/// The CPU's answer to `runwarden_canary_pattern`: a wrapping u32 product, then xor.
 pub fn pattern(n: u32, seed: u32) -> Vec<u32> {
     (0..n).map(|i| i.wrapping_mul(0x9E37_79B1) ^ seed).collect()
 }

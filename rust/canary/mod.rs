@@ -20,6 +20,13 @@
 //! | out of memory, device busy or exclusive, not permitted, no CUDA, PTX not supported | `canary_unavailable` | warning |
 
 pub mod driver;
+#[cfg(test)]
+mod exactness_tests;
+/// The fake driver's kernels (rust/fake-cuda), compiled here only to be compared with
+/// `known_answer`'s.
+#[cfg(test)]
+#[path = "../fake-cuda/src/kernels.rs"]
+mod fake_kernels;
 pub mod known_answer;
 
 use std::collections::BTreeMap;
@@ -65,6 +72,18 @@ pub struct CanarySettings {
     pub library: String,
 }
 
+/// A watched GPU as the canary finds it among CUDA's devices.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// NVML's index and UUID of the GPU (G5), which findings name.
+    pub gpu: u32,
+    pub uuid: String,
+    /// The `MIG-<uuid>` that chose it, if one did: CUDA shows a GPU in MIG mode only as its
+    /// instances, each with the instance's UUID (when `CUDA_VISIBLE_DEVICES` names it), so
+    /// that is the device to run on.
+    pub mig: Option<String>,
+}
+
 /// One GPU's last run.
 #[derive(Debug, Clone)]
 pub struct GpuRun {
@@ -95,8 +114,8 @@ struct Shared {
     settings: CanarySettings,
     events: Arc<EventQueue>,
     replace: Replacer,
-    /// The GPUs to test: index and UUID, as G5 chose them.
-    watched: Box<dyn Fn() -> Vec<(u32, String)> + Send + Sync>,
+    /// The GPUs to test, as G5 chose them.
+    watched: Box<dyn Fn() -> Vec<Target> + Send + Sync>,
     /// Q1: with exclusive checks, a run holds the door like a check, bounded like one.
     window: Option<(Arc<Door>, Duration)>,
     state: Mutex<CanaryState>,
@@ -117,7 +136,7 @@ impl Canary {
         settings: CanarySettings,
         events: Arc<EventQueue>,
         replace: Replacer,
-        watched: Box<dyn Fn() -> Vec<(u32, String)> + Send + Sync>,
+        watched: Box<dyn Fn() -> Vec<Target> + Send + Sync>,
         window: Option<(Arc<Door>, Duration)>,
     ) -> Canary {
         Canary {
@@ -278,11 +297,21 @@ impl Shared {
                 return true;
             }
         };
-        for (gpu, uuid) in (self.watched)() {
-            let wanted = uuid_bytes(&uuid);
+        for Target { gpu, uuid, mig } in (self.watched)() {
+            let wanted = uuid_bytes(mig.as_deref().unwrap_or(&uuid));
             let Some(&(device, _)) = devices.iter().find(|(_, u)| Some(*u) == wanted) else {
-                let detail =
-                    "not visible to CUDA in runwarden's process (CUDA_VISIBLE_DEVICES?)".to_owned();
+                let detail = match &mig {
+                    Some(mig) if wanted.is_some() => format!(
+                        "MIG instance {mig} is not visible to CUDA in runwarden's process: \
+                         start runwarden with CUDA_VISIBLE_DEVICES={mig}"
+                    ),
+                    Some(mig) => format!(
+                        "{mig} cannot be found among CUDA's devices: name the MIG instance by \
+                         the MIG-<uuid> that `nvidia-smi -L` shows"
+                    ),
+                    None => "not visible to CUDA in runwarden's process (CUDA_VISIBLE_DEVICES?)"
+                        .to_owned(),
+                };
                 self.unavailable(gpu, &uuid, detail, 0.0);
                 continue;
             };
@@ -448,10 +477,12 @@ fn hold(door: &Arc<Door>, bound: Duration) -> Option<crate::door::Window> {
     runtime.block_on(door.exclusive(bound)).ok()
 }
 
-/// NVML's "GPU-xxxxxxxx-xxxx-…" as CUDA's 16 bytes.
+/// NVML's "GPU-xxxxxxxx-xxxx-…" or "MIG-xxxxxxxx-xxxx-…" as CUDA's 16 bytes; None for
+/// anything else (the old "MIG-GPU-…/gi/ci" form included, which CUDA's UUIDs do not carry).
 fn uuid_bytes(uuid: &str) -> Option<[u8; 16]> {
     let hex: Vec<u8> = uuid
-        .strip_prefix("GPU-")?
+        .strip_prefix("GPU-")
+        .or_else(|| uuid.strip_prefix("MIG-"))?
         .bytes()
         .filter(u8::is_ascii_hexdigit)
         .collect();
@@ -475,5 +506,11 @@ mod tests {
         assert_eq!(bytes[6], 0x40);
         assert_eq!(bytes[15], 0x0a);
         assert_eq!(uuid_bytes("MIG-1234"), None);
+        let mig = uuid_bytes("MIG-c6d4f1ef-42e4-5de3-91c7-45d71585b8ae").unwrap();
+        assert_eq!((mig[0], mig[15]), (0xc6, 0xae));
+        assert_eq!(
+            uuid_bytes("MIG-GPU-00000000-0000-4000-8000-00000000000a/1/0"),
+            None
+        );
     }
 }

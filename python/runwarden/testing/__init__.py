@@ -15,7 +15,8 @@ The state file, every key optional (the fake's defaults are `default_state()`'s 
 
     {"driver_version": "550.54.15", "nvml_version": null, "cuda_driver_version": 12040,
      "gpus": [{"name", "uuid", "pci_bus_id", "temperature", "memory_temperature" (C),
-               "energy_mj" (since boot), "pcie_replay", "mig_uuids" (MIG devices' UUIDs),
+               "energy_mj" (since boot), "pcie_replay", "mig_uuids" (MIG devices' UUIDs;
+               to the fake CUDA the GPU is then only those, as CUDA_VISIBLE_DEVICES names them),
                "sm_clock", "mem_clock", "graphics_clock", "video_clock" (MHz),
                "throttle_reasons" (bits), "power_mw", "gpu_util", "memory_util" (%),
                "memory": {"total", "reserved", "used", "free"} (bytes),

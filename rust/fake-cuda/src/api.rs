@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::kernels;
 use crate::state::{self, Faults};
+use crate::visible;
 
 pub type CuResult = c_uint;
 pub type CuDevice = c_int;
@@ -87,7 +88,8 @@ pub extern "C" fn cuInit(flags: c_uint) -> CuResult {
     if flags != 0 {
         return ERROR_INVALID_VALUE;
     }
-    if state::gpus().is_empty() {
+    visible::read_environment();
+    if visible::devices().is_empty() {
         return ERROR_NO_DEVICE;
     }
     INITIALISED.store(true, Ordering::Release);
@@ -109,16 +111,16 @@ pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CuResult {
         if count.is_null() {
             return Err(ERROR_INVALID_VALUE);
         }
-        *count = state::gpus().len() as c_int;
+        *count = visible::devices().len() as c_int;
         Ok(())
     }))
 }
 
-fn device(ordinal: c_int) -> Result<state::Gpu, CuResult> {
+fn device(ordinal: c_int) -> Result<visible::Device, CuResult> {
     ready()?;
     usize::try_from(ordinal)
         .ok()
-        .and_then(|i| state::gpus().get(i).cloned())
+        .and_then(|i| visible::devices().get(i).cloned())
         .ok_or(ERROR_INVALID_DEVICE)
 }
 
@@ -178,7 +180,7 @@ pub unsafe extern "C" fn cuCtxCreate_v2(
             return Err(ERROR_LAUNCH_FAILED);
         }
         let made = Box::into_raw(Box::new(Context {
-            gpu: dev as usize,
+            gpu: gpu.gpu,
             pending: None,
         }));
         CURRENT.with(|c| c.set(made));

@@ -1,5 +1,7 @@
 //! The canary's kernels, computed on the CPU over the fake's device memory (the contract is
-//! in the crate docs).
+//! in the crate docs). Written apart from the canary's own reference
+//! (rust/canary/known_answer.rs); rust/canary/exactness_tests.rs compiles this file too and
+//! checks that the two agree.
 
 /// `runwarden_canary_mac`.
 pub fn mac(out: &mut [u32], rounds: u32) {
@@ -16,9 +18,10 @@ pub fn mac(out: &mut [u32], rounds: u32) {
 pub fn matmul(a: &[f32], b: &[f32], c: &mut [f32], n: usize) {
     for i in 0..n {
         for j in 0..n {
+            // The kernel's fma.rn.f32: one rounding per step, k in order.
             let mut sum = 0.0f32;
             for k in 0..n {
-                sum += a[i * n + k] * b[k * n + j];
+                sum = a[i * n + k].mul_add(b[k * n + j], sum);
             }
             c[i * n + j] = sum;
         }

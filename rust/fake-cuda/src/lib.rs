@@ -5,8 +5,9 @@
 //! contexts, a PTX module's functions, device memory, copies, kernel launches and
 //! synchronisation. A PTX module is not compiled: its `.entry` names are looked up, and the
 //! canary's kernels (`runwarden_canary_mac`, `_matmul`, `_pattern`) are computed on the CPU,
-//! so a right answer is a real answer. Each GPU of the state may carry a `cuda` object of
-//! faults:
+//! so a right answer is a real answer. The devices it shows follow the process's
+//! `CUDA_VISIBLE_DEVICES`, MIG instances (the state's `mig_uuids`) included: see `visible`.
+//! Each GPU of the state may carry a `cuda` object of faults:
 //!
 //! ```json
 //! {"gpus": [{"cuda": {"wrong": true,          // one bit of every kernel's output flipped
@@ -26,5 +27,6 @@
 mod api;
 mod kernels;
 mod state;
+mod visible;
 
 pub use api::*;

@@ -1,5 +1,5 @@
 //! The fake NVML driver's state file, read as the CUDA fake needs it: each GPU's name, UUID,
-//! whether it is lost, and its `cuda` faults. Read afresh on each call that needs it: the
+//! MIG instances, whether it is lost, and its `cuda` faults. Read afresh on each call that needs it: the
 //! canary makes a few calls a minute.
 
 use std::time::Duration;
@@ -12,7 +12,12 @@ pub const STATE_ENV: &str = "RUNWARDEN_FAKE_NVML_STATE";
 #[derive(Debug, Clone, Default)]
 pub struct Gpu {
     pub name: String,
+    /// NVML's text form, "GPU-…".
+    pub uuid_text: String,
     pub uuid: [u8; 16],
+    /// Its MIG instances' UUIDs ("MIG-…", `mig_uuids`, as the fake NVML has them): a GPU with
+    /// any is in MIG mode, and CUDA runs only on an instance (see `visible`).
+    pub mig_uuids: Vec<String>,
     pub lost: bool,
     pub faults: Faults,
 }
@@ -26,10 +31,12 @@ pub struct Faults {
     pub oom: bool,
 }
 
-/// The GPUs of the state file, in order; none if it is missing or unreadable.
+/// The GPUs of the state file, in order: with no state file named (or none there yet) the
+/// fake NVML's default, one healthy GPU; none if the file cannot be read or parsed.
 pub fn gpus() -> Vec<Gpu> {
-    let Some(path) = std::env::var_os(STATE_ENV) else {
-        return Vec::new();
+    let path = std::env::var_os(STATE_ENV).filter(|p| !p.is_empty());
+    let Some(path) = path.filter(|p| std::path::Path::new(p).exists()) else {
+        return vec![gpu(0, &Value::Null)];
     };
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
@@ -51,6 +58,17 @@ fn gpu(index: usize, g: &Value) -> Gpu {
     Gpu {
         name: text("name").unwrap_or_else(|| "NVIDIA H100 80GB HBM3".into()),
         uuid: uuid_bytes(&uuid),
+        uuid_text: uuid,
+        mig_uuids: g
+            .get("mig_uuids")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
         lost: g.get("lost").and_then(Value::as_bool).unwrap_or(false),
         faults: Faults {
             wrong: cuda.get("wrong").and_then(Value::as_bool).unwrap_or(false),
@@ -69,10 +87,12 @@ fn gpu(index: usize, g: &Value) -> Gpu {
     }
 }
 
-/// "GPU-xxxxxxxx-xxxx-…" as CUDA's 16 bytes (NVML's text form, CUDA's binary one).
-fn uuid_bytes(uuid: &str) -> [u8; 16] {
+/// "GPU-xxxxxxxx-xxxx-…" or "MIG-xxxxxxxx-…" as CUDA's 16 bytes (NVML's text form, CUDA's
+/// binary one).
+pub fn uuid_bytes(uuid: &str) -> [u8; 16] {
     let hex: String = uuid
         .trim_start_matches("GPU-")
+        .trim_start_matches("MIG-")
         .chars()
         .filter(char::is_ascii_hexdigit)
         .collect();
