@@ -178,25 +178,11 @@ def matmul_cost(
     nvml_library: str | None, cuda_library: str | None, window_1s: float = 6.0, rounds: int = 3
 ) -> dict[str, Any] | None:
     """Step 3: bf16 matmul TFLOP/s with the canary every 60 s and every 1 s, against none."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    from benches.gpu_check import matmul_meter
 
-    def tflops(seconds: float) -> float:
-        torch.cuda.synchronize()
-        began, done = time.perf_counter(), 0
-        while time.perf_counter() - began < seconds:
-            for _ in range(20):
-                a @ b
-            torch.cuda.synchronize()
-            done += 20
-        return 2 * n**3 * done / (time.perf_counter() - began) / 1e12
+    tflops = matmul_meter()
+    if tflops is None:
+        return None
 
     def with_canary(period: float, seconds: float) -> tuple[float, int]:
         with serving(nvml_library, cuda_library, f"{period:g}", dict(os.environ)) as (base, _):

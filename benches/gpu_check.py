@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from benches import gpu_canary
@@ -146,21 +147,20 @@ def serve_check(library: str | None) -> dict[str, Any]:
     }
 
 
-def interference(library: str | None, rounds: int = 6) -> dict[str, Any] | None:
-    """bf16 matmul TFLOP/s with and without runwarden sampling at 10 Hz, alternating."""
+def matmul_meter() -> Callable[[float], float] | None:
+    """With PyTorch and CUDA: a function timing bf16 8192² matmuls for that many seconds and
+    returning their TFLOP/s (used by step 4 and the canary's step 7); else None."""
     try:
         import torch
     except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
-    from runwarden import GpuSettings, HealthSettings, Warden
-
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
 
-    def tflops(seconds: float = 3.0) -> float:
+    def tflops(seconds: float) -> float:
         torch.cuda.synchronize()
         began, done = time.perf_counter(), 0
         while time.perf_counter() - began < seconds:
@@ -170,11 +170,21 @@ def interference(library: str | None, rounds: int = 6) -> dict[str, Any] | None:
             done += 20
         return 2 * n**3 * done / (time.perf_counter() - began) / 1e12
 
+    return tflops
+
+
+def interference(library: str | None, rounds: int = 6) -> dict[str, Any] | None:
+    """bf16 matmul TFLOP/s with and without runwarden sampling at 10 Hz, alternating."""
+    tflops = matmul_meter()
+    if tflops is None:
+        return None
+    from runwarden import GpuSettings, HealthSettings, Warden
+
     async def sampled() -> float:
         gpu = GpuSettings(gpu_sample_seconds=0.1, nvml_library=library)
         warden = Warden(HealthSettings(period_seconds=3600), "http://127.0.0.1:9", gpu)
         await warden.start()
-        result = await asyncio.to_thread(tflops)
+        result = await asyncio.to_thread(tflops, 3.0)
         await warden.stop()
         return result
 
@@ -184,7 +194,7 @@ def interference(library: str | None, rounds: int = 6) -> dict[str, Any] | None:
     for round_ in range(rounds):
         for name in ("without", "with") if round_ % 2 == 0 else ("with", "without"):
             (with_ if name == "with" else without).append(
-                asyncio.run(sampled()) if name == "with" else tflops()
+                asyncio.run(sampled()) if name == "with" else tflops(3.0)
             )
     med_without, med_with = statistics.median(without), statistics.median(with_)
     return {"tflops_without": med_without, "tflops_with": med_with,

@@ -29,6 +29,7 @@ import h2.events
 import h2.exceptions
 import hpack
 from h2.errors import ErrorCodes
+from runwarden.testing.raw import h2_exchange
 
 from benches.common import RssWatch
 
@@ -408,29 +409,8 @@ def probe_all(port: int, app_port: int, pid: int, frames: int) -> dict[str, Find
 def exchange(
     port: int, headers: list[tuple[str, str]], body: bytes | None = None
 ) -> tuple[int, bytes]:
-    """One HTTP/2 request by the h2 library, as sent (no header checked or normalised):
-    (status or 0 if the stream was reset or the connection ended, body)."""
-    conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
-    )
-    conn.initiate_connection()
-    conn.send_headers(1, headers, end_stream=body is None)
-    if body is not None:
-        conn.send_data(1, body, end_stream=True)
-    status, answer = 0, b""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(conn.data_to_send())
-        with contextlib.suppress(OSError, h2.exceptions.ProtocolError):
-            while data := sock.recv(65536):
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.ResponseReceived):
-                        status = int(dict(event.headers)[b":status"])
-                    elif isinstance(event, h2.events.DataReceived):
-                        answer += event.data
-                        conn.acknowledge_received_data(event.flow_controlled_length, 1)
-                    elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
-                        return status, answer
-                sock.sendall(conn.data_to_send())
+    """One HTTP/2 request, as sent: (status or 0 if the stream was reset, body)."""
+    status, answer, _ = h2_exchange(port, headers, body)
     return status, answer
 
 

@@ -18,13 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import h2.config
-import h2.connection
-import h2.events
 import httpx
 import pytest
 from conftest import AppServer, free_port, parse_metrics, poll, serving, wait_until_listening
 from runwarden.testing.raw import exchange as raw_exchange
+from runwarden.testing.raw import h2_exchange
 
 HERE = Path(__file__).resolve().parent
 CHUNKED = b"Transfer-Encoding: chunked\r\n\r\n"  # the end of a head whose body is chunked
@@ -88,39 +86,6 @@ def _dechunk(body: bytes) -> bytes:
         out, body = out + body[:size], body[size + 2 :]
 
 
-def _h2_exchange(
-    port: int, headers: list[tuple[str, str]], body: bytes | None = None
-) -> tuple[int | None, bytes, str]:
-    """One HTTP/2 request by raw frames: (status, body, how the stream ended)."""
-    conn = h2.connection.H2Connection(
-        h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
-    )
-    conn.initiate_connection()
-    status, answer, ended = None, b"", "open"
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        conn.send_headers(1, headers, end_stream=body is None)
-        if body is not None:
-            conn.send_data(1, body, end_stream=True)
-        sock.sendall(conn.data_to_send())
-        while ended == "open":
-            data = sock.recv(65536)
-            if not data:
-                ended = "closed"
-                break
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    status = int(dict(event.headers)[b":status"])
-                elif isinstance(event, h2.events.DataReceived):
-                    answer += event.data
-                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
-                elif isinstance(event, h2.events.StreamEnded):
-                    ended = "ended"
-                elif isinstance(event, h2.events.StreamReset):
-                    ended = f"reset {event.error_code!r}"
-            sock.sendall(conn.data_to_send())
-    return status, answer, ended
-
-
 def _h2_get(path: str, authority: str = "x", extra: list[tuple[str, str]] | None = None):  # type: ignore[no-untyped-def]
     return [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", authority),
             *(extra or [])]  # fmt: skip
@@ -160,7 +125,7 @@ def test_S1_an_http2_get_body_without_content_length_reaches_the_app(logger: App
     """Issue 22, item 1: an HTTP/2 GET whose DATA frames carry a body and no
     `content-length`: the app gets the body (chunked, as its length is not known ahead)."""
     rw = runwarden(logger.url, "--no-call-regularly")
-    status, answer, ended = _h2_exchange(rw.port, _h2_get("/search"), body=b"payload")
+    status, answer, ended = h2_exchange(rw.port, _h2_get("/search"), body=b"payload")
     assert (status, ended) == (200, "ended")
     assert json.loads(answer)["body"] == "payload"
     [(_, body)] = _requests(logger)
@@ -186,7 +151,7 @@ def test_S2_http2_cookie_crumbs_reach_the_app_as_one_cookie_line(logger: AppServ
     app as one `cookie` line joined by "; "."""
     rw = runwarden(logger.url, "--no-call-regularly")
     crumbs = [("cookie", "session=abc123"), ("cookie", "csrf=tok"), ("cookie", "lang=en")]
-    status, _, _ = _h2_exchange(rw.port, _h2_get("/c", extra=crumbs))
+    status, _, _ = h2_exchange(rw.port, _h2_get("/c", extra=crumbs))
     assert status == 200
     [(head, _)] = _requests(logger)
     cookie_lines = [ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"cookie:")]
@@ -225,7 +190,7 @@ def test_S2_flask_on_gunicorn_reads_every_cookie_an_http2_client_split(
     HTTP/2 client (a browser) sent as crumbs; joined by "," it would read one, corrupted."""
     rw = runwarden(flask_on_gunicorn, "--no-call-regularly")
     crumbs = [("cookie", "session=abc123"), ("cookie", "csrf=tok"), ("cookie", "lang=en")]
-    status, answer, _ = _h2_exchange(rw.port, _h2_get("/cookies", extra=crumbs))
+    status, answer, _ = h2_exchange(rw.port, _h2_get("/cookies", extra=crumbs))
     assert status == 200
     assert json.loads(answer) == {"session": "abc123", "csrf": "tok", "lang": "en"}
 
@@ -333,11 +298,11 @@ def test_S3_an_http2_host_unlike_its_authority_is_refused(logger: AppServer, run
     """Issue 22 (RFC 9113 8.3.1): an HTTP/2 `host` naming another entity than `:authority`
     is malformed: 400, and nothing reaches the app."""
     rw = runwarden(logger.url, "--no-call-regularly")
-    status, _, _ = _h2_exchange(
+    status, _, _ = h2_exchange(
         rw.port, _h2_get("/h", authority="app.example", extra=[("host", "evil.example")])
     )
     assert status == 400
-    status, _, _ = _h2_exchange(
+    status, _, _ = h2_exchange(
         rw.port, _h2_get("/h", authority="app.example", extra=[("host", "app.example")])
     )
     assert status == 200
