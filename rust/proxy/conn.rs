@@ -91,8 +91,8 @@ pub struct ConnState {
     /// The first head that showed what hyper does not tell (`sniff.rs`): its number << 8 |
     /// what it showed.
     flagged: AtomicU64,
-    /// Since when a head not yet handed on has been arriving (a pipelined one among them).
-    pending_head_since: AtomicU64,
+    /// A head not yet handed on has begun arriving (a pipelined one among them).
+    head_pending: AtomicBool,
     killed: Signal,
     /// For whoever else waits on the kill (a tunnel).
     kill: Notify,
@@ -117,7 +117,7 @@ impl ConnState {
             h2_streams: Mutex::new(Vec::new()),
             h2: AtomicBool::new(false),
             flagged: AtomicU64::new(0),
-            pending_head_since: AtomicU64::new(NONE),
+            head_pending: AtomicBool::new(false),
             killed: Signal::default(),
             kill: Notify::new(),
             shutdown: Signal::default(),
@@ -167,10 +167,9 @@ impl ConnState {
     }
 
     /// A head has begun behind the request in hand (pipelined), or the one begun has ended:
-    /// its header timeout counts from now once the connection is free for it.
+    /// its header timeout counts once the connection is free for it.
     pub fn head_pending(&self, begun: bool) {
-        let since = if begun { now_nanos() } else { NONE };
-        self.pending_head_since.store(since, Ordering::Relaxed);
+        self.head_pending.store(begun, Ordering::Relaxed);
     }
 
     /// Bytes arrived from the client: while no request is in hand, they begin a head.
@@ -252,11 +251,15 @@ impl ConnState {
     fn request_left(&self, counter: &AtomicU32) {
         let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         if !self.busy() {
-            self.idle_since.store(now_nanos(), Ordering::Relaxed);
-            // A head that arrived behind this request has waited for the connection; the
-            // header timeout counts it from its first byte (S6).
-            let pending = self.pending_head_since.load(Ordering::Relaxed);
-            self.head_since.store(pending, Ordering::Relaxed);
+            let now = now_nanos();
+            self.idle_since.store(now, Ordering::Relaxed);
+            // A head begun behind this request (pipelined) gets `header_timeout_seconds`
+            // from now, as nginx times the next request from when it starts reading it (S6):
+            // from its first byte, a long answer before it would close the connection under
+            // that answer's last bytes.
+            let pending = self.head_pending.load(Ordering::Relaxed);
+            self.head_since
+                .store(if pending { now } else { NONE }, Ordering::Relaxed);
             self.idle.notify_waiters();
         }
     }
