@@ -34,3 +34,31 @@ def test_every_rule_a_test_cites_is_defined_in_docs_rules() -> None:
 def test_the_readme_links_the_rules_and_the_settings() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "docs/rules.md" in readme and "docs/settings.md" in readme
+
+
+def _documents() -> list[Path]:
+    """Every document a reader may take exit codes from: README, docs/, deploy/."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    return files + sorted(p for p in (ROOT / "deploy").rglob("*") if p.is_file())
+
+
+def test_every_exit_code_table_and_range_agrees_with_exit_codes_py() -> None:
+    """D4: a table row `| 12 | `app_503` |` and a range "exits 10-15" anywhere in the README,
+    docs/ and deploy/ say what `runwarden.exit_codes` says (deploy/README.md once said 10-16)."""
+    from runwarden import exit_codes
+
+    by_code = {code: reason for code, reason, _ in exit_codes.TABLE}
+    replacing = sorted(exit_codes.BY_REASON.values())
+    row = re.compile(r"^\|\s*(\d+)\s*\|\s*`(\w+)`\s*\|", re.M)
+    span = re.compile(r"\b(1\d)\s*[-–]\s*(1\d)\b")
+    rows = ranges = 0
+    for path in _documents():
+        text = path.read_text(errors="replace")
+        where = path.relative_to(ROOT)
+        for code, reason in row.findall(text):
+            rows += 1
+            assert by_code.get(int(code)) == reason, f"{where}: | {code} | {reason} |"
+        for low, high in span.findall(text):
+            ranges += 1
+            assert [int(low), int(high)] == [replacing[0], replacing[-1]], f"{where}: {low}-{high}"
+    assert rows >= len(exit_codes.TABLE) - 2 and ranges >= 4, (rows, ranges)
