@@ -50,7 +50,7 @@ def test_every_exit_code_table_and_range_agrees_with_exit_codes_py() -> None:
     by_code = {code: reason for code, reason, _ in exit_codes.TABLE}
     replacing = sorted(exit_codes.BY_REASON.values())
     row = re.compile(r"^\|\s*(\d+)\s*\|\s*`(\w+)`\s*\|", re.M)
-    span = re.compile(r"\b(1\d)\s*[-–]\s*(1\d)\b")
+    span = re.compile(r"\b(1\d)\s*[-\u2013]\s*(1\d)\b")  # a hyphen or an en dash
     rows = ranges = 0
     for path in _documents():
         text = path.read_text(errors="replace")

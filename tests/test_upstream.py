@@ -99,14 +99,17 @@ def test_the_scripted_app_leaves_no_task_pending_when_closed(
 ) -> None:
     """The harness itself: a connection still open when the app closes has its task ended,
     so `make test` ends without "Task was destroyed but it is pending!" lines."""
-    app = ScriptedApp(answer(OK))
-    port = int(app.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port)) as idle:
-        idle.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert idle.recv(64).startswith(b"HTTP/1.1 200")
-        poll(lambda: app.connections == 1)
-        app.close()
-    del app
+
+    def open_a_connection_and_close() -> None:
+        app = ScriptedApp(answer(OK))
+        port = int(app.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            idle.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert idle.recv(64).startswith(b"HTTP/1.1 200")
+            poll(lambda: app.connections == 1)
+            app.close()
+
+    open_a_connection_and_close()  # the app and its loop are garbage from here on
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         gc.collect()
     assert not [r for r in caplog.records if "pending" in r.getMessage()], caplog.text
