@@ -253,3 +253,22 @@ def test_H1_a_runner_replaced_before_its_app_ever_passed_names_the_startup_timeo
     assert rw.wait_exit() == exit_codes.BY_REASON["health_check"]
     line = next(x for x in rw.log().splitlines() if "exiting with code 10" in x)
     assert "never passed a check" in line and "--startup-timeout-seconds" in line, line
+
+
+def test_make_test_says_it_installs_into_the_environment_and_what_it_replaces(
+    quickstart: Path,
+) -> None:
+    """`make test` from the quick start's environment (runwarden installed, no pytest): it
+    installs this checkout there, editable; it says so before, names the runwarden it
+    replaces, and how to test in a venv of its own. (PIP_INSTALL=true: nothing installed.)"""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        ["make", "-s", "install-test", f"PYTHON={quickstart / 'python'}", "PIP_INSTALL=true"],
+        cwd=root, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert f"into the environment of {quickstart.parent}" in out, out
+    assert "this replaces the runwarden installed there from " in out, out
+    assert "site-packages/runwarden" in out, out
+    assert "python3 -m venv .venv" in out, out

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,22 +43,6 @@ def walkthrough() -> str:
     block = re.search(r"```sh\n(.*?)```", section, re.S)
     assert block, "no sh block in the README's fault-kit section"
     return block.group(1)
-
-
-@pytest.fixture(scope="module")
-def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The quick start's install: a fresh virtual environment, `pip install '.[demo]'` from
-    the checkout (not editable). With the extension already built in target/ (make test's
-    `pip install -e`), cargo has nothing to compile: about 10 s; from a cold target/, the
-    Rust core's first build (minutes)."""
-    venv = tmp_path_factory.mktemp("quickstart") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    install = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", ".[demo]"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1500,
-    )  # fmt: skip
-    assert install.returncode == 0, install.stdout + install.stderr
-    return venv / "bin"
 
 
 @pytest.mark.timeout(1800)
