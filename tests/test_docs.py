@@ -62,3 +62,20 @@ def test_every_exit_code_table_and_range_agrees_with_exit_codes_py() -> None:
             ranges += 1
             assert [int(low), int(high)] == [replacing[0], replacing[-1]], f"{where}: {low}-{high}"
     assert rows >= len(exit_codes.TABLE) - 2 and ranges >= 4, (rows, ranges)
+
+
+def test_the_readme_has_a_complete_vllm_command_line_behind_runwarden() -> None:
+    """The README shows `vllm serve` behind `runwarden serve`, whole (issue 24), and it parses
+    to the vllm profile's settings, its 20-minute start-up budget included."""
+    from runwarden.cli import parse
+
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"^runwarden serve --app-profile vllm .*?\\\n\s+-- vllm serve .*$", readme,
+                      re.M)  # fmt: skip
+    assert found, "no `runwarden serve --app-profile vllm ... -- vllm serve ...` in README.md"
+    argv = found.group(0).replace("\\\n", " ").split()[1:]
+    settings = parse(argv, {})
+    assert settings.app_command[:2] == ("vllm", "serve"), settings.app_command
+    assert settings.health.health_path == "/health"
+    assert settings.health.startup_timeout_seconds == 1200
+    assert settings.sources["startup_timeout_seconds"] == "profile vllm"
