@@ -79,3 +79,15 @@ def test_the_readme_has_a_complete_vllm_command_line_behind_runwarden() -> None:
     assert settings.health.health_path == "/health"
     assert settings.health.startup_timeout_seconds == 1200
     assert settings.sources["startup_timeout_seconds"] == "profile vllm"
+
+
+def test_the_quick_start_says_the_first_build_is_long_and_how_to_watch_it() -> None:
+    """The first `pip install` is silent for minutes while cargo compiles the core: the quick
+    start says so, how to see progress, and what `make test` does to the environment."""
+    readme = (ROOT / "README.md").read_text()
+    quick = readme[readme.index("## Quick start") : readme.index("## Installing")]
+    text = " ".join(quick.split())
+    assert "compiles the Rust core" in text and "2 to 3 minutes on 2 cores" in text
+    assert "pip install -v" in text
+    assert "make test" in text and "python3 -m venv .venv" in text
+    assert "exit code 12" in text and "orchestrator" in text
