@@ -155,7 +155,11 @@ fn h1_a_runner_replaced_before_its_app_ever_passed_names_the_startup_timeout() {
     }
     let actions = regular_check(&mut s, ms(3000), refused());
     let r = replacement(&actions).expect("third failure replaces");
-    assert!(r.detail.contains("3 consecutive failed checks"), "{}", r.detail);
+    assert!(
+        r.detail.contains("3 consecutive failed checks"),
+        "{}",
+        r.detail
+    );
     assert!(
         r.detail.contains("the app never passed a check in its 3 s")
             && r.detail.contains("--startup-timeout-seconds")
