@@ -122,8 +122,9 @@ def _app_command_without_dashes(
     `--` before it. argparse would take the app's `--port 8000` as runwarden's own, so say
     where the command goes, and refuse an option given both before and after the app's name
     (whichever was meant, one of them would be silently lost)."""
-    word = next((u for u in unknown if not u.startswith("-")), None)
-    if word is None or word not in argv[1:]:
+    # The app's name comes first; a word after an unknown option is that option's value.
+    word = unknown[0] if unknown else ""
+    if not word or word.startswith("-") or word not in argv[1:]:
         return
     start = argv.index(word, 1)
     ours, app = list(argv[1:start]), list(argv[start:])
