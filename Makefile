@@ -7,9 +7,17 @@ PYTEST_ARGS ?=
 dev:  ## build the extension in place (editable install) with the test extra
 	$(PYTHON) -m pip install -e '.[test]'
 
-install-test:  ## what the tests need: the package (if missing) and its test extra
-	@$(PYTHON) -c "import runwarden._core, pytest, httpx, h2, psutil, websockets, grpc, starlette" 2>/dev/null \
-		|| $(PYTHON) -m pip install -e '.[test]'
+# How install-test installs (a test sets it to `true` to see only what it would say).
+PIP_INSTALL ?= $(PYTHON) -m pip install
+
+# What the tests need: the package (if missing) and its test extra. Installing changes the
+# environment $(PYTHON) belongs to, so it says so first, and what it replaces there.
+install-test:
+	@$(PYTHON) -c "import runwarden._core, pytest, httpx, h2, psutil, websockets, grpc, starlette" 2>/dev/null || { \
+		echo "make test: installing this checkout, editable, with its test extra into the environment of $$($(PYTHON) -c 'import sys; print(sys.prefix)') (pip install -e '.[test]')"; \
+		$(PYTHON) -c "import os, runwarden; print('make test: this replaces the runwarden installed there from', os.path.dirname(runwarden.__file__))" 2>/dev/null || true; \
+		echo "make test: to keep that environment as it is, test in one of its own: python3 -m venv .venv && . .venv/bin/activate && make test"; \
+		$(PIP_INSTALL) -e '.[test]'; }
 
 fake-nvml:  ## the fake libnvidia-ml.so.1 used by the GPU tests
 	$(PYTHON) -m runwarden.testing build

@@ -510,6 +510,9 @@ fn fd_limits() -> (usize, usize) {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // The checkout this extension was compiled in: `pip install .` leaves no source behind in
+    // site-packages, and the fault kit builds its fake drivers there (runwarden.testing).
+    m.add("BUILT_FROM", env!("CARGO_MANIFEST_DIR"))?;
     m.add("SettingsError", m.py().get_type::<SettingsError>())?;
     m.add_class::<PyHealthSettings>()?;
     m.add_class::<PyCheckOutcome>()?;

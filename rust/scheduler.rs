@@ -397,7 +397,13 @@ impl Scheduler {
             }
             _ => None,
         };
-        let detail = replace_reason.map(|reason| describe_failure(reason, &outcome));
+        let detail = replace_reason.map(|reason| {
+            let mut detail = describe_failure(reason, &outcome);
+            if reason == Reason::HealthCheck && !self.life.has_passed() {
+                detail.push_str(&self.never_passed(now));
+            }
+            detail
+        });
         self.remember(outcome.clone());
         actions.push(Action::Emit(Event::Check(outcome)));
         if let (Some(reason), Some(detail)) = (replace_reason, detail) {
@@ -506,6 +512,19 @@ impl Scheduler {
         self.queued.clear();
         self.next_regular = None;
         vec![Action::Emit(Event::Verdict(verdict))]
+    }
+
+    /// H1: a runner replaced before its app ever passed a check was most likely still
+    /// loading (a model server reads its weights for minutes): say so, and which setting
+    /// gives it longer.
+    fn never_passed(&self, now: Duration) -> String {
+        format!(
+            "; the app never passed a check in its {} s: if it was still loading, give it \
+             longer with --startup-timeout-seconds (RUNWARDEN_STARTUP_TIMEOUT_SECONDS; the \
+             start period is now {} s)",
+            trim_float(self.age(now).as_secs_f64().round()),
+            trim_float(self.settings.effective_start_period().as_secs_f64()),
+        )
     }
 
     /// The drain is over and runwarden exits: its exit code (None if nothing drained).

@@ -148,6 +148,40 @@ fn h3_a_check_that_outlives_its_period_delays_the_next_and_never_overlaps() {
 }
 
 #[test]
+fn h1_a_runner_replaced_before_its_app_ever_passed_names_the_startup_timeout() {
+    let mut s = Scheduler::new(quick(), ms(0));
+    for t in [1000, 2000] {
+        regular_check(&mut s, ms(t), refused());
+    }
+    let actions = regular_check(&mut s, ms(3000), refused());
+    let r = replacement(&actions).expect("third failure replaces");
+    assert!(
+        r.detail.contains("3 consecutive failed checks"),
+        "{}",
+        r.detail
+    );
+    assert!(
+        r.detail.contains("the app never passed a check in its 3 s")
+            && r.detail.contains("--startup-timeout-seconds")
+            && r.detail.contains("the start period is now 0 s"),
+        "{}",
+        r.detail
+    );
+}
+
+#[test]
+fn h1_a_runner_that_passed_once_is_not_told_about_the_startup_timeout() {
+    let mut s = Scheduler::new(quick(), ms(0));
+    regular_check(&mut s, ms(1000), ok(5));
+    for t in [2000, 3000] {
+        regular_check(&mut s, ms(t), refused());
+    }
+    let actions = regular_check(&mut s, ms(4000), refused());
+    let r = replacement(&actions).expect("third failure replaces");
+    assert!(!r.detail.contains("startup-timeout"), "{}", r.detail);
+}
+
+#[test]
 fn h4_threshold_consecutive_failures_replace() {
     let mut s = Scheduler::new(quick(), ms(0));
     regular_check(&mut s, ms(1000), status(500));

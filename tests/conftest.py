@@ -251,3 +251,19 @@ def runwarden(tmp_path: Path) -> Iterator[Callable[..., Runwarden]]:
     finally:
         for warden in started:
             warden.stop()
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quick start's install: a fresh virtual environment, `pip install '.[demo]'` from
+    the checkout (not editable). With the extension already built in target/ (make test's
+    `pip install -e`), cargo has nothing to compile: about 10 s; from a cold target/, the
+    Rust core's first build (minutes)."""
+    venv = tmp_path_factory.mktemp("quickstart") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", ".[demo]"],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    return venv / "bin"

@@ -137,3 +137,22 @@ def test_C_startup_failure_when_the_port_is_taken(tmp_path):
         result = _run("serve", "--host", "127.0.0.1", "--port", str(port))
     assert result.returncode == exit_codes.STARTUP_FAILED
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_C_an_app_command_without_dashes_is_told_to_go_after_them():
+    """C: `serve uvicorn my_server:app` (no `--`): exit 2 saying to put the app's command
+    after `--`, with the command line that would work."""
+    result = _run("serve", "--port", "9", "uvicorn", "my_server:app")
+    assert result.returncode == exit_codes.BAD_CONFIG
+    assert "put the app's command after `--`" in result.stderr, result.stderr
+    assert "runwarden serve --port 9 -- uvicorn my_server:app" in result.stderr, result.stderr
+
+
+def test_C_an_option_before_and_after_the_apps_name_is_refused_naming_it():
+    """C: without `--`, the app's own `--port 8000` would silently become runwarden's; given
+    both before and after the app's name it is refused, named, with the fixed command."""
+    result = _run("serve", "--port", "8080", "uvicorn", "my_server:app", "--port", "8000")
+    assert result.returncode == exit_codes.BAD_CONFIG
+    err = " ".join(result.stderr.split())
+    assert "--port given both before and after the app's name 'uvicorn'" in err, err
+    assert "runwarden serve --port 8080 -- uvicorn my_server:app --port 8000" in err, err

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 from runwarden.testing import (
     STATE_ENV,
     EventType,
@@ -564,3 +565,17 @@ def test_cli_needs_a_state_file() -> None:
     )
     assert done.returncode == 2
     assert "--state PATH" in done.stderr
+
+
+def test_cli_wait_for_a_finding_runwarden_never_reports_says_what_it_saw(
+    runwarden: Any,
+) -> None:
+    """`wait-for RULE` gives up at --timeout with exit 1, naming the rule and the findings
+    /status had (none here: a runwarden with no driver reports no GPU finding)."""
+    rw = runwarden(f"http://127.0.0.1:{free_port()}")
+    done = cli("wait-for", "temperature", "--gpu", "0", "--admin", rw.admin_url,
+               "--timeout", "0.5")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "reported no temperature on GPU 0 within 0.5 s (findings so far: none)" in (
+        done.stderr
+    ), done.stderr

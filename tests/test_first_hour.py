@@ -96,6 +96,15 @@ def test_serve_help_is_grouped_and_has_no_rule_ids() -> None:
     assert "(H4)" not in text and "(K3)" not in text and "(Q2)" not in text
 
 
+def test_serve_help_opens_with_two_examples_supervised_and_guard_mode() -> None:
+    """The first screen of `serve --help` (before 279 lines of options) shows how it is run:
+    an app command after `--`, and guard mode with --app-url."""
+    top = _run("serve", "--help").stdout.splitlines()[:15]
+    examples = [line.strip() for line in top if line.strip().startswith("runwarden serve ")]
+    assert any(" -- " in line for line in examples), top
+    assert any("--app-url" in line and " -- " not in line for line in examples), top
+
+
 def test_demo_help_shows_the_admin_hosts_default_without_contradicting_it() -> None:
     text = " ".join(_run("demo", "--help").stdout.split())
     start = text.index("--admin-host TEXT the admin")
@@ -183,3 +192,83 @@ def test_an_app_that_stops_on_sigterm_is_said_to_have_stopped_as_asked(
     log = warden.log()
     assert "the app stopped on SIGTERM, as asked" in log, log
     assert "killed by signal SIGTERM" not in log
+
+
+# A model server that loads for SECONDS before it listens (a stand-in for reading weights),
+# then answers 200 to every GET.
+SLOW_APP = """
+import http.server, sys, time
+time.sleep(float(sys.argv[2]))
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+"""
+
+
+def _slow_app(load_seconds: float) -> tuple[str, list[str]]:
+    port = free_port()
+    return f"http://127.0.0.1:{port}", [sys.executable, "-c", SLOW_APP, str(port),
+                                        str(load_seconds)]  # fmt: skip
+
+
+def test_H1_a_model_server_profile_lets_a_slow_loading_app_load_and_become_ready(
+    runwarden: Callable[..., Runwarden],
+) -> None:
+    """H1 under `--app-profile vllm`: the profile's start-up budget (1200 s) raises the start
+    period, so an app that loads for longer than the checks alone allow stays up and becomes
+    ready. Scaled: the tests' periods (0.2 s, threshold 3, start period 0) would replace a
+    runner whose app is silent for ~0.6 s, and this app loads for 3 s, as the defaults (30 s
+    start period, 3 checks 15 s apart: ~60 s) would replace a model loading for 100 s."""
+    url, command = _slow_app(3)
+    started = time.monotonic()
+    rw = runwarden(url, "--app-profile", "vllm", app_command=command)
+    rw.wait_ready(timeout=20)
+    assert time.monotonic() - started >= 3
+    assert rw.proc.poll() is None
+    status = rw.status()
+    sources = status["setting_sources"]
+    assert sources["startup_timeout_seconds"] == "profile vllm", sources  # type: ignore[index]
+    assert status["settings"]["startup_timeout_seconds"] == 1200, status  # type: ignore[index]
+
+
+def test_H1_a_runner_replaced_before_its_app_ever_passed_names_the_startup_timeout(
+    runwarden: Callable[..., Runwarden],
+) -> None:
+    """The same slow app with the generic profile (no start-up budget): replaced while still
+    loading, and the exit line says the app never passed a check and which option gives it
+    longer."""
+    url, command = _slow_app(30)
+    rw = runwarden(url, "--app-profile", "generic", app_command=command)
+    assert rw.wait_exit() == exit_codes.BY_REASON["health_check"]
+    line = next(x for x in rw.log().splitlines() if "exiting with code 10" in x)
+    assert "never passed a check" in line and "--startup-timeout-seconds" in line, line
+
+
+def test_make_test_says_it_installs_into_the_environment_and_what_it_replaces(
+    quickstart: Path,
+) -> None:
+    """`make test` from the quick start's environment (runwarden installed, no pytest): it
+    installs this checkout there, editable; it says so before, names the runwarden it
+    replaces, and how to test in a venv of its own. (PIP_INSTALL=true: nothing installed.)"""
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        ["make", "-s", "install-test", f"PYTHON={quickstart / 'python'}", "PIP_INSTALL=true"],
+        cwd=root, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert f"into the environment of {quickstart.parent}" in out, out
+    assert "this replaces the runwarden installed there from " in out, out
+    assert "site-packages/runwarden" in out, out
+    assert "python3 -m venv .venv" in out, out

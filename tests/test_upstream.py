@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import logging
 import socket
 import threading
 import time
@@ -54,9 +56,20 @@ class ScriptedApp:
         return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
+        """Stop listening, end every connection's task, then stop and close the loop: a task
+        left pending would be reported ("Task was destroyed but it is pending!") when the
+        loop is collected, at the end of the run."""
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
+
+    async def _shutdown(self) -> None:
+        self.server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         counted = False
@@ -76,7 +89,30 @@ class ScriptedApp:
                 if writer.is_closing():
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
             writer.close()
+
+
+def test_the_scripted_app_leaves_no_task_pending_when_closed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The harness itself: a connection still open when the app closes has its task ended,
+    so `make test` ends without "Task was destroyed but it is pending!" lines."""
+
+    def open_a_connection_and_close() -> None:
+        app = ScriptedApp(answer(OK))
+        port = int(app.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as idle:
+            idle.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert idle.recv(64).startswith(b"HTTP/1.1 200")
+            poll(lambda: app.connections == 1)
+            app.close()
+
+    open_a_connection_and_close()  # the app and its loop are garbage from here on
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        gc.collect()
+    assert not [r for r in caplog.records if "pending" in r.getMessage()], caplog.text
 
 
 @pytest.fixture

@@ -1,14 +1,17 @@
 """The README's fault-kit walkthrough, run exactly as printed (issue 17): the block is taken
 from README.md and run by bash, in order, with its own loopback ports, a one-second NVML
 watchdog and a fast sampler set through the environment, and a `my_server.py` that answers
-health checks."""
+health checks. It runs as a newcomer runs it (issue 24): straight after the quick start's
+`pip install '.[demo]'`, in a fresh virtual environment of its own, away from the checkout."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +45,15 @@ def walkthrough() -> str:
     return block.group(1)
 
 
-def test_the_readmes_fault_kit_walkthrough_runs_as_printed(tmp_path: Path) -> None:
+@pytest.mark.timeout(1800)
+def test_the_readmes_fault_kit_walkthrough_runs_as_printed_after_the_quick_start(
+    tmp_path: Path, quickstart: Path
+) -> None:
+    where = subprocess.run(
+        [str(quickstart / "python"), "-c", "import runwarden; print(runwarden.__file__)"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "site-packages" in where and not where.startswith(str(ROOT)), where
     script = walkthrough()
     assert script.count("inject-xid") == 1 and "lose-gpu" in script and "hang" in script
     (tmp_path / "my_server.py").write_text(MY_SERVER)
@@ -55,6 +66,8 @@ def test_the_readmes_fault_kit_walkthrough_runs_as_printed(tmp_path: Path) -> No
         RUNWARDEN_NVML_WATCHDOG_SECONDS="1",
         RUNWARDEN_GPU_SAMPLE_SECONDS="0.2",
         RUNWARDEN_START_PERIOD_SECONDS="0",
+        PATH=f"{quickstart}{os.pathsep}{os.environ.get('PATH', '')}",
+        VIRTUAL_ENV=str(quickstart.parent),
     )
     # /tmp/gpus.json as printed, but this test's own: the block's paths, under tmp_path.
     script = script.replace("/tmp/gpus.json", str(tmp_path / "gpus.json"))
@@ -66,6 +79,9 @@ def test_the_readmes_fault_kit_walkthrough_runs_as_printed(tmp_path: Path) -> No
     assert result.returncode == 0, out
     assert re.findall(r"^exit code (\d+)$", result.stdout, re.M) == ["13"] * 4, out
     assert "critical_xid on GPU 3" in out
+    # Step 2's warning, as the comment promises: in runwarden's log and from /status.
+    assert re.search(r" WARNING runwarden\S*: GPU warning temperature on GPU 0: ", out), out
+    assert re.search(r"^GPU warning temperature on GPU 0: ", result.stdout, re.M), out
     assert "nvml_hung" in out or "did not return" in out, out
     assert "gpu_lost on GPU 1" in out, out
     assert "canary_mismatch on GPU 2" in out, out

@@ -1,6 +1,6 @@
 # runwarden in entrypoint mode on Nomad (docker driver): the image's ENTRYPOINT is
 # `runwarden serve --` and `args` is the model server's command. On a replacement verdict
-# runwarden drains, stops the model server and exits 10-16; the restart block restarts the
+# runwarden drains, stops the model server and exits 10-15; the restart block restarts the
 # task in place, and when it keeps failing (a GPU fault: exit 13 again at start-up) the
 # allocation fails and the reschedule block moves it to another node.
 #

@@ -21,6 +21,7 @@ Reason = Literal[
 State = Literal["starting", "ready", "replacing", "stopping", "stopped"]
 
 __all__ = [
+    "BUILT_FROM",
     "GPU_RULES",
     "PROMOTABLE_WARNINGS",
     "REASONS",
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 __version__: str
+BUILT_FROM: str
+"""The directory of the checkout the extension was compiled in (it may be gone since: a wheel
+built elsewhere, or a temporary copy)."""
 
 SETTINGS: list[dict[str, Any]]
 """Every setting of the core, declared once in `rust/settings.rs`: name, group ("health",

@@ -26,6 +26,19 @@ DEMO_DEFAULTS = {
 }
 
 
+SERVE_DESCRIPTION = """\
+Proxy to the app at --app-url and guard it. With an app command after `--`, also start and
+supervise the app. Every option can come from the environment as RUNWARDEN_<NAME>; the
+command line wins.
+
+examples:
+  # start and supervise the app (the app's command and its own options after --)
+  runwarden serve --app-profile vllm -- vllm serve MODEL --port 8000
+  # guard mode: an app that is already running (a replacement stops only runwarden)
+  runwarden serve --app-url http://127.0.0.1:8000 --health-path /health
+"""
+
+
 def _epilog() -> str:
     rows = "\n".join(
         f"  {code:>3}  {name:<15} {RULE_IDS.sub('', meaning)}"
@@ -47,11 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="proxy to an app, health-check it, drain and exit when it breaks",
         usage="runwarden serve [OPTIONS] [-- APP COMMAND ...]",
-        description=(
-            "Proxy to the app at --app-url and guard it. With an app command after `--`, "
-            "also start and supervise the app. Every option can come from the environment "
-            "as RUNWARDEN_<NAME>; the command line wins."
-        ),
+        description=SERVE_DESCRIPTION,
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -67,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--app-port", type=int, default=8000, help="the demo model server's port (default: 8000)"
     )
-    add_options(demo, DEMO_DEFAULTS)
+    add_options(demo, DEMO_DEFAULTS, defaults_source="demo")
     return parser
 
 
@@ -84,6 +93,8 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         parser.error("a command is needed: serve, run or demo")
     if unknown and args.command == "run":
         run.unknown_options(_command_parser(parser, "run"), unknown)
+    if unknown and args.command == "serve":
+        _app_command_without_dashes(_command_parser(parser, "serve"), argv, unknown)
     if unknown:  # said with the command's own usage, not the top level's
         sub = _command_parser(parser, args.command)
         options = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
@@ -104,6 +115,35 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     return resolve(args, env, command)
 
 
+def _app_command_without_dashes(
+    serve: argparse.ArgumentParser, argv: Sequence[str], unknown: Sequence[str]
+) -> None:
+    """`runwarden serve uvicorn my_server:app --port 8000`: an app command given without
+    `--` before it. argparse would take the app's `--port 8000` as runwarden's own, so say
+    where the command goes, and refuse an option given both before and after the app's name
+    (whichever was meant, one of them would be silently lost)."""
+    # The app's name comes first; a word after an unknown option is that option's value.
+    word = unknown[0] if unknown else ""
+    if not word or word.startswith("-") or word not in argv[1:]:
+        return
+    start = argv.index(word, 1)
+    ours, app = list(argv[1:start]), list(argv[start:])
+    options = {o for a in serve._actions for o in a.option_strings if o.startswith("--")}
+
+    def named(args: Sequence[str]) -> set[str]:
+        return {a.split("=")[0] for a in args if a.split("=")[0] in options}
+
+    twice = sorted(named(ours) & named(app))
+    fixed = " ".join(["runwarden serve", *ours, "--", *app])
+    message = f"unrecognized arguments: {' '.join(unknown)}: put the app's command after `--`"
+    if twice:
+        message += (
+            f"; {', '.join(twice)} given both before and after the app's name {word!r} "
+            "(after it, it is the app's own option)"
+        )
+    serve.error(f"{message}, as in: {fixed}")
+
+
 def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -115,6 +155,7 @@ def _print_demo_urls(settings: Settings) -> None:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     proxy = f"http://{host}:{settings.port}"
     admin = f"http://{settings.admin_host}:{settings.admin_port}"
+    code = exit_codes.BY_REASON["app_503"]
     print(
         f"""
 runwarden demo: a small model server at {settings.app_url}, guarded by runwarden.
@@ -124,7 +165,10 @@ Try:
   curl -H '{settings.check_header}: 1' {proxy}/   # ask runwarden for a health check (H5)
   curl {admin}/status                          # state, settings, check history
   curl {admin}/metrics                         # Prometheus metrics
-  curl '{proxy}/predict?status=503'                    # the app answers 503: runwarden replaces
+  curl '{proxy}/predict?status=503'                    # the app answers 503: see below
+A 503 replaces the runner: runwarden drains and exits with the reason's code
+({code}, app_503), and in production the orchestrator (Kubernetes, systemd, ...) starts
+a fresh runner. Here nothing restarts it: the demo ends with exit code {code}.
 Ctrl-C stops it cleanly (exit 0).
 """,
         flush=True,

@@ -339,9 +339,9 @@ SIDECAR: tuple[Spec, ...] = (
          "the app's address, with a path prefix the app is mounted under if any; requests "
          "and checks go only there"),
     Spec("app_profile", _choice(PROFILE_NAMES), "generic",
-         "a known model server (vllm, sglang, tgi, triton): its health path, method and "
-         "whether its check is thorough (run alone), for every one of them not set "
-         "explicitly (docs/profiles.md)"),
+         "a known model server (vllm, sglang, tgi, triton): its health path, method, "
+         "whether its check is thorough (run alone) and its start-up budget (20 minutes to "
+         "load a model), for every one of them not set explicitly (docs/profiles.md)"),
     Spec("sidecar", _bool, False,
          "the app runs in another container of the pod (shareProcessNamespace: true, one "
          "user): a replacement stops the process listening on the app's port, so its "
@@ -388,8 +388,8 @@ class Settings:
         self.notes: list[str] = []
         """What reading the settings found worth a warning, for the log once it is set up."""
         self.sources: dict[str, str] = {}
-        """Where each setting's value came from: option, environment, profile NAME, or
-        default (`/status`'s `setting_sources`)."""
+        """Where each setting's value came from: option, environment, profile NAME, the
+        command's own defaults (demo), or default (`/status`'s `setting_sources`)."""
         self.serve_app: tuple[str, str, int, str, dict[str, Any]] | None = None
         """`runwarden run`: the app (MODULE:APP), its host and port, where to import it from,
         and the options given (SPEC E7)."""
@@ -437,9 +437,12 @@ def add_options(
     parser: argparse.ArgumentParser,
     defaults: Mapping[str, Any] | None = None,
     specs: Sequence[Spec] = SPECS,
+    defaults_source: str = "default",
 ) -> None:
     """Add each option of `specs` (every one by default) to `parser`, in `HELP_GROUPS`'
-    sections; values left unset are None (the environment or the default fills them)."""
+    sections; values left unset are None (the environment or the default fills them).
+    `defaults` replace the table's defaults for this command, and `/status`'s
+    `setting_sources` names them `defaults_source` (`runwarden demo`'s: demo)."""
     overrides = dict(defaults or {})
     groups = {title: parser.add_argument_group(title) for title, _ in HELP_GROUPS}
     for spec in specs:
@@ -454,7 +457,7 @@ def add_options(
             metavar = spec.name.upper().split("_")[-1] if spec.parse is not _text else "TEXT"
             group.add_argument(spec.cli, dest=spec.name, type=spec.parse, default=None,
                                metavar=metavar, help=help_text)  # fmt: skip
-    parser.set_defaults(_runwarden_defaults=overrides)
+    parser.set_defaults(_runwarden_defaults=overrides, _runwarden_source=defaults_source)
 
 
 def suggest(name: str, known: Iterable[str]) -> str:
@@ -492,7 +495,10 @@ def resolve(
                 raise ConfigError(f"{spec.env} (option {spec.cli}) {exc}", spec.name) from None
         if value is None:
             source = "default"
-            value = overrides.get(spec.name, spec.default)
+            value = spec.default
+            if spec.name in overrides:
+                source = getattr(args, "_runwarden_source", "default")
+                value = overrides[spec.name]
         values[spec.name] = value
         sources[spec.name] = source
     # A profile fills what was not given explicitly; an explicit option wins.

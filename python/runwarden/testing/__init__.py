@@ -435,10 +435,22 @@ PACKAGED = Path(__file__).resolve().parent / "fake_nvml"
 """Where a wheel built by `make wheel` carries the fake (`runwarden/testing/fake_nvml/`)."""
 
 
-def _source_root() -> Path | None:
-    # python/runwarden/testing/__init__.py -> the checkout's root, three levels above python/.
-    root = Path(__file__).resolve().parents[3]
+def _checkout(root: Path) -> Path | None:
     return root if (root / "rust" / "fake-nvml" / "Cargo.toml").is_file() else None
+
+
+def _source_root() -> Path | None:
+    """The checkout this package runs from (an editable install, `make dev`)."""
+    # python/runwarden/testing/__init__.py -> the checkout's root, three levels above python/.
+    return _checkout(Path(__file__).resolve().parents[3])
+
+
+def _built_from() -> Path | None:
+    """The checkout the extension was compiled in, if it is still there: `pip install .`
+    (the quick start) copies no source into site-packages, but it built in the checkout."""
+    from runwarden._core import BUILT_FROM
+
+    return _checkout(Path(BUILT_FROM))
 
 
 def _newest_source(crate: Path) -> int:
@@ -457,19 +469,26 @@ FAKES = (
 
 
 def fake_nvml_dir() -> Path:
-    """The directory holding the fake `libnvidia-ml.so.1` and `libcuda.so.1`. In a source
-    checkout they are built (`cargo build -p fake-nvml -p fake-cuda --release`) when missing
-    or older than their sources; an installed wheel carries them, built for glibc 2.17 and
-    later (no Rust needed)."""
+    """The directory holding the fake `libnvidia-ml.so.1` and `libcuda.so.1`. An installed
+    wheel carries them, built for glibc 2.17 and later (no Rust needed). Run from a source
+    checkout, or installed from one (`pip install .`, which builds in the checkout), they are
+    built there (`cargo build -p fake-nvml -p fake-cuda --release`) when missing or older
+    than their sources."""
     root = _source_root()
+    if root is None and (PACKAGED / LIBRARY_NAME).is_file():
+        return PACKAGED  # an installed wheel's own
+    root = root or _built_from()  # `pip install .`: the checkout it was built in
     if root is None or shutil.which("cargo") is None:
         if (PACKAGED / LIBRARY_NAME).is_file():
             return PACKAGED
         if root is None:
+            from runwarden._core import BUILT_FROM
+
             raise FakeNvmlError(
-                f"this runwarden ({Path(__file__).parent}) carries no fake NVML driver: it "
-                "was installed from a source build; install a wheel made by `make wheel`, or "
-                "run from a source checkout with Rust (`make dev`)"
+                f"this runwarden ({Path(__file__).parent}) carries no fake NVML driver, and "
+                f"the checkout it was built in ({BUILT_FROM}) is not there to build one: "
+                "install a wheel made by `make wheel`, or `pip install .` again from a "
+                "checkout with Rust"
             )
     assert root is not None
     target = Path(os.environ.get("CARGO_TARGET_DIR", "target"))

@@ -6,6 +6,7 @@ python -m runwarden.testing --state gpus.json inject-xid 0 79
 python -m runwarden.testing --state gpus.json lose-gpu 1
 python -m runwarden.testing --state gpus.json hang nvmlDeviceGetTemperature 30
 python -m runwarden.testing --state gpus.json set-return nvmlDeviceGetPowerUsage 999 --gpu 0
+python -m runwarden.testing wait-for temperature --gpu 0   # runwarden reported it
 python -m runwarden.testing build        # prints the directory for LD_LIBRARY_PATH
 """
 
@@ -159,6 +160,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     ready.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
 
+    wait_for = commands.add_parser(
+        "wait-for",
+        help="wait until the runwarden at the admin address reports a finding of RULE (a "
+        "warning such as temperature, or a fatal one) and print it: a change to the state "
+        "file is seen at the next GPU sample (--gpu-sample-seconds, 5 s by default)",
+    )
+    wait_for.add_argument("rule", help="the finding's rule, e.g. temperature, power_brake")
+    wait_for.add_argument("--gpu", type=int, help="only a finding on this GPU")
+    wait_for.add_argument("--admin", help="the admin port's URL (default: as wait-ready's)")
+    wait_for.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+
     ret = commands.add_parser("set-return", help="calls of FUNCTION answer CODE (0 clears)")
     ret.add_argument("function")
     ret.add_argument("code", type=int)
@@ -172,6 +184,9 @@ def _run(args: argparse.Namespace) -> None:
         return
     if args.command == "wait-ready":
         _wait_ready(args.admin or _admin_from_env(), args.timeout)
+        return
+    if args.command == "wait-for":
+        print(_wait_for(args.admin or _admin_from_env(), args.rule, args.gpu, args.timeout))
         return
     if not args.state:
         raise UsageError(f"no state file: pass --state PATH or set {STATE_ENV}")
@@ -242,6 +257,28 @@ def _wait_ready(admin: str, timeout: float) -> None:
             last = str(e)
         time.sleep(0.1)
     raise FakeNvmlError(f"runwarden at {admin} not ready within {timeout:g} s ({last})")
+
+
+def _wait_for(admin: str, rule: str, gpu: int | None, timeout: float) -> str:
+    """Until /status lists a finding of `rule` (on `gpu`, if given); its line, as logged."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{admin}/status", timeout=2) as answer:
+                findings = (json.load(answer).get("gpu") or {}).get("findings", [])
+            for found in reversed(findings):
+                if found["rule"] == rule and gpu in (None, found["gpu"]):
+                    where = f" on GPU {found['gpu']}" if found["gpu"] is not None else ""
+                    return f"GPU {found['severity']} {rule}{where}: {found['detail']}"
+            last = f"findings so far: {[f['rule'] for f in findings] or 'none'}"
+        except (OSError, ValueError) as e:
+            last = str(e)
+        time.sleep(0.1)
+    on = f" on GPU {gpu}" if gpu is not None else ""
+    raise FakeNvmlError(
+        f"runwarden at {admin} reported no {rule}{on} within {timeout:g} s ({last})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
