@@ -35,7 +35,7 @@ from benches.common import (
 from benches.proxy import runwarden as proxy_in_front
 from benches.tools import wrk
 
-CONCURRENCY = (1, 64)
+CONCURRENCY = (1, 16, 64)
 TARGETS = ("bare", "embedded", "proxy")
 """In the table's order: the app alone, runwarden inside it, runwarden serve in front."""
 
