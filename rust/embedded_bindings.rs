@@ -151,8 +151,45 @@ impl PyFront {
         &self,
         py: Python<'_>,
         scope: &Bound<'_, PyDict>,
-        send: Py<PyAny>,
+        send: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
+        Ok(match self.admit(py, scope, send)? {
+            Entered::Ticket(ticket) => ticket.into_any(),
+            Entered::Other(other) => other,
+        })
+    }
+    /// H5: the answer to a gateway's check request, once the check is done (None: it was
+    /// abandoned).
+    #[pyo3(signature = (outcome = None))]
+    fn check_answer(&self, outcome: Option<PyRef<'_, PyCheckOutcome>>) -> PyAnswer {
+        PyAnswer::new(
+            self.front.check_answer(outcome.as_ref().map(|o| &o.inner)),
+            true,
+        )
+    }
+
+    /// D6: the answer to a request still in flight at the drain's deadline that had not
+    /// begun its response.
+    fn past_the_drain(&self) -> PyAnswer {
+        PyAnswer::new(self.front.past_the_drain(), true)
+    }
+}
+
+/// What a request's entry gave: a ticket (the request is at the app), or anything else
+/// (an answer, a wait, a gateway's check: None), as `Front.enter` returns it.
+pub enum Entered {
+    Ticket(Py<PyTicket>),
+    Other(Py<PyAny>),
+}
+
+impl PyFront {
+    /// `enter`'s decision, a ticket told apart (`AsgiEntry` calls the app with it at once).
+    pub fn admit(
+        &self,
+        py: Python<'_>,
+        scope: &Bound<'_, PyDict>,
+        send: &Bound<'_, PyAny>,
+    ) -> PyResult<Entered> {
         let headers = scope.get_item(intern!(py, "headers"))?;
         let asks = match &headers {
             Some(headers) => holds(headers, &self.header)?,
@@ -171,50 +208,46 @@ impl PyFront {
         if let (true, Some(headers)) = (strip, &headers) {
             scope.set_item(intern!(py, "headers"), without(headers, &self.header)?)?;
         }
-        let http1 = match scope.get_item(intern!(py, "http_version"))? {
-            Some(version) => !version.cast::<PyString>()?.to_str()?.starts_with('2'),
-            None => true,
-        };
+        let send = send.clone().unbind();
         Ok(match entry {
-            Entry::Admitted(visit) => Py::new(py, self.ticket(visit, send, http1))?.into_any(),
-            Entry::Answer(answer) => Py::new(py, PyAnswer::new(answer, http1))?.into_any(),
-            Entry::Check => py.None(),
-            Entry::Queued(wait) => Py::new(
-                py,
-                PyWaiting {
-                    call: wait.call(),
-                    wait: Mutex::new(Some(wait)),
-                    front: Arc::clone(&self.front),
-                    header: self.header.clone(),
-                    send,
-                    http1,
-                },
-            )?
-            .into_any(),
+            Entry::Admitted(visit) => {
+                let scope = scope.clone().unbind();
+                Entered::Ticket(Py::new(py, self.ticket(visit, send, scope))?)
+            }
+            Entry::Answer(answer) => {
+                let http1 = http1(scope)?;
+                Entered::Other(Py::new(py, PyAnswer::new(answer, http1))?.into_any())
+            }
+            Entry::Check => Entered::Other(py.None()),
+            Entry::Queued(wait) => Entered::Other(
+                Py::new(
+                    py,
+                    PyWaiting {
+                        call: wait.call(),
+                        wait: Mutex::new(Some(wait)),
+                        front: Arc::clone(&self.front),
+                        header: self.header.clone(),
+                        send,
+                        scope: scope.clone().unbind(),
+                    },
+                )?
+                .into_any(),
+            ),
         })
     }
 
-    /// H5: the answer to a gateway's check request, once the check is done (None: it was
-    /// abandoned).
-    #[pyo3(signature = (outcome = None))]
-    fn check_answer(&self, outcome: Option<PyRef<'_, PyCheckOutcome>>) -> PyAnswer {
-        PyAnswer::new(
-            self.front.check_answer(outcome.as_ref().map(|o| &o.inner)),
-            true,
-        )
-    }
-
-    /// D6: the answer to a request still in flight at the drain's deadline that had not
-    /// begun its response.
-    fn past_the_drain(&self) -> PyAnswer {
-        PyAnswer::new(self.front.past_the_drain(), true)
+    fn ticket(&self, visit: Visit, send: Py<PyAny>, scope: Py<PyDict>) -> PyTicket {
+        ticket(&self.front, &self.header, visit, send, scope)
     }
 }
 
-impl PyFront {
-    fn ticket(&self, visit: Visit, send: Py<PyAny>, http1: bool) -> PyTicket {
-        ticket(&self.front, &self.header, visit, send, http1)
-    }
+/// Whether the request of `scope` came over HTTP/1 (its answers may carry `Connection`):
+/// read only when an answer needs it, as most never do.
+fn http1(scope: &Bound<'_, PyDict>) -> PyResult<bool> {
+    Ok(match scope.get_item(intern!(scope.py(), "http_version"))? {
+        Some(version) => !version.cast::<PyString>()?.to_str()?.starts_with('2'),
+        None => true,
+    })
 }
 
 fn ticket(
@@ -222,7 +255,7 @@ fn ticket(
     header: &Arc<[u8]>,
     visit: Visit,
     send: Py<PyAny>,
-    http1: bool,
+    scope: Py<PyDict>,
 ) -> PyTicket {
     PyTicket {
         visit: Mutex::new(visit),
@@ -230,7 +263,7 @@ fn ticket(
         h9: front.h9(),
         front: Arc::clone(front),
         header: Arc::clone(header),
-        http1,
+        scope,
     }
 }
 
@@ -238,14 +271,15 @@ fn ticket(
 /// R4), removes the check header from it (H6) and adds `Connection: close` while the runner
 /// drains (D6), then sends as the server's `send` would; the response's last part ends the
 /// visit. `done()` ends it too (the app returned without one); so does dropping it.
-#[pyclass(frozen, freelist = 256, module = "runwarden._core", name = "Ticket")]
+#[pyclass(frozen, module = "runwarden._core", name = "Ticket")]
 pub struct PyTicket {
     visit: Mutex<Visit>,
     /// The server's `send`.
     server_send: Py<PyAny>,
     front: Arc<Front>,
     header: Arc<[u8]>,
-    http1: bool,
+    /// The request's scope, for its HTTP version when an answer needs it.
+    scope: Py<PyDict>,
     /// Whether an H9 rule reads the bytes moved.
     h9: bool,
 }
@@ -282,7 +316,7 @@ impl PyTicket {
             None => false,
         };
         lock(&self.visit).respond(status, asks);
-        let close = self.http1 && self.front.draining();
+        let close = self.front.draining() && http1(self.scope.bind(py))?;
         if !asks && !close {
             return self.server_send.bind(py).call1((message,));
         }
@@ -304,7 +338,7 @@ impl PyTicket {
 
     /// The app raised: the request is over, and if its response had not begun the server
     /// answers 500, judged as the app's own 500 (R4: one extra check).
-    fn raised(&self) {
+    pub fn raised(&self) {
         let mut visit = lock(&self.visit);
         if !visit.responded() {
             visit.respond(500, false);
@@ -320,10 +354,11 @@ impl PyTicket {
 
     /// Q3: the request outlived `request_timeout_seconds`; the 504 to send if its response
     /// had not begun (None: cut it).
-    fn timed_out(&self) -> Option<PyAnswer> {
-        lock(&self.visit)
-            .timed_out()
-            .map(|answer| PyAnswer::new(answer, self.http1))
+    fn timed_out(&self, py: Python<'_>) -> PyResult<Option<PyAnswer>> {
+        let answer = lock(&self.visit).timed_out();
+        answer
+            .map(|answer| Ok(PyAnswer::new(answer, http1(self.scope.bind(py))?)))
+            .transpose()
     }
 
     /// The app returned (or gave up): the request leaves the runner (D2, Q2, H6).
@@ -340,7 +375,7 @@ pub struct PyWaiting {
     front: Arc<Front>,
     header: Arc<[u8]>,
     send: Py<PyAny>,
-    http1: bool,
+    scope: Py<PyDict>,
 }
 
 #[pymethods]
@@ -360,14 +395,13 @@ impl PyWaiting {
         *wait = None;
         Ok(Some(match entered {
             Ok(visit) => {
-                let send = self.send.clone_ref(py);
-                Py::new(
-                    py,
-                    ticket(&self.front, &self.header, visit, send, self.http1),
-                )?
-                .into_any()
+                let (send, scope) = (self.send.clone_ref(py), self.scope.clone_ref(py));
+                Py::new(py, ticket(&self.front, &self.header, visit, send, scope))?.into_any()
             }
-            Err(answer) => Py::new(py, PyAnswer::new(answer, self.http1))?.into_any(),
+            Err(answer) => {
+                let http1 = http1(self.scope.bind(py))?;
+                Py::new(py, PyAnswer::new(answer, http1))?.into_any()
+            }
         }))
     }
 

@@ -6,6 +6,7 @@ pub mod canary;
 pub mod door;
 pub mod embedded;
 mod embedded_bindings;
+mod embedded_call_bindings;
 pub mod error;
 pub mod events;
 pub mod front;
@@ -38,6 +39,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use embedded_bindings::{PyAnswer, PyAppCheck, PyEntered, PyFront, PyTicket, PyWaiting};
+use embedded_call_bindings::{PyAppCall, PyAsgiEntry};
 use error::CoreError;
 use events::EventQueue;
 use gpu_bindings::{PyGpuFinding, PyGpuMonitoring, PyGpuSamples, PyGpuSettings};
@@ -549,6 +551,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyDrained>()?;
     m.add_class::<PyPortsClosed>()?;
     m.add_class::<PyFront>()?;
+    m.add_class::<PyAsgiEntry>()?;
+    m.add_class::<PyAppCall>()?;
     m.add_class::<PyTicket>()?;
     m.add_class::<PyWaiting>()?;
     m.add_class::<PyAnswer>()?;

@@ -399,3 +399,21 @@ def test_E2_Runwarden_refuses_a_bad_unknown_proxy_only_or_doubled_setting_at_con
     assert guarded.settings.timeout_seconds == 2
     assert guarded.settings.period_seconds == 7
     assert guarded.settings.sources["period_seconds"] == "environment"
+
+
+def test_E2_Runwarden_is_an_asgi_3_app_to_a_server_that_asks() -> None:
+    """E2: servers tell ASGI 3 from ASGI 2 by `app.__call__` (uvicorn, hypercorn): a
+    coroutine function here, though the call itself is the core's (`AsgiEntry`, no Python
+    frame per request); uvicorn's own detection, run on it, says asgi3."""
+    import asyncio
+    import inspect
+
+    from runwarden.asgi import Runwarden
+    from uvicorn.config import Config
+
+    guarded = Runwarden(_app)
+    assert inspect.iscoroutinefunction(guarded.__call__)
+    assert asyncio.iscoroutinefunction(guarded.__call__)
+    config = Config(guarded, lifespan="off")
+    config.load()
+    assert config.interface == "asgi3"

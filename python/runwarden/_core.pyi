@@ -7,8 +7,10 @@ them holds the GIL. Python hears about state changes through `Core.event_fd()`,
 a socket the asyncio loop watches, and `Core.drain_events()`.
 """
 
-from collections.abc import Awaitable, MutableMapping
+from collections.abc import Awaitable, Generator, MutableMapping
 from typing import Any, Literal, TypedDict, final
+
+from typing_extensions import Self, disjoint_base
 
 Trigger = Literal["regular", "gateway", "extra", "manual", "startup"]
 Counted = Literal[
@@ -28,7 +30,9 @@ __all__ = [
     "SETTINGS",
     "AccessLine",
     "Answer",
+    "AppCall",
     "AppCheck",
+    "AsgiEntry",
     "CheckOutcome",
     "Core",
     "Drained",
@@ -366,6 +370,32 @@ class Entered:
     """Embedded (Q2): the wait named `call` at the door is over (`Waiting.take`)."""
 
     call: int
+
+@disjoint_base
+class AsgiEntry:
+    """Embedded (SPEC E): the ASGI middleware's base; its `__call__` is the core's. Until
+    `serve_from_core`, every call goes to the subclass's `_slow(scope, receive, send)`; after,
+    a request the front admits at once goes to the app from here (an `AppCall`), any other
+    to `_other(entry, scope, receive, send)`, and a cancelled one to
+    `_cancelled(ticket, send, exc)`."""
+
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> Self: ...
+    def serve_from_core(self, front: Front, app: Any) -> None:
+        """From now on, requests `front` admits at once are sent to `app` from the core."""
+    def __call__(
+        self, scope: MutableMapping[str, Any], receive: Any, send: Any
+    ) -> Awaitable[None]: ...
+
+@final
+class AppCall:
+    """One request's call of the app, as the server awaits it (`AsgiEntry`): it drives the
+    app's coroutine and judges how it ended (R4, D6)."""
+
+    def __await__(self) -> Generator[Any, Any]: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any) -> Any: ...
+    def throw(self, *args: Any) -> Any: ...
+    def close(self) -> None: ...
 
 @final
 class Front:

@@ -4,12 +4,14 @@
     app.add_middleware(Runwarden, max_concurrency=4)
     vllm serve MODEL --middleware runwarden.asgi.Runwarden   # settings from RUNWARDEN_*
 
-Pure ASGI (no BaseHTTPMiddleware). Every request makes one call into the core
-(`Front.enter`), which answers it as the proxy's layers would: refused while draining (D1),
-a gateway's check (H5), admitted through the door (Q) or queued; the `Ticket` it returns is
-the `send` the app is given, and judges the response (R1, R4, H6). The lifespan starts the
-core (the admin port, the checks, GPU monitoring) and stops it; under a server without a
-lifespan, the first request does.
+Pure ASGI (no BaseHTTPMiddleware). Every request makes one call into the core, which
+answers it as the proxy's layers would: refused while draining (D1), a gateway's check (H5),
+admitted through the door (Q) or queued; the `Ticket` it gives is the `send` the app is
+given, and judges the response (R1, R4, H6). A request admitted at once never runs Python of
+runwarden's: the class's `__call__` is the core's (`AsgiEntry`), which calls the app and
+returns the awaitable that drives it (`AppCall`); the rest come back here (`_other`). The
+lifespan starts the core (the admin port, the checks, GPU monitoring) and stops it; under a
+server without a lifespan, the first request does (`_slow`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from runwarden._core import Answer, Front, Ticket, Waiting
+from runwarden._core import Answer, AsgiEntry, Front, Ticket, Waiting
 from runwarden.declaration import HealthCheck, HealthCheckError, choose
 from runwarden.inprocess import InProcess, clean_stop_on_sigterm, sibling_holds, stop_process
 from runwarden.settings import ConfigError, Settings, resolve_embedded
@@ -46,7 +48,7 @@ else:  # pragma: no cover - 3.10
         raise NotImplementedError
 
 
-class Runwarden:
+class Runwarden(AsgiEntry):
     """The app, guarded from inside its own process. Keyword settings are those of
     docs/settings.md that apply in-process; unset ones come from `RUNWARDEN_*`, then
     `app_profile`, then the defaults. A bad one raises `ConfigError` (a `ValueError`) here,
@@ -72,35 +74,36 @@ class Runwarden:
         self._timeout = self.settings.request_timeout_seconds
         self._starting: asyncio.Lock | None = None
 
+        # A server tells ASGI 3 from ASGI 2 by `app.__call__` (uvicorn, hypercorn): this
+        # instance's is a coroutine function, the same call. The server's call of the app
+        # itself takes the type's `__call__`, the core's (AsgiEntry), with no Python frame.
+        async def asgi3(scope: Scope, receive: Receive, send: Send) -> None:
+            await AsgiEntry.__call__(self, scope, receive, send)
+
+        self.__dict__["__call__"] = asgi3
+
     @property
     def exit_code(self) -> int | None:
         """How the process should end, once runwarden knows (E5)."""
         runner = self.runner
         return runner.exit.code if runner is not None and runner.exit is not None else None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _slow(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """What the core does not take (`AsgiEntry`): the lifespan, a server's first request
+        when it has none, and every request under `request_timeout_seconds` (Q3)."""
         front = self._front
         if front is None:  # the lifespan comes first, and once
             if scope["type"] == "lifespan":
                 return await self._lifespan(scope, receive, send)
             front = await self._start_lazily()
-        entry = front.enter(scope, send)
-        if entry.__class__ is Ticket and self._timeout is None:
-            # The hot path: the app, with the ticket as its `send`. No registry of requests
-            # is kept: the drain's deadline finds the few left by their frames (`at_app`).
-            # The response's last part ends the visit; one that never comes ends it when the
-            # ticket is let go, as this frame returns.
-            try:
-                await self.app(scope, receive, entry.send)
-            except asyncio.CancelledError:
-                if not await self._cut(entry, send):
-                    entry.done()
-                    raise
-            except Exception:
-                entry.raised()  # R4: the server answers it 500
-                raise
-            return
-        await self._other(entry, scope, receive, send)
+        await self._other(front.enter(scope, send), scope, receive, send)
+
+    async def _cancelled(self, ticket: Ticket, send: Send, cancelled: BaseException) -> None:
+        """The drain's deadline cancelled a request at the app (D6, `AppCall`): answered 503,
+        or cut (the cancellation goes on)."""
+        if not await self._cut(ticket, send):
+            ticket.done()
+            raise cancelled
 
     # -- the rarer answers
 
@@ -231,12 +234,14 @@ class Runwarden:
                     )
             settings = resolve_embedded({**self._given, **declared}, os.environ)
             method = found.method if "health_method" not in found.check.given else method
-        codes = (Runwarden.__call__.__code__, Runwarden._visit.__code__)
+        codes = (Runwarden._visit.__code__,)
         for _ in range(MAX_WORKERS):
             self.settings = settings
             self.runner = InProcess(self.app, settings, method, state, codes)
             try:
                 self._front = await self.runner.start()
+                if self._timeout is None:
+                    self.serve_from_core(self._front, self.app)
                 break
             except OSError:
                 taken = settings.admin_port
