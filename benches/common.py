@@ -208,17 +208,12 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    """User and system CPU time of one process (seconds), from /proc/<pid>/stat."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / ticks, int(fields[12]) / ticks
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process, from /proc/<pid>/stat."""
-    return sum(cpu_times(pid))
+    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def children(pid: int) -> list[int]:
