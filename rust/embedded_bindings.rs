@@ -362,7 +362,7 @@ impl PyTicket {
     }
 
     /// The app returned (or gave up): the request leaves the runner (D2, Q2, H6).
-    fn done(&self) {
+    pub fn done(&self) {
         lock(&self.visit).finish();
     }
 }

@@ -148,9 +148,14 @@ impl PyAppCall {
             ffi::PySendResult::PYGEN_NEXT => Ok(Step::Yielded(
                 unsafe { Bound::from_owned_ptr(py, out) }.unbind(),
             )),
-            ffi::PySendResult::PYGEN_RETURN => Ok(Step::Returned(
-                unsafe { Bound::from_owned_ptr(py, out) }.unbind(),
-            )),
+            ffi::PySendResult::PYGEN_RETURN => {
+                // The app returned: the request leaves the runner (if its response's last
+                // part had not already), whoever still holds this call.
+                self.ticket.get().done();
+                Ok(Step::Returned(
+                    unsafe { Bound::from_owned_ptr(py, out) }.unbind(),
+                ))
+            }
             ffi::PySendResult::PYGEN_ERROR => {
                 let err = PyErr::fetch(py);
                 self.failed(py, err)
@@ -217,6 +222,7 @@ impl PyAppCall {
         let step = match thrown {
             Ok(value) => Step::Yielded(value.unbind()),
             Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
+                self.ticket.get().done();
                 Step::Returned(err.value(py).getattr(intern!(py, "value"))?.unbind())
             }
             Err(err) => self.failed(py, err)?,
@@ -224,7 +230,10 @@ impl PyAppCall {
         step.sent()
     }
 
+    /// The server closed its own coroutine: the app's is closed, and the request is over.
     fn close(&mut self, py: Python<'_>) -> PyResult<()> {
-        self.inner.call_method0(py, intern!(py, "close")).map(drop)
+        let closed = self.inner.call_method0(py, intern!(py, "close")).map(drop);
+        self.ticket.get().done();
+        closed
     }
 }

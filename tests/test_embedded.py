@@ -417,3 +417,94 @@ def test_E2_Runwarden_is_an_asgi_3_app_to_a_server_that_asks() -> None:
     config = Config(guarded, lifespan="off")
     config.load()
     assert config.interface == "asgi3"
+
+
+class _Handoff:
+    """An awaitable that yields `token` to whoever drives the coroutine, and gives back what
+    it is sent: the protocol a server's event loop speaks to the app through `AppCall`."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return (yield self.token)
+
+
+def test_E4_the_cores_call_of_the_app_steps_throws_and_closes_as_the_coroutine_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """E4/R4: a request the core admits is driven by `AppCall`, not a Python frame; stepped
+    by hand it passes on what the app yields, what it is sent, what it returns, an exception
+    thrown in (and the app's own raise, judged as a 500), and a close."""
+    import asyncio
+
+    from runwarden._core import AppCall
+    from runwarden.asgi import Runwarden
+
+    for name in [k for k in os.environ if k.startswith("RUNWARDEN_")]:
+        monkeypatch.delenv(name)
+    closed: list[str] = []
+
+    async def app(scope: dict, receive: object, send: object) -> object:  # type: ignore[type-arg]
+        try:
+            got = await _Handoff("first")
+            if got == "raise":
+                raise ValueError("the app's own")
+            return f"returned {got}"
+        finally:
+            closed.append(scope["path"])
+
+    admin = free_port()
+    guarded = Runwarden(app, admin_host="127.0.0.1", admin_port=admin, gpu_monitoring=False)
+
+    def request(path: str) -> dict:  # type: ignore[type-arg]
+        return {"type": "http", "http_version": "1.1", "method": "GET", "path": path,
+                "headers": [(b"host", b"x")], "client": ("127.0.0.1", 1)}  # fmt: skip
+
+    async def nothing(message: object) -> None:
+        return None
+
+    async def scenario() -> None:
+        lifespan: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        await lifespan.put({"type": "lifespan.startup"})
+        started = asyncio.get_running_loop().create_future()
+
+        async def lifespan_send(message: dict[str, str]) -> None:
+            if message["type"].startswith("lifespan.startup") and not started.done():
+                started.set_result(message["type"])
+
+        life = asyncio.ensure_future(guarded({"type": "lifespan", "state": {}},
+                                             lifespan.get, lifespan_send))  # fmt: skip
+        assert await started == "lifespan.startup.complete"
+        try:
+            call = guarded(request("/sent"), nothing, nothing)
+            assert isinstance(call, AppCall)
+            steps = call.__await__()
+            assert next(steps) == "first"
+            with pytest.raises(StopIteration) as stopped:
+                steps.send("x")
+            assert stopped.value.value == "returned x"
+
+            steps = guarded(request("/thrown"), nothing, nothing).__await__()
+            assert next(steps) == "first"
+            with pytest.raises(KeyError):
+                steps.throw(KeyError("thrown in"))
+
+            steps = guarded(request("/raised"), nothing, nothing).__await__()
+            next(steps)
+            with pytest.raises(ValueError, match="the app's own"):
+                steps.send("raise")
+
+            steps = guarded(request("/closed"), nothing, nothing).__await__()
+            next(steps)
+            steps.close()
+            assert closed == ["/sent", "/thrown", "/raised", "/closed"]
+            # Each request has left the runner, the closed one too (its AppCall is held here).
+            async with httpx.AsyncClient(timeout=5) as client:
+                status = (await client.get(f"http://127.0.0.1:{admin}/status")).json()
+            assert status["in_flight"] == 0, status
+        finally:
+            await lifespan.put({"type": "lifespan.shutdown"})
+            await asyncio.wait_for(life, 10)
+
+    asyncio.run(scenario())
