@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -49,30 +49,6 @@ impl LifeView {
     }
 }
 
-/// A wait for the in-flight count to reach 0 (`RunnerHandle::idle`), counted while it
-/// lasts so that requests leaving while nobody waits skip the notification.
-pub struct Idle<'a> {
-    notified: std::pin::Pin<Box<Notified<'a>>>,
-    watchers: &'a AtomicUsize,
-}
-
-impl std::future::Future for Idle<'_> {
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        self.notified.as_mut().poll(cx)
-    }
-}
-
-impl Drop for Idle<'_> {
-    fn drop(&mut self) {
-        self.watchers.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// How requests reach the app (SPEC Q): the door they pass, and how long a thorough check
 /// waits for the runner to itself before it is skipped as busy (Q1: the drain timeout).
 pub struct Admission {
@@ -105,10 +81,6 @@ pub struct Shared {
     traffic: Arc<TrafficCounters>,
     /// The in-flight count reached 0 (the drain's wait, D2).
     idle: Notify,
-    /// Waits for `idle` in progress: a request leaving with none pays no notification.
-    idle_watchers: AtomicUsize,
-    /// `life`'s `draining()`, read by every request without the watch's lock.
-    draining: AtomicBool,
     events: Arc<EventQueue>,
     probe: Probe,
     probes: tokio::runtime::Handle,
@@ -184,7 +156,6 @@ impl Shared {
                 verdict: scheduler.verdict().cloned(),
             }
         };
-        self.draining.store(view.draining(), Ordering::Release);
         self.life.send_if_modified(|current| {
             let modified = *current != view;
             *current = view;
@@ -410,31 +381,14 @@ impl RunnerHandle {
     /// is left.
     pub fn request_finished(&self) {
         if self.0.traffic.finished() == 0 {
-            // Ordered after the count's fall, as `idle` orders its watcher before its look
-            // at the count: a watcher either is seen here or sees the count at 0 itself.
-            std::sync::atomic::fence(Ordering::SeqCst);
-            if self.0.idle_watchers.load(Ordering::Relaxed) > 0 {
-                self.0.idle.notify_waiters();
-            }
+            self.0.idle.notify_waiters();
         }
     }
 
     /// Resolves once the in-flight count next reaches 0 (registered when called: look at
     /// the count after taking it).
-    pub fn idle(&self) -> Idle<'_> {
-        self.0.idle_watchers.fetch_add(1, Ordering::SeqCst);
-        // Pairs with `request_finished`'s fence: of the two fences, the later one's side
-        // sees the other's write (the count at 0, or this watcher).
-        std::sync::atomic::fence(Ordering::SeqCst);
-        Idle {
-            notified: Box::pin(self.0.idle.notified()),
-            watchers: &self.0.idle_watchers,
-        }
-    }
-
-    /// The runner drains (D1): what `life().borrow().draining()` says, without its lock.
-    pub fn draining(&self) -> bool {
-        self.0.draining.load(Ordering::Acquire)
+    pub fn idle(&self) -> Notified<'_> {
+        self.0.idle.notified()
     }
 
     /// The client moved again: the request waits on the app once more (H9).
@@ -533,8 +487,6 @@ impl Runner {
                 stop: AtomicBool::new(false),
                 traffic: Arc::new(TrafficCounters::new(base)),
                 idle: Notify::new(),
-                idle_watchers: AtomicUsize::new(0),
-                draining: AtomicBool::new(false),
                 events,
                 probe,
                 probes: handle,

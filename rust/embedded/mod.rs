@@ -88,11 +88,9 @@ impl Front {
     /// removed before the app sees the request (an untrusted peer's, H5).
     pub fn enter(&self, check_header: bool, peer: Option<&str>) -> (Entry, bool) {
         // D1: nothing new reaches a draining runner.
-        if self.runner.draining() {
-            return (
-                self.own(Answer::draining(self.verdict().as_ref(), "")),
-                false,
-            );
+        let verdict = self.life.borrow().verdict.clone();
+        if let Some(verdict) = verdict {
+            return (self.own(Answer::draining(Some(&verdict), "")), false);
         }
         // H5: a trusted gateway's check is answered here; anyone else's header is dropped.
         let mut strip = false;
@@ -175,7 +173,7 @@ impl Front {
 
     /// The runner drains: responses carry `Connection: close` (D6).
     pub fn draining(&self) -> bool {
-        self.runner.draining()
+        self.life.borrow().draining()
     }
 
     fn verdict(&self) -> Option<crate::verdict::Verdict> {
