@@ -229,7 +229,7 @@ def test_S5_a_head_arriving_while_the_one_before_is_at_the_app_is_refused_too(
     rw = runwarden(logger.url, "--no-call-regularly")
     with socket.create_connection(("127.0.0.1", rw.port), timeout=5) as sock:
         sock.sendall(b"GET /p1?sleep HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.05)
+        poll(lambda: any(b"/p1?sleep" in c for c in _received(logger)))  # /p1 is at the app
         sock.sendall(SMUGGLE)
         answer = b""
         sock.settimeout(3)
