@@ -137,20 +137,15 @@ def scope() -> dict[str, Any]:
 async def per_request(calls: int) -> dict[str, float]:
     """µs per request: the app alone, through Runwarden, and the middleware's pieces."""
     from runwarden.asgi import Runwarden
+    from runwarden.testing.lifespan import lifespan
 
     guarded = Runwarden(raw_app, admin_host="127.0.0.1", admin_port=free_port(),
                         gpu_monitoring=False)  # fmt: skip
-    lifespan: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    await lifespan.put({"type": "lifespan.startup"})
-    started = asyncio.get_running_loop().create_future()
+    async with lifespan(guarded):
+        return await _pieces(guarded, calls)
 
-    async def lifespan_send(message: dict[str, Any]) -> None:
-        if message["type"].startswith("lifespan.startup") and not started.done():
-            started.set_result(message["type"])
 
-    life = asyncio.ensure_future(guarded({"type": "lifespan", "state": {}}, lifespan.get,
-                                         lifespan_send))  # fmt: skip
-    assert await started == "lifespan.startup.complete"
+async def _pieces(guarded: Any, calls: int) -> dict[str, float]:
     front = guarded._front
     assert front is not None
     request = scope()
@@ -184,8 +179,6 @@ async def per_request(calls: int) -> dict[str, float]:
             best = min(best, (time.perf_counter() - began) / calls * 1e6)
         out[name] = best
     out["added"] = out["through"] - out["app"]
-    await lifespan.put({"type": "lifespan.shutdown"})
-    await asyncio.wait_for(life, 10)
     return out
 
 

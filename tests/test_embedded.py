@@ -440,6 +440,7 @@ def test_E4_the_cores_call_of_the_app_steps_throws_and_closes_as_the_coroutine_w
 
     from runwarden._core import AppCall
     from runwarden.asgi import Runwarden
+    from runwarden.testing.lifespan import lifespan
 
     for name in [k for k in os.environ if k.startswith("RUNWARDEN_")]:
         monkeypatch.delenv(name)
@@ -465,46 +466,35 @@ def test_E4_the_cores_call_of_the_app_steps_throws_and_closes_as_the_coroutine_w
         return None
 
     async def scenario() -> None:
-        lifespan: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-        await lifespan.put({"type": "lifespan.startup"})
-        started = asyncio.get_running_loop().create_future()
+        async with lifespan(guarded):
+            await steps_by_hand()
 
-        async def lifespan_send(message: dict[str, str]) -> None:
-            if message["type"].startswith("lifespan.startup") and not started.done():
-                started.set_result(message["type"])
+    async def steps_by_hand() -> None:
+        call = guarded(request("/sent"), nothing, nothing)
+        assert isinstance(call, AppCall)
+        steps = call.__await__()
+        assert next(steps) == "first"
+        with pytest.raises(StopIteration) as stopped:
+            steps.send("x")
+        assert stopped.value.value == "returned x"
 
-        life = asyncio.ensure_future(guarded({"type": "lifespan", "state": {}},
-                                             lifespan.get, lifespan_send))  # fmt: skip
-        assert await started == "lifespan.startup.complete"
-        try:
-            call = guarded(request("/sent"), nothing, nothing)
-            assert isinstance(call, AppCall)
-            steps = call.__await__()
-            assert next(steps) == "first"
-            with pytest.raises(StopIteration) as stopped:
-                steps.send("x")
-            assert stopped.value.value == "returned x"
+        steps = guarded(request("/thrown"), nothing, nothing).__await__()
+        assert next(steps) == "first"
+        with pytest.raises(KeyError):
+            steps.throw(KeyError("thrown in"))
 
-            steps = guarded(request("/thrown"), nothing, nothing).__await__()
-            assert next(steps) == "first"
-            with pytest.raises(KeyError):
-                steps.throw(KeyError("thrown in"))
+        steps = guarded(request("/raised"), nothing, nothing).__await__()
+        next(steps)
+        with pytest.raises(ValueError, match="the app's own"):
+            steps.send("raise")
 
-            steps = guarded(request("/raised"), nothing, nothing).__await__()
-            next(steps)
-            with pytest.raises(ValueError, match="the app's own"):
-                steps.send("raise")
-
-            steps = guarded(request("/closed"), nothing, nothing).__await__()
-            next(steps)
-            steps.close()
-            assert closed == ["/sent", "/thrown", "/raised", "/closed"]
-            # Each request has left the runner, the closed one too (its AppCall is held here).
-            async with httpx.AsyncClient(timeout=5) as client:
-                status = (await client.get(f"http://127.0.0.1:{admin}/status")).json()
-            assert status["in_flight"] == 0, status
-        finally:
-            await lifespan.put({"type": "lifespan.shutdown"})
-            await asyncio.wait_for(life, 10)
+        steps = guarded(request("/closed"), nothing, nothing).__await__()
+        next(steps)
+        steps.close()
+        assert closed == ["/sent", "/thrown", "/raised", "/closed"]
+        # Each request has left the runner, the closed one too (its AppCall is held here).
+        async with httpx.AsyncClient(timeout=5) as client:
+            status = (await client.get(f"http://127.0.0.1:{admin}/status")).json()
+        assert status["in_flight"] == 0, status
 
     asyncio.run(scenario())
