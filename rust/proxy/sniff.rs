@@ -186,15 +186,16 @@ impl Sniffer {
                     }
                     None => return,
                 },
-                State::Length { left } => {
-                    let here = (bytes.len() - at) as u64;
-                    if here < left {
-                        self.state = State::Length { left: left - here };
+                State::Length { left } => match past(bytes.len(), at, left) {
+                    Ok(end) => {
+                        at = end;
+                        self.body_ended();
+                    }
+                    Err(left) => {
+                        self.state = State::Length { left };
                         return;
                     }
-                    at += left as usize;
-                    self.body_ended();
-                }
+                },
                 State::ChunkSize { size, digits } => {
                     let byte = bytes[at];
                     at += 1;
@@ -221,15 +222,16 @@ impl Sniffer {
                     }
                     None => return,
                 },
-                State::ChunkData { left } => {
-                    let here = (bytes.len() - at) as u64;
-                    if here < left {
-                        self.state = State::ChunkData { left: left - here };
+                State::ChunkData { left } => match past(bytes.len(), at, left) {
+                    Ok(end) => {
+                        at = end;
+                        self.state = State::ChunkEnd { cr: false };
+                    }
+                    Err(left) => {
+                        self.state = State::ChunkData { left };
                         return;
                     }
-                    at += left as usize;
-                    self.state = State::ChunkEnd { cr: false };
-                }
+                },
                 State::ChunkEnd { cr } => {
                     let byte = bytes[at];
                     at += 1;
@@ -413,6 +415,17 @@ impl Sniffer {
             // The version is in these bytes: let hyper read the line as HTTP/1.1.
             bytes[line_end - 8..line_end].copy_from_slice(b"HTTP/1.1");
         }
+    }
+}
+
+/// Where `left` more bytes of a body, from `at` in a read of `len` bytes, end in it; or how
+/// many are still to come after it.
+fn past(len: usize, at: usize, left: u64) -> Result<usize, u64> {
+    let here = (len - at) as u64;
+    if here < left {
+        Err(left - here)
+    } else {
+        Ok(at + left as usize)
     }
 }
 
