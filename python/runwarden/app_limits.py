@@ -50,15 +50,14 @@ def fit_door(
     limit, said = found
     fits = door_within(limit)
     given = int(values["max_concurrency"])  # type: ignore[call-overload]
+    if 0 < given <= fits:
+        return None
     tight = "" if limit > 2 else (
         f"; a limit of {limit} leaves no room for a check beside a request: raise it to 3 "
         "or more"
     )  # fmt: skip
-    if sources["max_concurrency"] in ("default",) or sources["max_concurrency"].startswith(
-        "profile"
-    ):
-        if given and given <= fits:
-            return None
+    source = sources["max_concurrency"]
+    if source == "default" or source.startswith("profile"):
         values["max_concurrency"] = fits
         sources["max_concurrency"] = f"app command ({said})"
         return (
@@ -67,11 +66,9 @@ def fit_door(
             f"(R1); its pool holds one connection per request and a check one more, so "
             f"requests beyond {fits} wait at runwarden instead{tight}"
         )
-    if given == 0 or given > fits:
-        shown = "no limit" if given == 0 else str(given)
-        return (
-            f"--max-concurrency {shown} lets more requests reach the app than its {said} "
-            f"takes: its 503s past {limit} open connections would replace this runner (R1) "
-            f"and fail its checks; set --max-concurrency {fits} or less{tight}"
-        )
-    return None
+    shown = "no limit" if given == 0 else str(given)
+    return (
+        f"--max-concurrency {shown} lets more requests reach the app than its {said} "
+        f"takes: its 503s past {limit} open connections would replace this runner (R1) "
+        f"and fail its checks; set --max-concurrency {fits} or less{tight}"
+    )
