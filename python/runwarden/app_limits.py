@@ -3,10 +3,16 @@
 A server that answers 503 past a limit of its own (uvicorn's `--limit-concurrency`) would
 have its load-shedding judged as the app saying it is broken (SPEC R1: a 503 replaces the
 runner), and its refusals would fail the health checks too. runwarden's door (SPEC Q) must
-then keep the app under that limit, with room for a check: uvicorn counts open connections
-(runwarden's pool holds one per request at the app, and a check opens one more) and refuses
-a request once the count, its own connection included, reaches the limit. So at most
-`limit - 2` requests may be at the app.
+then keep the app under that limit, with room for a check, as uvicorn counts.
+
+uvicorn refuses a request when, as its head is parsed, L connections are open (its own
+counted) or L requests are running. Under uvloop a finished request stays counted until the
+loop's next turn: its task is dropped from the count by a callback that runs after the
+sockets already readable are read, and a proxy that sends the next request on the same
+connection the moment the answer ends is that fast on loopback (measured: a check refused
+with 2 requests running and 2 just finished, behind a door of L - 2 = 2). So a door of D can
+meet D running, D just finished, and a check: at most `(L - 1) // 2` requests may be at the
+app. The connections stay under L as well: D pooled, a check's, and one closing.
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ def uvicorn_limit(command: Sequence[str]) -> tuple[int, str] | None:
 
 
 def door_within(limit: int) -> int:
-    """The most requests at the app that leave a check room under a connection limit."""
-    return max(1, limit - 2)
+    """The most requests at the app that keep it, and a check, under uvicorn's limit."""
+    return max(1, (limit - 1) // 2)
 
 
 def fit_door(
@@ -52,9 +58,9 @@ def fit_door(
     given = int(values["max_concurrency"])  # type: ignore[call-overload]
     if 0 < given <= fits:
         return None
-    tight = "" if limit > 2 else (
-        f"; a limit of {limit} leaves no room for a check beside a request: raise it to 3 "
-        "or more"
+    tight = "" if limit > 3 else (
+        f"; a limit of {limit} leaves no sure room for a check beside a request: raise it "
+        "to 4 or more"
     )  # fmt: skip
     source = sources["max_concurrency"]
     if source == "default" or source.startswith("profile"):
@@ -62,13 +68,15 @@ def fit_door(
         sources["max_concurrency"] = f"app command ({said})"
         return (
             f"--max-concurrency set to {fits}: the app's {said} answers 503 once {limit} "
-            f"connections are open, and runwarden replaces a runner whose app answers 503 "
-            f"(R1); its pool holds one connection per request and a check one more, so "
-            f"requests beyond {fits} wait at runwarden instead{tight}"
+            f"requests are running, counting for a moment those just finished, and "
+            f"runwarden replaces a runner whose app answers 503 (R1); {fits} running, "
+            f"{fits} just finished and a check stay under {limit}, so requests beyond "
+            f"{fits} wait at runwarden instead{tight}"
         )
     shown = "no limit" if given == 0 else str(given)
     return (
         f"--max-concurrency {shown} lets more requests reach the app than its {said} "
-        f"takes: its 503s past {limit} open connections would replace this runner (R1) "
-        f"and fail its checks; set --max-concurrency {fits} or less{tight}"
+        f"takes: its 503s past {limit} running requests (those just finished counted for "
+        f"a moment) would replace this runner (R1) and fail its checks; set "
+        f"--max-concurrency {fits} or less{tight}"
     )
