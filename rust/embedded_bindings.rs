@@ -7,12 +7,16 @@ use std::sync::{Arc, Mutex};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::intern;
+use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::{Borrowed, PyTraverseError, PyVisit};
 
 use crate::embedded::{Entry, Front, Visit, Wait};
+use crate::embedded_call_bindings::Call;
 use crate::front::Answer;
 use crate::health_bindings::PyCheckOutcome;
+use crate::vectorcall_bindings;
 use crate::worker::lock;
 
 const START: &str = "http.response.start";
@@ -38,9 +42,29 @@ impl PyFront {
     }
 }
 
+/// `dict[key]`, borrowed: no reference counted, the key used as it is (an interned name).
+/// Every request reads seven of these from ASGI's scope and messages. The item is valid
+/// while the dict holds it: until Python code runs again.
+fn item<'a, 'py>(
+    dict: &'a Bound<'py, PyDict>,
+    key: &Bound<'py, PyString>,
+) -> PyResult<Option<Borrowed<'a, 'py, PyAny>>> {
+    let py = dict.py();
+    // SAFETY: a dict and a str, alive and bound (the GIL held); the result is borrowed.
+    let found = unsafe { ffi::PyDict_GetItemWithError(dict.as_ptr(), key.as_ptr()) };
+    if found.is_null() {
+        return match PyErr::take(py) {
+            Some(err) => Err(err),
+            None => Ok(None),
+        };
+    }
+    // SAFETY: a borrowed reference the dict holds, used only while it does.
+    Ok(Some(unsafe { Borrowed::from_ptr(py, found) }))
+}
+
 /// Whether a response body message says more follows.
 fn more_body(message: &Bound<'_, PyDict>) -> PyResult<bool> {
-    match message.get_item(intern!(message.py(), "more_body"))? {
+    match item(message, intern!(message.py(), "more_body"))? {
         Some(more) => more.is_truthy(),
         None => Ok(false),
     }
@@ -190,9 +214,9 @@ impl PyFront {
         scope: &Bound<'_, PyDict>,
         send: &Bound<'_, PyAny>,
     ) -> PyResult<Entered> {
-        let headers = scope.get_item(intern!(py, "headers"))?;
-        let asks = match &headers {
-            Some(headers) => holds(headers, &self.header)?,
+        let headers = item(scope, intern!(py, "headers"))?;
+        let asks = match headers {
+            Some(headers) => holds(&headers, &self.header)?,
             None => false,
         };
         let peer = match asks {
@@ -205,8 +229,11 @@ impl PyFront {
             false => None,
         };
         let (entry, strip) = self.front.enter(asks, peer.as_deref());
-        if let (true, Some(headers)) = (strip, &headers) {
-            scope.set_item(intern!(py, "headers"), without(headers, &self.header)?)?;
+        if strip {
+            if let Some(headers) = item(scope, intern!(py, "headers"))? {
+                let kept = without(&headers, &self.header)?;
+                scope.set_item(intern!(py, "headers"), kept)?;
+            }
         }
         let send = send.clone().unbind();
         Ok(match entry {
@@ -259,6 +286,7 @@ fn ticket(
 ) -> PyTicket {
     PyTicket {
         visit: Mutex::new(visit),
+        call: Mutex::new(None),
         server_send: send,
         h9: front.h9(),
         front: Arc::clone(front),
@@ -267,15 +295,19 @@ fn ticket(
     }
 }
 
-/// One request at the app. Its `send` is the app's: it judges the response's status (R1,
-/// R4), removes the check header from it (H6) and adds `Connection: close` while the runner
-/// drains (D6), then sends as the server's `send` would; the response's last part ends the
-/// visit. `done()` ends it too (the app returned without one); so does dropping it.
+/// One request at the app. Its `app_send` is the app's `send`: it judges the response's
+/// status (R1, R4), removes the check header from it (H6) and adds `Connection: close`
+/// while the runner drains (D6), then sends as the server's `send` would; the response's
+/// last part ends the visit. `done()` ends it too (the app returned without one); so does
+/// dropping it. When the core calls the app itself (`AsgiEntry`), the ticket is also the
+/// awaitable the server awaits (`Call`, in `embedded_call_bindings.rs`).
 #[pyclass(frozen, module = "runwarden._core", name = "Ticket")]
 pub struct PyTicket {
     visit: Mutex<Visit>,
+    /// The core's call of the app, when the core made it (`AsgiEntry`).
+    pub(crate) call: Mutex<Option<Call>>,
     /// The server's `send`.
-    server_send: Py<PyAny>,
+    pub(crate) server_send: Py<PyAny>,
     front: Arc<Front>,
     header: Arc<[u8]>,
     /// The request's scope, for its HTTP version when an answer needs it.
@@ -284,13 +316,70 @@ pub struct PyTicket {
     h9: bool,
 }
 
-#[pymethods]
+/// The definition of the app's `send`: a builtin function of one argument (`METH_O`), bound
+/// to its ticket by `PyCMethod_New`. PyO3 would give a bound method looked up by name on
+/// every request (about 320 instructions) and parse its arguments on every call (about 100
+/// each, twice a request); this is made directly and called with the message alone.
+struct SendDef(ffi::PyMethodDef);
+
+// SAFETY: never written after initialisation; CPython only reads it.
+unsafe impl Sync for SendDef {}
+
+static SEND: SendDef = SendDef(ffi::PyMethodDef {
+    ml_name: c"send".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunction: app_send,
+    },
+    ml_flags: ffi::METH_O,
+    ml_doc: c"The app's ASGI send: judges the response (R1, R4, H6), then sends it.".as_ptr(),
+});
+
+/// `SEND`'s function: `slf` is the ticket it was bound to, `message` the one argument.
+unsafe extern "C" fn app_send(
+    slf: *mut ffi::PyObject,
+    message: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a builtin function with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    let sent = std::panic::catch_unwind(|| {
+        // SAFETY: `SEND` is only ever bound to a `PyTicket` (`PyTicket::app_send`), and both
+        // pointers are alive for the call.
+        let ticket = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<PyTicket>() };
+        let message = unsafe { Borrowed::from_ptr(py, message) };
+        let message = message.cast::<PyDict>()?;
+        ticket.get().app_sent(&message)
+    });
+    let sent = sent.unwrap_or_else(|_| Err(PanicException::new_err("panic in the app's send")));
+    match sent {
+        Ok(sent) => sent.into_ptr(),
+        Err(err) => {
+            err.restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
 impl PyTicket {
-    /// The `send` the app is given (a method: called without an arguments tuple).
-    fn send<'py>(&self, message: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+    /// The app's `send`, bound to this ticket.
+    pub fn app_send<'py>(slf: &Bound<'py, PyTicket>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        // SAFETY: a static definition CPython only reads, and a live ticket, which the new
+        // function holds a reference to.
+        unsafe {
+            let made = ffi::PyCMethod_New(
+                std::ptr::addr_of!(SEND.0).cast_mut(),
+                slf.as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            Bound::from_owned_ptr_or_err(py, made)
+        }
+    }
+
+    /// The app sent `message`.
+    fn app_sent<'py>(&self, message: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
         let py = message.py();
-        let kind = message
-            .get_item(intern!(py, "type"))?
+        let kind = item(message, intern!(py, "type"))?
             .ok_or_else(|| PyRuntimeError::new_err("an ASGI message without a type"))?;
         let kind = kind.cast::<PyString>()?;
         let kind = kind.to_str()?;
@@ -298,7 +387,7 @@ impl PyTicket {
             if self.h9 {
                 lock(&self.visit).progress();
             }
-            let sent = self.server_send.bind(py).call1((message,));
+            let sent = vectorcall_bindings::call(self.server_send.bind(py), [message.as_any()]);
             // The response's last part is handed to the server: the request leaves (D2),
             // its place is free (Q2), a manual check asked for runs (H6).
             if kind == BODY && !more_body(message)? {
@@ -306,11 +395,10 @@ impl PyTicket {
             }
             return sent;
         }
-        let status: u16 = message
-            .get_item(intern!(py, "status"))?
+        let status: u16 = item(message, intern!(py, "status"))?
             .ok_or_else(|| PyRuntimeError::new_err("a response start without a status"))?
             .extract()?;
-        let headers = message.get_item(intern!(py, "headers"))?;
+        let headers = item(message, intern!(py, "headers"))?.map(|h| h.to_owned());
         let asks = match &headers {
             Some(headers) => holds(headers, &self.header)?,
             None => false,
@@ -318,7 +406,7 @@ impl PyTicket {
         lock(&self.visit).respond(status, asks);
         let close = self.front.draining() && http1(self.scope.bind(py))?;
         if !asks && !close {
-            return self.server_send.bind(py).call1((message,));
+            return vectorcall_bindings::call(self.server_send.bind(py), [message.as_any()]);
         }
         // The app's message is its own: the changed one is a copy.
         let changed = message.copy()?;
@@ -333,7 +421,59 @@ impl PyTicket {
         } else {
             changed.set_item("headers", kept)?;
         }
-        self.server_send.bind(py).call1((changed,))
+        vectorcall_bindings::call(self.server_send.bind(py), [changed.as_any()])
+    }
+}
+
+#[pymethods]
+impl PyTicket {
+    /// The `send` the app is given (a builtin function bound to this ticket).
+    #[getter(app_send)]
+    fn app_send_getter<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        PyTicket::app_send(slf)
+    }
+
+    /// The core's call of the app (`AsgiEntry`), as the server awaits it: the ticket itself.
+    fn __await__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        let py = slf.py();
+        PyTicket::resume(slf, &py.None().into_bound(py))?.next(py)
+    }
+
+    /// A step of the call with `value` sent in (the coroutine protocol's `send`).
+    fn send(slf: &Bound<'_, Self>, value: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        PyTicket::resume(slf, value)?.sent()
+    }
+
+    #[pyo3(signature = (*args))]
+    fn throw(slf: &Bound<'_, Self>, args: &Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
+        PyTicket::thrown(slf, args)
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.closed(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.server_send)?;
+        visit.call(&self.scope)?;
+        // Held only for a moment, never while Python runs: if held now, the call is being
+        // stepped, and the coroutine is alive anyway.
+        if let Ok(call) = self.call.try_lock() {
+            if let Some(call) = call.as_ref() {
+                visit.call(&call.inner)?;
+                visit.call(&call.entry)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let call = self.call.try_lock().ok().and_then(|mut call| call.take());
+        drop(call);
     }
 
     /// The app raised: the request is over, and if its response had not begun the server

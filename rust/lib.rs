@@ -27,6 +27,7 @@ mod setting_bindings;
 pub mod settings;
 pub mod status;
 pub mod traffic;
+mod vectorcall_bindings;
 pub mod verdict;
 pub mod worker;
 
@@ -39,7 +40,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use embedded_bindings::{PyAnswer, PyAppCheck, PyEntered, PyFront, PyTicket, PyWaiting};
-use embedded_call_bindings::{PyAppCall, PyAsgiEntry};
+use embedded_call_bindings::PyAsgiEntry;
 use error::CoreError;
 use events::EventQueue;
 use gpu_bindings::{PyGpuFinding, PyGpuMonitoring, PyGpuSamples, PyGpuSettings};
@@ -552,7 +553,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPortsClosed>()?;
     m.add_class::<PyFront>()?;
     m.add_class::<PyAsgiEntry>()?;
-    m.add_class::<PyAppCall>()?;
     m.add_class::<PyTicket>()?;
     m.add_class::<PyWaiting>()?;
     m.add_class::<PyAnswer>()?;

@@ -421,7 +421,7 @@ def test_E2_Runwarden_is_an_asgi_3_app_to_a_server_that_asks() -> None:
 
 class _Handoff:
     """An awaitable that yields `token` to whoever drives the coroutine, and gives back what
-    it is sent: the protocol a server's event loop speaks to the app through `AppCall`."""
+    it is sent: the protocol a server's event loop speaks to the app through its `Ticket`."""
 
     def __init__(self, token: str) -> None:
         self.token = token
@@ -433,12 +433,13 @@ class _Handoff:
 def test_E4_the_cores_call_of_the_app_steps_throws_and_closes_as_the_coroutine_would(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """E4/R4: a request the core admits is driven by `AppCall`, not a Python frame; stepped
+    """E4/R4: a request the core admits is driven by its `Ticket`, not a Python frame; stepped
     by hand it passes on what the app yields, what it is sent, what it returns, an exception
     thrown in (and the app's own raise, judged as a 500), and a close."""
     import asyncio
+    import gc
 
-    from runwarden._core import AppCall
+    from runwarden._core import Ticket
     from runwarden.asgi import Runwarden
     from runwarden.testing.lifespan import lifespan
 
@@ -471,7 +472,7 @@ def test_E4_the_cores_call_of_the_app_steps_throws_and_closes_as_the_coroutine_w
 
     async def steps_by_hand() -> None:
         call = guarded(request("/sent"), nothing, nothing)
-        assert isinstance(call, AppCall)
+        assert isinstance(call, Ticket)
         steps = call.__await__()
         assert next(steps) == "first"
         with pytest.raises(StopIteration) as stopped:
@@ -492,7 +493,15 @@ def test_E4_the_cores_call_of_the_app_steps_throws_and_closes_as_the_coroutine_w
         next(steps)
         steps.close()
         assert closed == ["/sent", "/thrown", "/raised", "/closed"]
-        # Each request has left the runner, the closed one too (its AppCall is held here).
+
+        # Dropped mid-call and never closed: the ticket and the app's coroutine hold each
+        # other (the coroutine holds the ticket's send); the collector finds the cycle.
+        steps = guarded(request("/dropped"), nothing, nothing).__await__()
+        next(steps)
+        del steps
+        gc.collect()
+        assert closed[-1] == "/dropped"
+        # Each request has left the runner, the closed one too (its Ticket is held here).
         async with httpx.AsyncClient(timeout=5) as client:
             status = (await client.get(f"http://127.0.0.1:{admin}/status")).json()
         assert status["in_flight"] == 0, status

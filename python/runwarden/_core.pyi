@@ -7,7 +7,7 @@ them holds the GIL. Python hears about state changes through `Core.event_fd()`,
 a socket the asyncio loop watches, and `Core.drain_events()`.
 """
 
-from collections.abc import Awaitable, Generator, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from typing import Any, Literal, TypedDict, final
 
 from typing_extensions import Self, disjoint_base
@@ -30,7 +30,6 @@ __all__ = [
     "SETTINGS",
     "AccessLine",
     "Answer",
-    "AppCall",
     "AppCheck",
     "AsgiEntry",
     "CheckOutcome",
@@ -375,7 +374,7 @@ class Entered:
 class AsgiEntry:
     """Embedded (SPEC E): the ASGI middleware's base; its `__call__` is the core's. Until
     `serve_from_core`, every call goes to the subclass's `_slow(scope, receive, send)`; after,
-    a request the front admits at once goes to the app from here (an `AppCall`), any other
+    a request the front admits at once goes to the app from here (its `Ticket`), any other
     to `_other(entry, scope, receive, send)`, and a cancelled one to
     `_cancelled(ticket, send, exc)`."""
 
@@ -385,17 +384,6 @@ class AsgiEntry:
     def __call__(
         self, scope: MutableMapping[str, Any], receive: Any, send: Any
     ) -> Awaitable[None]: ...
-
-@final
-class AppCall:
-    """One request's call of the app, as the server awaits it (`AsgiEntry`): it drives the
-    app's coroutine and judges how it ended (R4, D6)."""
-
-    def __await__(self) -> Generator[Any, Any]: ...
-    def __next__(self) -> Any: ...
-    def send(self, value: Any) -> Any: ...
-    def throw(self, *args: Any) -> Any: ...
-    def close(self) -> None: ...
 
 @final
 class Front:
@@ -415,11 +403,21 @@ class Front:
 
 @final
 class Ticket:
-    """One request at the app; `send` is the app's: it judges the response (R1, R4, H6),
-    adds `Connection: close` while draining (D6), then sends; the response's last part ends
-    the visit (so does `done()`, or letting the ticket go)."""
+    """One request at the app; its `app_send` is the app's `send`: it judges the response
+    (R1, R4, H6), adds `Connection: close` while draining (D6), then sends; the response's
+    last part ends the visit (so does `done()`, or letting the ticket go). When the core
+    calls the app itself (`AsgiEntry`), the ticket is also the awaitable the server awaits:
+    it drives the app's coroutine and judges how it ended (R4, D6)."""
 
-    def send(self, message: MutableMapping[str, Any]) -> Awaitable[None]: ...
+    @property
+    def app_send(self) -> Callable[[MutableMapping[str, Any]], Awaitable[None]]:
+        """The `send` the app is given (a builtin function bound to this ticket)."""
+    def __await__(self) -> Generator[Any, Any]: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any) -> Any:
+        """A step of the call with `value` sent in (the coroutine protocol's `send`)."""
+    def throw(self, *args: Any) -> Any: ...
+    def close(self) -> None: ...
     def raised(self) -> None:
         """The app raised: the request is over; before its response began, the server
         answers 500 (R4)."""

@@ -9,7 +9,7 @@ answers it as the proxy's layers would: refused while draining (D1), a gateway's
 admitted through the door (Q) or queued; the `Ticket` it gives is the `send` the app is
 given, and judges the response (R1, R4, H6). A request admitted at once never runs Python of
 runwarden's: the class's `__call__` is the core's (`AsgiEntry`), which calls the app and
-returns the awaitable that drives it (`AppCall`); the rest come back here (`_other`). The
+returns the ticket as the awaitable that drives it; the rest come back here (`_other`). The
 lifespan starts the core (the admin port, the checks, GPU monitoring) and stops it; under a
 server without a lifespan, the first request does (`_slow`).
 """
@@ -99,7 +99,7 @@ class Runwarden(AsgiEntry):
         await self._other(front.enter(scope, send), scope, receive, send)
 
     async def _cancelled(self, ticket: Ticket, send: Send, cancelled: BaseException) -> None:
-        """The drain's deadline cancelled a request at the app (D6, `AppCall`): answered 503,
+        """The drain's deadline cancelled a request the core called the app for (D6): 503,
         or cut (the cancellation goes on)."""
         if not await self._cut(ticket, send):
             ticket.done()
@@ -123,7 +123,7 @@ class Runwarden(AsgiEntry):
         """A request at the app, under `request_timeout_seconds` when set (Q3)."""
         try:
             if self._timeout is None:
-                await self.app(scope, receive, ticket.send)
+                await self.app(scope, receive, ticket.app_send)
             else:
                 await self._timed(ticket, scope, receive, send, self._timeout)
         except asyncio.CancelledError:
@@ -140,9 +140,9 @@ class Runwarden(AsgiEntry):
         try:
             if sys.version_info >= (3, 11):
                 async with timeout(seconds):
-                    await self.app(scope, receive, ticket.send)
+                    await self.app(scope, receive, ticket.app_send)
             else:  # pragma: no cover - 3.10
-                await asyncio.wait_for(self.app(scope, receive, ticket.send), seconds)
+                await asyncio.wait_for(self.app(scope, receive, ticket.app_send), seconds)
         except (TimeoutError, asyncio.TimeoutError):
             answer = ticket.timed_out()
             if answer is None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from runwarden import exit_codes, termination
-from runwarden._core import AppCall, AppCheck, Entered, Front, Ticket, Verdict
+from runwarden._core import AppCheck, Entered, Front, Ticket, Verdict
 from runwarden.logs import fields
 from runwarden.runner import Exit, say_draining, say_outcome
 from runwarden.settings import Settings
@@ -161,15 +161,15 @@ def sibling_holds(port: int) -> bool:
 
 
 def at_app(fronts: tuple[Any, ...]) -> list[asyncio.Task[Any]]:
-    """D6: the tasks of requests still at the app: those whose chain of awaits passes the
-    core's `AppCall`, or a middleware frame (code in `fronts`) holding a `Ticket`. Found
-    this way once, at the drain's deadline, rather than kept in a registry every request
-    would pay for."""
+    """D6: the tasks of requests still at the app: those whose chain of awaits passes a
+    `Ticket` (the core's call of the app), or a middleware frame (code in `fronts`) holding
+    one. Found this way once, at the drain's deadline, rather than kept in a registry every
+    request would pay for."""
     found = []
     for task in asyncio.all_tasks():
         coro: Any = task.get_coro()
         while coro is not None:
-            if isinstance(coro, AppCall):
+            if isinstance(coro, Ticket):
                 found.append(task)
                 break
             frame = getattr(coro, "cr_frame", None)
