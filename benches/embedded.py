@@ -165,8 +165,8 @@ async def _pieces(guarded: Any, calls: int) -> dict[str, float]:
     async def ticket_send() -> None:
         ticket = front.enter(request, _nothing)
         for _ in range(calls):
-            await ticket.send(START)  # type: ignore[union-attr]
-            await ticket.send(BODY)  # type: ignore[union-attr]
+            await ticket.app_send(START)  # type: ignore[union-attr]
+            await ticket.app_send(BODY)  # type: ignore[union-attr]
         ticket.done()  # type: ignore[union-attr]
 
     out: dict[str, float] = {}
@@ -226,7 +226,7 @@ def run(profile: Profile, tmp: Path) -> dict[str, Any]:
     if shutil.which("valgrind") and not profile.smoke:
         results["instructions"] = {
             name: instructions(f"benches.embedded_app:{name}", tmp, 2_000)
-            for name in ("bare", "guarded")
+            for name in ("bare", "guarded", "passthrough", "observer")
         }
         log(f"embedded instructions per request: {results['instructions']}")
     return results
@@ -288,6 +288,17 @@ def tables(results: dict[str, Any]) -> list[str]:
             f"(+{_f(added, 1)}%). Counted, not timed: the figure this shared machine's noise "
             "does not move.",
         ]
+        if "observer" in counted:
+            anchor = {name: 100 * (counted[name] / counted["bare"] - 1)
+                      for name in ("passthrough", "observer")}  # fmt: skip
+            lines += [
+                "",
+                f"The anchors, the least a Python middleware can be: one that only passes the "
+                f"call on, {_f(counted['passthrough'])} (+{_f(anchor['passthrough'], 1)}%); "
+                f"one that also reads each response's status from a wrapped `send`, as any "
+                f"middleware that judges answers must, {_f(counted['observer'])} "
+                f"(+{_f(anchor['observer'], 1)}%).",
+            ]
     m = results["micro"]
     lines += [
         "",
