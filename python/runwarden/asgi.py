@@ -6,10 +6,11 @@
 
 Pure ASGI (no BaseHTTPMiddleware). Every request makes one call into the core, which
 answers it as the proxy's layers would: refused while draining (D1), a gateway's check (H5),
-admitted through the door (Q) or queued; the `Ticket` it gives is the `send` the app is
-given, and judges the response (R1, R4, H6). A request admitted at once never runs Python of
-runwarden's: the class's `__call__` is the core's (`AsgiEntry`), which calls the app and
-returns the ticket as the awaitable that drives it; the rest come back here (`_other`). The
+admitted through the door (Q) or queued; the `Ticket` it gives holds the `send` the app
+is given (`app_send`), which judges the response (R1, R4, H6). A request admitted at once
+runs no Python of runwarden's: the class's `__call__` is the core's (`AsgiEntry`), which
+calls the app and returns the ticket as the awaitable that drives it; the rest come back
+here (`_other`). The
 lifespan starts the core (the admin port, the checks, GPU monitoring) and stops it; under a
 server without a lifespan, the first request does (`_slow`).
 """
