@@ -10,9 +10,8 @@ admitted through the door (Q) or queued; the `Ticket` it gives holds the `send` 
 is given (`app_send`), which judges the response (R1, R4, H6). A request admitted at once
 runs no Python of runwarden's: the class's `__call__` is the core's (`AsgiEntry`), which
 calls the app and returns the ticket as the awaitable that drives it; the rest come back
-here (`_other`). The
-lifespan starts the core (the admin port, the checks, GPU monitoring) and stops it; under a
-server without a lifespan, the first request does (`_slow`).
+here (`_other`). The lifespan starts the core (the admin port, the checks, GPU monitoring)
+and stops it; under a server without a lifespan, the first request does (`_slow`).
 """
 
 from __future__ import annotations
