@@ -42,13 +42,14 @@ impl PyFront {
     }
 }
 
-/// `dict[key]`, borrowed: no reference counted, the key used as it is (an interned name).
-/// Every request reads seven of these from ASGI's scope and messages. The item is valid
-/// while the dict holds it: until Python code runs again.
-fn item<'a, 'py>(
-    dict: &'a Bound<'py, PyDict>,
+/// `dict[key]`, the key used as it is (an interned name): PyO3's `get_item` converts and
+/// counts the key on every look, and every request reads seven items from ASGI's scope and
+/// messages. The item is a new reference, so it stays valid whatever Python code runs
+/// next (a `send` or an object's `__bool__` may change the dict).
+fn item<'py>(
+    dict: &Bound<'py, PyDict>,
     key: &Bound<'py, PyString>,
-) -> PyResult<Option<Borrowed<'a, 'py, PyAny>>> {
+) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = dict.py();
     // SAFETY: a dict and a str, alive and bound (the GIL held); the result is borrowed.
     let found = unsafe { ffi::PyDict_GetItemWithError(dict.as_ptr(), key.as_ptr()) };
@@ -58,8 +59,8 @@ fn item<'a, 'py>(
             None => Ok(None),
         };
     }
-    // SAFETY: a borrowed reference the dict holds, used only while it does.
-    Ok(Some(unsafe { Borrowed::from_ptr(py, found) }))
+    // SAFETY: the dict holds the item now; it is counted before anything else runs.
+    Ok(Some(unsafe { Borrowed::from_ptr(py, found) }.to_owned()))
 }
 
 /// Whether a response body message says more follows.
@@ -215,8 +216,8 @@ impl PyFront {
         send: &Bound<'_, PyAny>,
     ) -> PyResult<Entered> {
         let headers = item(scope, intern!(py, "headers"))?;
-        let asks = match headers {
-            Some(headers) => holds(&headers, &self.header)?,
+        let asks = match &headers {
+            Some(headers) => holds(headers, &self.header)?,
             None => false,
         };
         let peer = match asks {
@@ -229,11 +230,8 @@ impl PyFront {
             false => None,
         };
         let (entry, strip) = self.front.enter(asks, peer.as_deref());
-        if strip {
-            if let Some(headers) = item(scope, intern!(py, "headers"))? {
-                let kept = without(&headers, &self.header)?;
-                scope.set_item(intern!(py, "headers"), kept)?;
-            }
+        if let (true, Some(headers)) = (strip, &headers) {
+            scope.set_item(intern!(py, "headers"), without(headers, &self.header)?)?;
         }
         let send = send.clone().unbind();
         Ok(match entry {
@@ -339,7 +337,10 @@ unsafe extern "C" fn app_send(
     slf: *mut ffi::PyObject,
     message: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: CPython calls a builtin function with the GIL held.
+    // SAFETY: CPython calls a builtin function with the GIL held. PyO3's count of it is not
+    // raised here (its trampoline would cost a thread-local look per call): `Bound`s release
+    // their references at once as ever, and the only `Py` that can be dropped here, inside
+    // an error, is released at PyO3's next entry instead.
     let py = unsafe { Python::assume_attached() };
     let sent = std::panic::catch_unwind(|| {
         // SAFETY: `SEND` is only ever bound to a `PyTicket` (`PyTicket::app_send`), and both
@@ -387,10 +388,12 @@ impl PyTicket {
             if self.h9 {
                 lock(&self.visit).progress();
             }
+            // Read as the app gave it, before the server's `send` may change the message.
+            let last = kind == BODY && !more_body(message)?;
             let sent = vectorcall_bindings::call(self.server_send.bind(py), [message.as_any()]);
             // The response's last part is handed to the server: the request leaves (D2),
             // its place is free (Q2), a manual check asked for runs (H6).
-            if kind == BODY && !more_body(message)? {
+            if last {
                 lock(&self.visit).finish();
             }
             return sent;
@@ -398,7 +401,7 @@ impl PyTicket {
         let status: u16 = item(message, intern!(py, "status"))?
             .ok_or_else(|| PyRuntimeError::new_err("a response start without a status"))?
             .extract()?;
-        let headers = item(message, intern!(py, "headers"))?.map(|h| h.to_owned());
+        let headers = item(message, intern!(py, "headers"))?;
         let asks = match &headers {
             Some(headers) => holds(headers, &self.header)?,
             None => false,
