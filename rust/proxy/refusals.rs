@@ -168,11 +168,10 @@ pub fn valid_host(host: &[u8]) -> bool {
         _ => (host, None),
     };
     if let Some(port) = port {
-        let digits = !port.is_empty() && port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
-        let number = std::str::from_utf8(port)
-            .ok()
-            .and_then(|p| p.parse::<u32>().ok());
-        if !digits || number.is_none_or(|n| n > 65535) {
+        let in_range = (1..=5).contains(&port.len())
+            && port.iter().all(u8::is_ascii_digit)
+            && port.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')) <= 65535;
+        if !in_range {
             return false;
         }
     }
